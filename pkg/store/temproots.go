@@ -1,0 +1,283 @@
+package store
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/storepkg/storepkg/pkg/storepath"
+)
+
+// tempRoots is one process's temporary-roots file for one state
+// directory, <state>/temproots/<pid>. The name is per process, not per
+// Store, so every Store of this process on the same root must share one
+// open file: a second open would, following Nix, unlink the first as
+// stale, and a second flock on it would conflict with the first.
+type tempRoots struct {
+	stateDir string
+	refs     int // guarded by tempRootsMu
+
+	mu     sync.Mutex // serialises appends, like Nix's state lock
+	file   *os.File   // nil until the first root is added
+	gcLock *os.File   // <state>/gc.lock, opened on first use
+}
+
+var (
+	tempRootsMu  sync.Mutex
+	tempRootsFor = map[string]*tempRoots{}
+)
+
+func acquireTempRoots(stateDir string) *tempRoots {
+	tempRootsMu.Lock()
+	defer tempRootsMu.Unlock()
+	tr := tempRootsFor[stateDir]
+	if tr == nil {
+		tr = &tempRoots{stateDir: stateDir}
+		tempRootsFor[stateDir] = tr
+	}
+	tr.refs++
+	return tr
+}
+
+// release drops one Store's reference. The last one closes and deletes
+// the file as Nix's ~LocalStore does (close, then unlink); the roots go
+// with it, so callers must have made permanent roots by then.
+func (tr *tempRoots) release() error {
+	tempRootsMu.Lock()
+	tr.refs--
+	last := tr.refs == 0
+	if last {
+		delete(tempRootsFor, tr.stateDir)
+	}
+	tempRootsMu.Unlock()
+	if !last {
+		return nil
+	}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	var errs []error
+	if tr.file != nil {
+		name := tr.file.Name()
+		errs = append(errs, tr.file.Close())
+		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+		tr.file = nil
+	}
+	if tr.gcLock != nil {
+		errs = append(errs, tr.gcLock.Close())
+		tr.gcLock = nil
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("store: closing temporary roots: %w", err)
+	}
+	return nil
+}
+
+// TempRootsFile returns the name of this process's temporary roots file
+// (it exists only once a root has been added).
+func (s *Store) TempRootsFile() string {
+	return filepath.Join(s.stateDir, "temproots", strconv.Itoa(os.Getpid()))
+}
+
+// AddTempRoots protects paths from the garbage collector for as long as
+// this process keeps the store open, with Nix 2.8's protocol
+// (LocalStore::addTempRoot in gc.cc):
+//
+//   - the roots file temproots/<pid> is created once and kept write-locked;
+//     a collector that can lock it knows its owner is dead;
+//   - a shared lock on gc.lock, taken without waiting, tells whether a
+//     collector is running (it holds gc.lock exclusively). If none is,
+//     appending under that shared lock is enough: a collector starting
+//     later reads the file. If one is, it has already read the file, so
+//     each path is also sent to its socket, and we wait for its
+//     acknowledgement (it delays that while it is deleting the path).
+//   - each root is appended as "<absolute store path>\0".
+//
+// The Nix collector matches temporary roots by hash part, so a root for p
+// also protects p's lock file and TempPath(p).
+func (s *Store) AddTempRoots(ctx context.Context, paths ...storepath.Path) error {
+	if len(paths) == 0 {
+		return nil
+	}
+	tr := s.roots
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.file == nil {
+		f, err := createTempRootsFile(ctx, s.TempRootsFile())
+		if err != nil {
+			return err
+		}
+		tr.file = f
+	}
+	if tr.gcLock == nil {
+		f, err := openLockFile(filepath.Join(s.stateDir, "gc.lock"))
+		if err != nil {
+			return err
+		}
+		tr.gcLock = f
+	}
+
+	var rec []byte
+	for _, p := range paths {
+		rec = append(rec, p.Absolute()...)
+		rec = append(rec, 0)
+	}
+
+	for {
+		ok, err := flockTry(tr.gcLock, lockShared)
+		if err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+		if ok {
+			// No collector: append while holding the shared lock, so none
+			// can start before the roots are in the file.
+			_, werr := tr.file.Write(rec)
+			uerr := funlock(tr.gcLock)
+			if err := errors.Join(werr, uerr); err != nil {
+				return fmt.Errorf("store: writing temporary roots to %s: %w", tr.file.Name(), err)
+			}
+			return nil
+		}
+		retry, err := s.sendRootsToCollector(ctx, paths)
+		if err != nil {
+			return err
+		}
+		if retry {
+			// The collector went away or has not opened its socket yet;
+			// look at gc.lock again, as Nix does ("goto restart").
+			if err := sleepCtx(ctx, 5*time.Millisecond); err != nil {
+				return fmt.Errorf("store: adding temporary roots: %w", err)
+			}
+			continue
+		}
+		if _, err := tr.file.Write(rec); err != nil {
+			return fmt.Errorf("store: writing temporary roots to %s: %w", tr.file.Name(), err)
+		}
+		return nil
+	}
+}
+
+// createTempRootsFile creates and write-locks temproots/<pid>. A file
+// already there must be stale (pids are unique among live processes);
+// Nix unlinks it. If the collector deleted the new file between our open
+// and our lock, it has written a byte into it, so a non-empty file means
+// "start again".
+func createTempRootsFile(ctx context.Context, name string) (*os.File, error) {
+	for {
+		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("store: removing stale temporary roots file %s: %w", name, err)
+		}
+		f, err := openLockFile(name)
+		if err != nil {
+			return nil, err
+		}
+		if err := flockWait(ctx, f, lockExclusive); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("store: locking %s: %w", name, err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("store: stat of %s: %w", name, err)
+		}
+		if st.Size == 0 {
+			return f, nil
+		}
+		f.Close()
+	}
+}
+
+// sendRootsToCollector tells a running collector about paths over
+// <state>/gc-socket/socket: one "<absolute path>\n" per root, each
+// answered by the byte '1'. The collector reads byte by byte and answers
+// line by line, so all lines are written at once and the answers read
+// afterwards. retry=true means the collector is gone or not yet
+// listening.
+func (s *Store) sendRootsToCollector(ctx context.Context, paths []storepath.Path) (retry bool, err error) {
+	sock := filepath.Join(s.stateDir, "gc-socket", "socket")
+	conn, err := dialUnix(ctx, sock)
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, fs.ErrNotExist) {
+			return true, nil
+		}
+		if ctx.Err() != nil {
+			return false, fmt.Errorf("store: connecting to garbage collector at %s: %w", sock, ctx.Err())
+		}
+		return false, fmt.Errorf("store: connecting to garbage collector at %s: %w", sock, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
+
+	var msg []byte
+	for _, p := range paths {
+		msg = append(msg, p.Absolute()...)
+		msg = append(msg, '\n')
+	}
+	werrc := make(chan error, 1)
+	go func() {
+		_, err := conn.Write(msg)
+		werrc <- err
+	}()
+	// abandon stops the writer before we leave: closing the socket makes
+	// a blocked Write return.
+	abandon := func() {
+		conn.Close()
+		<-werrc
+	}
+	r := bufio.NewReader(conn)
+	for i := range paths {
+		c, err := r.ReadByte()
+		if err != nil {
+			abandon()
+			if ctx.Err() != nil {
+				return false, fmt.Errorf("store: sending temporary roots to %s: %w", sock, ctx.Err())
+			}
+			if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+				// Collector finished mid-way: Nix restarts from the lock
+				// check; re-sending the roots already acknowledged is
+				// harmless.
+				return true, nil
+			}
+			return false, fmt.Errorf("store: sending temporary roots to %s: %w", sock, err)
+		}
+		if c != '1' {
+			abandon()
+			return false, fmt.Errorf("store: garbage collector at %s answered %q for %s, want '1'", sock, c, paths[i].Absolute())
+		}
+	}
+	if err := <-werrc; err != nil {
+		return false, fmt.Errorf("store: sending temporary roots to %s: %w", sock, err)
+	}
+	return false, nil
+}
+
+// dialUnix connects to a Unix socket. sun_path holds only 107 bytes; for
+// longer names (deep test roots) it goes through /proc/self/fd of the
+// open directory, as Nix forks and chdirs for the same reason.
+func dialUnix(ctx context.Context, path string) (net.Conn, error) {
+	var d net.Dialer
+	if len(path) < 100 {
+		return d.DialContext(ctx, "unix", path)
+	}
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return nil, err
+	}
+	defer dir.Close()
+	short := fmt.Sprintf("/proc/self/fd/%d/%s", dir.Fd(), filepath.Base(path))
+	return d.DialContext(ctx, "unix", short)
+}
