@@ -1,0 +1,131 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"sync"
+
+	"github.com/storepkg/storepkg/pkg/narinfo"
+	"github.com/storepkg/storepkg/pkg/storepath"
+)
+
+// Cache is one Nix binary cache.
+type Cache struct {
+	// URL as configured, without storepkg's own query parameters; it names
+	// the cache in errors and metrics.
+	URL string
+	// Trusted caches are used without a signature check (a cache the
+	// operator controls on a private network); set with "?trusted=1".
+	Trusted bool
+
+	priority    int
+	hasPriority bool
+	t           transport
+
+	infoOnce sync.Once
+	info     *narinfo.CacheInfo
+	infoErr  error
+}
+
+// NewCache parses a substituter URL: file:///dir, http(s)://host/path.
+// Query parameters "priority=N" (lower is tried first, as in Nix) and
+// "trusted=1" are ours; others are refused so a typo is not ignored.
+func NewCache(raw string, o *Options) (*Cache, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("substituter %q: %w", raw, err)
+	}
+	c := &Cache{}
+	q := u.Query()
+	for k, vs := range q {
+		v := vs[len(vs)-1]
+		switch k {
+		case "priority":
+			if c.priority, err = strconv.Atoi(v); err != nil {
+				return nil, fmt.Errorf("substituter %q: priority %q is not a number", raw, v)
+			}
+			c.hasPriority = true
+		case "trusted":
+			c.Trusted = v == "1" || v == "true"
+		default:
+			return nil, fmt.Errorf("substituter %q: unknown parameter %q", raw, k)
+		}
+	}
+	u.RawQuery = ""
+	c.URL = u.String()
+	if c.t, err = newTransport(u, o); err != nil {
+		return nil, fmt.Errorf("substituter %q: %w", raw, err)
+	}
+	return c, nil
+}
+
+// Info loads nix-cache-info once and checks the cache serves /nix/store.
+func (c *Cache) Info(ctx context.Context) (*narinfo.CacheInfo, error) {
+	c.infoOnce.Do(func() {
+		c.info, c.infoErr = c.loadInfo(ctx)
+	})
+	return c.info, c.infoErr
+}
+
+func (c *Cache) loadInfo(ctx context.Context) (*narinfo.CacheInfo, error) {
+	rc, err := c.open(ctx, "nix-cache-info")
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("cache %s: no nix-cache-info: not a Nix binary cache", c.URL)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cache %s: nix-cache-info: %w", c.URL, err)
+	}
+	defer rc.Close()
+	ci, err := narinfo.ParseCacheInfo(rc)
+	if err != nil {
+		return nil, fmt.Errorf("cache %s: %w", c.URL, err)
+	}
+	if ci.StoreDir != storepath.StoreDir {
+		return nil, fmt.Errorf("cache %s: StoreDir is %q, want %s", c.URL, ci.StoreDir, storepath.StoreDir)
+	}
+	if c.hasPriority {
+		ci.Priority = c.priority
+	}
+	return ci, nil
+}
+
+// open gets a file of the cache, retrying transient failures.
+func (c *Cache) open(ctx context.Context, rel string) (io.ReadCloser, error) {
+	return retry(ctx, c.retryPolicy(), func() (io.ReadCloser, error) { return c.t.get(ctx, rel) })
+}
+
+// NarInfo fetches and parses the narinfo of p. It returns ErrNotFound when
+// the cache does not have p, and refuses a narinfo that describes another path.
+func (c *Cache) NarInfo(ctx context.Context, p storepath.Path) (*narinfo.NarInfo, error) {
+	if _, err := c.Info(ctx); err != nil {
+		return nil, err
+	}
+	var ni *narinfo.NarInfo
+	_, err := retry(ctx, c.retryPolicy(), func() (struct{}, error) {
+		rc, err := c.t.get(ctx, p.HashPart()+".narinfo")
+		if err != nil {
+			return struct{}{}, err
+		}
+		defer rc.Close()
+		ni, err = narinfo.Parse(rc)
+		return struct{}{}, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if ni.StorePath != p {
+		return nil, fmt.Errorf("narinfo %s.narinfo describes %s", p.HashPart(), ni.StorePath)
+	}
+	return ni, nil
+}
+
+func (c *Cache) retryPolicy() RetryPolicy {
+	if ht, ok := c.t.(*httpTransport); ok {
+		return ht.retry
+	}
+	return RetryPolicy{Attempts: 1}
+}

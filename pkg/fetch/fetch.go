@@ -1,0 +1,200 @@
+// Package fetch substitutes Nix closures from binary caches into a node
+// store: it resolves the closure breadth-first (one round of concurrent
+// narinfo requests per depth level), checks signatures, streams every
+// missing NAR through decompression, hashing and a strict unpacker into a
+// temporary name, and makes paths valid references-first.
+package fetch
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/storepkg/storepkg/pkg/narinfo"
+	"github.com/storepkg/storepkg/pkg/store"
+	"github.com/storepkg/storepkg/pkg/storepath"
+)
+
+// Errors a caller can tell apart (all are wrapped in *PathError).
+var (
+	// ErrUntrusted: no signature by a trusted key.
+	ErrUntrusted = narinfo.ErrUntrusted
+	// ErrHashMismatch: the NAR differs from what the signed narinfo says.
+	ErrHashMismatch = errors.New("NAR does not match its narinfo")
+)
+
+// Options configure a Fetcher. Only Substituters is required.
+type Options struct {
+	Substituters []string // URLs in the order given; "?priority=N" or nix-cache-info Priority reorders
+	TrustedKeys  []narinfo.PublicKey
+	Netrc        *Netrc
+	MaxJobs      int // parallel NAR downloads; default 2×CPUs, between 4 and 16
+	LookupJobs   int // parallel narinfo requests; default 64
+	Retry        RetryPolicy
+	StallTimeout time.Duration // a download with no progress for this long is retried; default 60s
+	HTTPClient   *http.Client
+	// Progress, if set, is called from the fetching goroutines whenever a
+	// path completes or bytes arrive; it must be cheap and thread-safe.
+	Progress func(Progress)
+	Log      *logrus.Entry
+}
+
+func (o *Options) retry() RetryPolicy {
+	if o.Retry.Attempts > 0 {
+		return o.Retry
+	}
+	return DefaultRetry
+}
+
+func (o *Options) stallTimeout() time.Duration {
+	if o.StallTimeout > 0 {
+		return o.StallTimeout
+	}
+	return 60 * time.Second
+}
+
+func (o *Options) httpClient() *http.Client {
+	if o.HTTPClient != nil {
+		return o.HTTPClient
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 64
+	t.ResponseHeaderTimeout = 60 * time.Second
+	return &http.Client{Transport: t}
+}
+
+// Progress is a snapshot of one Fetch.
+type Progress struct {
+	PathsDone, PathsTotal int   // paths to download (not those already valid)
+	BytesDone, BytesTotal int64 // compressed bytes (NAR bytes where FileSize is unknown)
+}
+
+// Result describes a completed Fetch.
+type Result struct {
+	Closure    []storepath.Path // every path of the closure, sorted
+	Fetched    []storepath.Path // the ones this call downloaded
+	Downloaded int64            // compressed bytes read from caches
+}
+
+// PathError is the error of a path that could not be made valid.
+type PathError struct {
+	Path     storepath.Path
+	NeededBy storepath.Path // a referrer that pulled it into the closure, if any
+	Cache    string         // the cache at fault, if one is
+	Err      error
+}
+
+func (e *PathError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Path.Absolute())
+	if e.NeededBy != "" {
+		b.WriteString(" (needed by " + e.NeededBy.Absolute() + ")")
+	}
+	b.WriteString(": " + e.Err.Error())
+	if e.Cache != "" {
+		b.WriteString(" (cache " + e.Cache + ")")
+	}
+	return b.String()
+}
+
+func (e *PathError) Unwrap() error { return e.Err }
+
+// Fetcher substitutes closures into one store. It is safe for concurrent
+// use; concurrent fetches of overlapping closures, in this process or in
+// others, download each path once (Nix's per-path lock files).
+type Fetcher struct {
+	store  *store.Store
+	caches []*Cache
+	opts   Options
+	log    *logrus.Entry
+
+	orderOnce sync.Once
+	ordered   []*Cache
+}
+
+// New returns a Fetcher for st. Caches are contacted lazily.
+func New(st *store.Store, o Options) (*Fetcher, error) {
+	if len(o.Substituters) == 0 {
+		return nil, errors.New("no substituters configured")
+	}
+	if o.MaxJobs <= 0 {
+		o.MaxJobs = min(max(2*runtime.NumCPU(), 4), 16)
+	}
+	if o.LookupJobs <= 0 {
+		o.LookupJobs = 64
+	}
+	f := &Fetcher{store: st, opts: o, log: o.Log}
+	if f.log == nil {
+		f.log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	for _, s := range o.Substituters {
+		c, err := NewCache(s, &f.opts)
+		if err != nil {
+			return nil, err
+		}
+		f.caches = append(f.caches, c)
+	}
+	return f, nil
+}
+
+// cachesInOrder loads every cache's nix-cache-info (concurrently, once)
+// and orders them by priority, keeping the configured order among equals.
+// Caches whose info fails stay, last, so their error is reported per path.
+func (f *Fetcher) cachesInOrder(ctx context.Context) []*Cache {
+	f.orderOnce.Do(func() {
+		var wg sync.WaitGroup
+		for _, c := range f.caches {
+			wg.Add(1)
+			go func() { defer wg.Done(); c.Info(ctx) }()
+		}
+		wg.Wait()
+		f.ordered = slices.Clone(f.caches)
+		rank := func(c *Cache) int {
+			if ci, err := c.Info(ctx); err == nil {
+				return ci.Priority
+			}
+			return 1 << 30
+		}
+		sort.SliceStable(f.ordered, func(i, j int) bool { return rank(f.ordered[i]) < rank(f.ordered[j]) })
+	})
+	return f.ordered
+}
+
+// Fetch makes the closure of roots valid in the store. When the roots are
+// already valid it costs one query for the whole closure.
+func (f *Fetcher) Fetch(ctx context.Context, roots []storepath.Path) (*Result, error) {
+	roots = dedup(roots)
+	// Temp roots first: from here on a collector keeps these paths and
+	// everything they reference, so what we find valid stays valid.
+	if err := f.store.AddTempRoots(ctx, roots...); err != nil {
+		return nil, err
+	}
+	if closure, err := f.store.Closure(ctx, roots); err == nil {
+		return &Result{Closure: closure}, nil
+	} else if !errors.Is(err, store.ErrNotValid) {
+		return nil, err
+	}
+	r := newRun(ctx, f)
+	if err := r.run(roots); err != nil {
+		return nil, err
+	}
+	closure, err := f.store.Closure(ctx, roots)
+	if err != nil {
+		return nil, err
+	}
+	return &Result{Closure: closure, Fetched: r.fetched, Downloaded: r.downloaded.Load()}, nil
+}
+
+func dedup(paths []storepath.Path) []storepath.Path {
+	out := slices.Clone(paths)
+	slices.Sort(out)
+	return slices.Compact(out)
+}

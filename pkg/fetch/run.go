@@ -1,0 +1,520 @@
+package fetch
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/storepkg/storepkg/pkg/nar"
+	"github.com/storepkg/storepkg/pkg/narinfo"
+	"github.com/storepkg/storepkg/pkg/store"
+	"github.com/storepkg/storepkg/pkg/storepath"
+)
+
+// item is one path this run substitutes.
+type item struct {
+	path     storepath.Path
+	neededBy storepath.Path
+	ni       *narinfo.NarInfo
+	cache    *Cache
+}
+
+// event reaches the registrar: a path unpacked under tmp and locked by us,
+// or (tmp == "") a path another process made valid meanwhile.
+type event struct {
+	it   *item
+	tmp  string
+	lock *store.PathLock
+}
+
+type run struct {
+	f      *Fetcher
+	ctx    context.Context
+	cancel context.CancelFunc
+	caches []*Cache
+
+	errOnce sync.Once
+	err     error
+
+	jobs      chan struct{} // download slots
+	downloads sync.WaitGroup
+	events    chan event
+
+	// validBefore holds paths found valid while resolving: references
+	// that need no work.
+	validBefore map[storepath.Path]bool
+
+	mu         sync.Mutex
+	fetched    []storepath.Path
+	downloaded atomic.Int64
+	progress   Progress
+}
+
+func newRun(ctx context.Context, f *Fetcher) *run {
+	ctx, cancel := context.WithCancel(ctx)
+	return &run{
+		f: f, ctx: ctx, cancel: cancel,
+		caches:      f.cachesInOrder(ctx),
+		jobs:        make(chan struct{}, f.opts.MaxJobs),
+		events:      make(chan event, 64),
+		validBefore: map[storepath.Path]bool{},
+	}
+}
+
+// fail records the first error and stops the run's remaining work.
+func (r *run) fail(err error) {
+	r.errOnce.Do(func() {
+		r.err = err
+		r.cancel()
+	})
+}
+
+func (r *run) run(roots []storepath.Path) error {
+	defer r.cancel()
+	registrarDone := make(chan struct{})
+	go func() {
+		defer close(registrarDone)
+		r.registrar()
+	}()
+	r.resolve(roots)
+	r.downloads.Wait()
+	close(r.events)
+	<-registrarDone
+	if r.err == nil && r.ctx.Err() != nil {
+		return r.ctx.Err()
+	}
+	return r.err
+}
+
+// resolve walks the closure a depth level at a time: the narinfos of one
+// level are requested concurrently, and each path's download starts as
+// soon as its narinfo is verified.
+func (r *run) resolve(roots []storepath.Path) {
+	seen := map[storepath.Path]bool{}
+	var level []*item
+	valid, err := r.f.store.ValidSubset(r.ctx, roots)
+	if err != nil {
+		r.fail(err)
+		return
+	}
+	for _, p := range roots {
+		seen[p] = true
+		if !valid[p] {
+			level = append(level, &item{path: p})
+		}
+	}
+	lookups := make(chan struct{}, r.f.opts.LookupJobs)
+	for len(level) > 0 && r.ctx.Err() == nil {
+		var wg sync.WaitGroup
+		for _, it := range level {
+			wg.Add(1)
+			lookups <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-lookups }()
+				if err := r.lookup(it); err != nil {
+					r.fail(err)
+					return
+				}
+				r.startDownload(it)
+			}()
+		}
+		wg.Wait()
+		if r.ctx.Err() != nil {
+			return
+		}
+		var next []*item
+		var nextPaths []storepath.Path
+		for _, it := range level {
+			for _, ref := range it.ni.References {
+				if !seen[ref] {
+					seen[ref] = true
+					next = append(next, &item{path: ref, neededBy: it.path})
+					nextPaths = append(nextPaths, ref)
+				}
+			}
+		}
+		if len(nextPaths) == 0 {
+			return
+		}
+		if err := r.f.store.AddTempRoots(r.ctx, nextPaths...); err != nil {
+			r.fail(err)
+			return
+		}
+		valid, err := r.f.store.ValidSubset(r.ctx, nextPaths)
+		if err != nil {
+			r.fail(err)
+			return
+		}
+		level = level[:0:0]
+		for _, it := range next {
+			if valid[it.path] {
+				r.mu.Lock()
+				r.validBefore[it.path] = true
+				r.mu.Unlock()
+			} else {
+				level = append(level, it)
+			}
+		}
+	}
+}
+
+// lookup finds it's narinfo in the first cache (by priority) that has it
+// with a trusted signature.
+func (r *run) lookup(it *item) error {
+	var reasons []string
+	var untrusted *PathError
+	for _, c := range r.caches {
+		ni, err := c.NarInfo(r.ctx, it.path)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			reasons = append(reasons, c.URL+": not found")
+			continue
+		case err != nil:
+			if r.ctx.Err() != nil {
+				return r.ctx.Err()
+			}
+			reasons = append(reasons, c.URL+": "+err.Error())
+			continue
+		}
+		if !c.Trusted {
+			if err := ni.VerifySignatures(r.f.opts.TrustedKeys); err != nil {
+				reasons = append(reasons, c.URL+": "+err.Error())
+				if untrusted == nil {
+					untrusted = &PathError{Path: it.path, NeededBy: it.neededBy, Cache: c.URL,
+						Err: err}
+				}
+				continue
+			}
+		}
+		if !knownCompression(ni.Compression) {
+			reasons = append(reasons, fmt.Sprintf("%s: unknown compression %q", c.URL, ni.Compression))
+			continue
+		}
+		it.ni, it.cache = ni, c
+		return nil
+	}
+	if untrusted != nil {
+		return untrusted
+	}
+	return &PathError{Path: it.path, NeededBy: it.neededBy, Err: fmt.Errorf("%w in any cache (%s)", ErrNotFound, strings.Join(reasons, "; "))}
+}
+
+func (r *run) startDownload(it *item) {
+	r.mu.Lock()
+	r.progress.PathsTotal++
+	if it.ni.FileSize > 0 {
+		r.progress.BytesTotal += int64(it.ni.FileSize)
+	} else {
+		r.progress.BytesTotal += int64(it.ni.NarSize)
+	}
+	r.mu.Unlock()
+	r.report()
+	r.downloads.Add(1)
+	go func() {
+		defer r.downloads.Done()
+		if err := r.download(it); err != nil {
+			r.fail(err)
+		}
+	}()
+}
+
+// download takes the path's lock (waiting without a download slot if
+// another process has it), and unless that process made the path valid,
+// unpacks the NAR under a temporary name and hands it to the registrar.
+func (r *run) download(it *item) error {
+	lock, _, err := r.f.store.LockPath(r.ctx, it.path, true)
+	if err != nil {
+		return err
+	}
+	valid, err := r.f.store.ValidSubset(r.ctx, []storepath.Path{it.path})
+	if err != nil {
+		lock.Unlock()
+		return err
+	}
+	if valid[it.path] {
+		lock.Unlock()
+		r.events <- event{it: it}
+		r.pathDone()
+		return nil
+	}
+	select {
+	case r.jobs <- struct{}{}:
+	case <-r.ctx.Done():
+		lock.Unlock()
+		return r.ctx.Err()
+	}
+	tmp, err := r.fetchNar(it)
+	<-r.jobs
+	if err != nil {
+		lock.Unlock()
+		if r.ctx.Err() != nil {
+			return r.ctx.Err()
+		}
+		return &PathError{Path: it.path, NeededBy: it.neededBy, Cache: it.cache.URL, Err: err}
+	}
+	r.events <- event{it: it, tmp: tmp, lock: lock}
+	return nil
+}
+
+// fetchNar downloads and unpacks it's NAR, retrying transient failures
+// from the start. It returns the temporary directory holding the verified tree.
+func (r *run) fetchNar(it *item) (string, error) {
+	tmp, err := r.f.store.PrepareInstall(r.ctx, it.path)
+	if err != nil {
+		return "", err
+	}
+	policy := it.cache.retryPolicy()
+	_, err = retry(r.ctx, policy, func() (struct{}, error) {
+		err := r.fetchNarOnce(it, tmp)
+		if err != nil {
+			if rmErr := store.RemoveTree(tmp); rmErr != nil {
+				return struct{}{}, errors.Join(err, rmErr)
+			}
+		}
+		return struct{}{}, err
+	})
+	if err != nil {
+		return "", err
+	}
+	return tmp, nil
+}
+
+func (r *run) fetchNarOnce(it *item, tmp string) error {
+	ni := it.ni
+	rc, err := it.cache.open(r.ctx, ni.URL)
+	if err != nil {
+		return fmt.Errorf("%s: %w", ni.URL, err)
+	}
+	defer rc.Close()
+	file := &countingReader{r: rc, onRead: r.addBytes}
+	if ni.FileHash != nil {
+		file.h = sha256.New()
+	}
+	if ni.FileSize > 0 {
+		file.limit = int64(ni.FileSize)
+	}
+	d, release, err := decompressor(ni.Compression, file)
+	if err != nil {
+		return fmt.Errorf("%s: %w", ni.URL, err)
+	}
+	defer release()
+	narStream := &countingReader{r: d, h: sha256.New(), limit: int64(ni.NarSize)}
+	if err := nar.Unpack(narStream, tmp); err != nil {
+		if errors.Is(err, errTooLong) {
+			return fmt.Errorf("%w: NAR is longer than its NarSize %d", ErrHashMismatch, ni.NarSize)
+		}
+		return fmt.Errorf("%s: %w", ni.URL, err)
+	}
+	if narStream.n != int64(ni.NarSize) {
+		return fmt.Errorf("%w: NAR has %d bytes, NarSize says %d", ErrHashMismatch, narStream.n, ni.NarSize)
+	}
+	var got narinfo.Hash
+	narStream.h.Sum(got[:0])
+	if got != ni.NarHash {
+		return fmt.Errorf("%w: NAR hash is %s, narinfo says %s", ErrHashMismatch, got, ni.NarHash)
+	}
+	if ni.FileHash != nil || ni.FileSize > 0 {
+		// The decompressor may stop before the end of the file.
+		if _, err := io.Copy(io.Discard, file); err != nil {
+			if errors.Is(err, errTooLong) {
+				return fmt.Errorf("%w: %s is longer than its FileSize %d", ErrHashMismatch, ni.URL, ni.FileSize)
+			}
+			return fmt.Errorf("%s: %w", ni.URL, err)
+		}
+		if ni.FileSize > 0 && file.n != int64(ni.FileSize) {
+			return fmt.Errorf("%w: %s has %d bytes, FileSize says %d", ErrHashMismatch, ni.URL, file.n, ni.FileSize)
+		}
+		if ni.FileHash != nil {
+			var fh narinfo.Hash
+			file.h.Sum(fh[:0])
+			if fh != *ni.FileHash {
+				return fmt.Errorf("%w: %s hash is %s, FileHash says %s", ErrHashMismatch, ni.URL, fh, *ni.FileHash)
+			}
+		}
+	}
+	return nil
+}
+
+var errTooLong = errors.New("stream longer than announced")
+
+// countingReader counts and optionally hashes what passes, and refuses to
+// deliver more than limit bytes (0: no limit): the cut that stops a
+// decompression bomb at the size the signed narinfo announced.
+type countingReader struct {
+	r      io.Reader
+	h      hash.Hash
+	n      int64
+	limit  int64
+	onRead func(int)
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	if c.limit > 0 {
+		if c.n >= c.limit {
+			var one [1]byte
+			if n, _ := io.ReadFull(c.r, one[:]); n > 0 {
+				return 0, errTooLong
+			}
+			return 0, io.EOF
+		}
+		if rest := c.limit - c.n; int64(len(p)) > rest {
+			p = p[:rest]
+		}
+	}
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if c.h != nil {
+		c.h.Write(p[:n])
+	}
+	if c.onRead != nil && n > 0 {
+		c.onRead(n)
+	}
+	return n, err
+}
+
+func (r *run) addBytes(n int) {
+	r.downloaded.Add(int64(n))
+	r.mu.Lock()
+	r.progress.BytesDone += int64(n)
+	r.mu.Unlock()
+	r.report()
+}
+
+func (r *run) pathDone() {
+	r.mu.Lock()
+	r.progress.PathsDone++
+	r.mu.Unlock()
+	r.report()
+}
+
+func (r *run) report() {
+	if r.f.opts.Progress == nil {
+		return
+	}
+	r.mu.Lock()
+	p := r.progress
+	r.mu.Unlock()
+	r.f.opts.Progress(p)
+}
+
+// registrar makes unpacked paths visible and valid, references first: a
+// path is renamed into place and registered in the same batch as, or after,
+// every path it references. Locks are released only once a path is valid,
+// so a concurrent fetcher that waited on the lock finds it valid.
+func (r *run) registrar() {
+	known := func(p storepath.Path) bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.validBefore[p]
+	}
+	validNow := map[storepath.Path]bool{}
+	pending := map[storepath.Path]event{}
+	for ev := range r.events {
+		r.take(ev, validNow, pending)
+	drain:
+		for {
+			select {
+			case ev, ok := <-r.events:
+				if !ok {
+					break drain
+				}
+				r.take(ev, validNow, pending)
+			default:
+				break drain
+			}
+		}
+		r.registerReady(validNow, pending, known)
+	}
+	r.registerReady(validNow, pending, known)
+	// Whatever is left lost a reference to a failure: drop it.
+	for _, ev := range pending {
+		store.RemoveTree(ev.tmp)
+		ev.lock.Unlock()
+	}
+}
+
+func (r *run) take(ev event, validNow map[storepath.Path]bool, pending map[storepath.Path]event) {
+	if ev.tmp == "" {
+		validNow[ev.it.path] = true
+		return
+	}
+	pending[ev.it.path] = ev
+}
+
+func (r *run) registerReady(validNow map[storepath.Path]bool, pending map[storepath.Path]event, known func(storepath.Path) bool) {
+	if len(pending) == 0 {
+		return
+	}
+	// Grow the batch to a fixpoint: a path joins once all its references
+	// are valid or already in the batch.
+	batch := map[storepath.Path]bool{}
+	for changed := true; changed; {
+		changed = false
+		for p, ev := range pending {
+			if batch[p] {
+				continue
+			}
+			ready := true
+			for _, ref := range ev.it.ni.References {
+				if ref != p && !validNow[ref] && !batch[ref] && !known(ref) {
+					ready = false
+					break
+				}
+			}
+			if ready {
+				batch[p] = true
+				changed = true
+			}
+		}
+	}
+	if len(batch) == 0 {
+		return
+	}
+	now := time.Now()
+	var infos []store.PathInfo
+	var committed []event
+	for p := range batch {
+		ev := pending[p]
+		delete(pending, p)
+		if err := r.f.store.CommitInstall(ev.tmp, p); err != nil {
+			r.fail(&PathError{Path: p, Err: err})
+			store.RemoveTree(ev.tmp)
+			ev.lock.Unlock()
+			continue
+		}
+		committed = append(committed, ev)
+		ni := ev.it.ni
+		infos = append(infos, store.PathInfo{
+			Path: p, NarHash: ni.NarHash, NarSize: ni.NarSize, References: ni.References,
+			Deriver: ni.Deriver, Sigs: ni.Sigs, CA: ni.CA, RegistrationTime: now,
+		})
+	}
+	err := r.f.store.Register(context.WithoutCancel(r.ctx), infos)
+	for _, ev := range committed {
+		if err != nil {
+			// Not registered: the renamed tree is an invalid path; remove it
+			// so nothing half-done stays visible.
+			store.RemoveTree(r.f.store.RealPath(ev.it.path))
+		} else {
+			validNow[ev.it.path] = true
+			r.mu.Lock()
+			r.fetched = append(r.fetched, ev.it.path)
+			r.mu.Unlock()
+		}
+		ev.lock.Unlock()
+		if err == nil {
+			r.pathDone()
+		}
+	}
+	if err != nil {
+		r.fail(fmt.Errorf("registering %d paths: %w", len(committed), err))
+	}
+}

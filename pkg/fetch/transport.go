@@ -1,0 +1,261 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ErrNotFound means the cache does not have the file (HTTP 404 or 403,
+// as Nix treats both, or a missing file in a file:// cache).
+var ErrNotFound = errors.New("not found")
+
+// transport reads files of one binary cache by their relative path.
+// Implementations: file:// and http(s)://; an S3 one fits the same shape.
+type transport interface {
+	get(ctx context.Context, rel string) (io.ReadCloser, error)
+}
+
+type fileTransport struct{ dir string }
+
+func (t fileTransport) get(_ context.Context, rel string) (io.ReadCloser, error) {
+	f, err := os.Open(filepath.Join(t.dir, filepath.FromSlash(rel)))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNotFound
+	}
+	return f, err
+}
+
+// RetryPolicy says how transient failures (5xx, 429, timeouts, resets) are
+// retried: Attempts tries in all, waiting Backoff, 2*Backoff, … (with jitter).
+type RetryPolicy struct {
+	Attempts int
+	Backoff  time.Duration
+}
+
+// DefaultRetry is used when Options.Retry is zero.
+var DefaultRetry = RetryPolicy{Attempts: 4, Backoff: 250 * time.Millisecond}
+
+type httpTransport struct {
+	base   *url.URL
+	client *http.Client
+	auth   func(*http.Request)
+	retry  RetryPolicy
+	stall  time.Duration
+}
+
+// transientError marks failures worth retrying.
+type transientError struct{ err error }
+
+func (e transientError) Error() string { return e.err.Error() }
+func (e transientError) Unwrap() error { return e.err }
+
+func isTransient(err error) bool {
+	var te transientError
+	if errors.As(err, &te) {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.EPIPE) || errors.Is(err, errStalled)
+}
+
+// retry runs op until it succeeds, fails permanently, or attempts run out.
+func retry[T any](ctx context.Context, p RetryPolicy, op func() (T, error)) (T, error) {
+	var zero T
+	wait := p.Backoff
+	for attempt := 1; ; attempt++ {
+		v, err := op()
+		if err == nil || !isTransient(err) || attempt >= p.Attempts {
+			if err != nil && attempt > 1 {
+				err = fmt.Errorf("%w (after %d attempts)", err, attempt)
+			}
+			return v, err
+		}
+		jitter := time.Duration(rand.Int64N(int64(wait)/2 + 1))
+		select {
+		case <-ctx.Done():
+			return zero, ctx.Err()
+		case <-time.After(wait + jitter):
+		}
+		wait *= 2
+	}
+}
+
+func (t *httpTransport) get(ctx context.Context, rel string) (io.ReadCloser, error) {
+	u := t.base.JoinPath(rel)
+	ctx, cancel := context.WithCancel(ctx)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if t.auth != nil {
+		t.auth(req)
+	}
+	resp, err := t.client.Do(req)
+	if err != nil {
+		cancel()
+		return nil, transientError{err}
+	}
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		return newStallReader(resp.Body, t.stall, cancel), nil
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusForbidden:
+		resp.Body.Close()
+		cancel()
+		return nil, ErrNotFound
+	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout:
+		resp.Body.Close()
+		cancel()
+		return nil, transientError{fmt.Errorf("HTTP %s", resp.Status)}
+	default:
+		resp.Body.Close()
+		cancel()
+		return nil, fmt.Errorf("HTTP %s", resp.Status)
+	}
+}
+
+var errStalled = errors.New("download stalled")
+
+// stallReader cancels a response whose body makes no progress for the
+// stall duration, so a hung connection becomes a retryable error instead
+// of a hang.
+type stallReader struct {
+	body   io.ReadCloser
+	timer  *time.Timer
+	d      time.Duration
+	cancel context.CancelFunc
+	fired  chan struct{}
+}
+
+func newStallReader(body io.ReadCloser, d time.Duration, cancel context.CancelFunc) io.ReadCloser {
+	s := &stallReader{body: body, d: d, cancel: cancel, fired: make(chan struct{})}
+	s.timer = time.AfterFunc(d, func() { close(s.fired); cancel() })
+	return s
+}
+
+func (s *stallReader) Read(p []byte) (int, error) {
+	n, err := s.body.Read(p)
+	if n > 0 {
+		s.timer.Reset(s.d)
+	}
+	if err != nil && err != io.EOF {
+		select {
+		case <-s.fired:
+			err = errStalled
+		default:
+			err = transientError{err}
+		}
+	}
+	return n, err
+}
+
+func (s *stallReader) Close() error {
+	s.timer.Stop()
+	err := s.body.Close()
+	s.cancel()
+	return err
+}
+
+func newTransport(u *url.URL, o *Options) (transport, error) {
+	switch u.Scheme {
+	case "file":
+		if u.Host != "" && u.Host != "localhost" {
+			return nil, fmt.Errorf("file URL with host %q", u.Host)
+		}
+		return fileTransport{dir: u.Path}, nil
+	case "http", "https":
+		t := &httpTransport{base: u, client: o.httpClient(), retry: o.retry(), stall: o.stallTimeout()}
+		if o.Netrc != nil {
+			if m := o.Netrc.lookup(u.Hostname()); m != nil {
+				t.auth = m.apply
+			}
+		}
+		return t, nil
+	default:
+		return nil, fmt.Errorf("unsupported scheme %q (want file, http or https)", u.Scheme)
+	}
+}
+
+// Netrc holds credentials in curl's .netrc format, as Nix's netrc-file.
+// An entry whose login is "bearer" sends its password as a bearer token
+// (attic, private caches behind an API gateway); others use basic auth.
+type Netrc struct{ machines map[string]*netrcMachine }
+
+type netrcMachine struct{ login, password string }
+
+func (m *netrcMachine) apply(r *http.Request) {
+	if m.login == "bearer" {
+		r.Header.Set("Authorization", "Bearer "+m.password)
+		return
+	}
+	r.SetBasicAuth(m.login, m.password)
+}
+
+func (n *Netrc) lookup(host string) *netrcMachine {
+	if m, ok := n.machines[host]; ok {
+		return m
+	}
+	return n.machines[""]
+}
+
+// ParseNetrc reads a netrc file ("machine H login L password P", "default").
+func ParseNetrc(path string) (*Netrc, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("netrc: %w", err)
+	}
+	n := &Netrc{machines: map[string]*netrcMachine{}}
+	var cur *netrcMachine
+	fields := strings.Fields(string(data))
+	for i := 0; i < len(fields); i++ {
+		arg := func() (string, error) {
+			if i+1 >= len(fields) {
+				return "", fmt.Errorf("netrc %s: %q without a value", path, fields[i])
+			}
+			i++
+			return fields[i], nil
+		}
+		switch fields[i] {
+		case "machine":
+			host, err := arg()
+			if err != nil {
+				return nil, err
+			}
+			cur = &netrcMachine{}
+			n.machines[host] = cur
+		case "default":
+			cur = &netrcMachine{}
+			n.machines[""] = cur
+		case "login", "password", "account":
+			v, err := arg()
+			if err != nil {
+				return nil, err
+			}
+			if cur == nil {
+				return nil, fmt.Errorf("netrc %s: %q before any machine", path, fields[i-1])
+			}
+			switch fields[i-1] {
+			case "login":
+				cur.login = v
+			case "password":
+				cur.password = v
+			}
+		}
+	}
+	return n, nil
+}
