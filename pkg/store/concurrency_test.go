@@ -147,16 +147,20 @@ func TestConcurrentWithNixGC(t *testing.T) {
 			defer wg.Done()
 			defer writers.Done()
 			// Until the collector has run a few times over our writes.
+			var took time.Duration
 			for i := 0; gcRuns.Load() < 3; i++ {
-				// Pause between batches, as an installer does. Nix 2.8
-				// begins its transactions DEFERRED, and a deferred
-				// transaction that reads and then writes fails (and is
-				// retried by Nix) whenever another writer committed in
-				// between, so a writer that never pauses starves it.
+				// Pause between batches, as an installer does, for long
+				// enough that we hold the write lock a minority of the
+				// time (slow under -race). Nix 2.8 begins its
+				// transactions DEFERRED; one that has read and then
+				// wants to write while we hold the write lock gets
+				// SQLITE_BUSY at once (no busy wait is possible for it)
+				// and Nix retries after a random pause, so a writer that
+				// hardly ever releases the lock starves Nix.
 				select {
 				case <-gcDone:
 					return
-				case <-time.After(20 * time.Millisecond):
+				case <-time.After(20*time.Millisecond + 3*took):
 				}
 				var infos []PathInfo
 				var prev storepath.Path
@@ -169,10 +173,12 @@ func TestConcurrentWithNixGC(t *testing.T) {
 					prev = p
 					infos = append(infos, in)
 				}
+				start := time.Now()
 				if err := s.Register(ctx, infos); err != nil {
 					errs <- err
 					return
 				}
+				took = time.Since(start)
 				// The collector walks the store directory, so give each
 				// path something there to find – only now: a path that
 				// appears before it is valid may be judged dead just

@@ -173,35 +173,29 @@ func (s *Store) Closure(ctx context.Context, roots []storepath.Path) ([]storepat
 // are consistent with each other.
 func (s *Store) QueryPathInfo(ctx context.Context, p storepath.Path) (*PathInfo, error) {
 	var (
-		hash                   string
-		regTime                int64
-		deriver, sigs, ca      sql.NullString
-		narSize                sql.NullInt64
-		refsJSON               string
-		info                   = &PathInfo{Path: p}
-		errNoRows, errScanning error
+		hash              string
+		regTime           int64
+		deriver, sigs, ca sql.NullString
+		narSize           sql.NullInt64
+		refsJSON          string
 	)
 	err := retryBusy(ctx, func() error {
-		err := s.db.QueryRowContext(ctx, `
+		return s.db.QueryRowContext(ctx, `
 select v.hash, v.registrationTime, v.deriver, v.narSize, v.sigs, v.ca,
   (select json_group_array(r.path) from Refs
      join ValidPaths r on r.id = Refs.reference where Refs.referrer = v.id)
 from ValidPaths v where v.path = ?`, p.Absolute()).
 			Scan(&hash, &regTime, &deriver, &narSize, &sigs, &ca, &refsJSON)
-		if errors.Is(err, sql.ErrNoRows) {
-			errNoRows = err
-			return nil
-		}
-		return err
 	})
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("store: %w", notValid(p))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store: querying %s: %w", p.Absolute(), err)
 	}
-	if errNoRows != nil {
-		return nil, fmt.Errorf("store: %w", notValid(p))
-	}
-	if info.NarHash, errScanning = parseNarHash(hash); errScanning != nil {
-		return nil, fmt.Errorf("store: %s: bad hash column %q: %w", p.Absolute(), hash, errScanning)
+	info := &PathInfo{Path: p}
+	if info.NarHash, err = parseNarHash(hash); err != nil {
+		return nil, fmt.Errorf("store: %s: bad hash column %q: %w", p.Absolute(), hash, err)
 	}
 	info.RegistrationTime = time.Unix(regTime, 0)
 	if narSize.Valid && narSize.Int64 > 0 {

@@ -563,3 +563,27 @@ func TestOpenExisting(t *testing.T) {
 		t.Errorf("Root %q RealPath %q", s1.Root(), s1.RealPath(p))
 	}
 }
+
+// TestNixVerifyDetectsCorruption shows that the clean --verify results
+// above mean something: Nix does hash our trees against our NarHash.
+func TestNixVerifyDetectsCorruption(t *testing.T) {
+	needNix(t)
+	ctx := context.Background()
+	root := t.TempDir()
+	s := openStore(t, root)
+	p := fakePath(t, "fragile")
+	info := install(t, s, p, []treeEntry{{name: "data", content: "original"}})
+	if err := s.Register(ctx, []PathInfo{info}); err != nil {
+		t.Fatal(err)
+	}
+	nixStore(t, root, "--verify", "--check-contents")
+	f := filepath.Join(s.RealPath(p), "data")
+	os.Chmod(f, 0o644)
+	if err := os.WriteFile(f, []byte("tampered"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := nixCmd(ctx, root, nil, "--verify", "--check-contents").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "was modified") {
+		t.Fatalf("nix-store --verify on a modified path: %v\n%s", err, out)
+	}
+}

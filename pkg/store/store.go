@@ -15,6 +15,7 @@
 //	CommitInstall(tmp, p)    // atomic rename
 //	Register(…)              // once the references are valid too
 //	Unlock()
+//	AddGCRoot(name, p)       // before Close drops the temporary roots
 package store
 
 import (
