@@ -1,0 +1,18 @@
+// Command containerd-shim-storepkg-v1 is the containerd shim for runtime
+// type io.containerd.storepkg.v1: runc's shim, with containers whose root
+// is a closure of Nix store paths.
+package main
+
+import (
+	"context"
+
+	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/manager"
+	containerdshim "github.com/containerd/containerd/v2/pkg/shim"
+
+	"github.com/storepkg/storepkg/pkg/shim"
+)
+
+func main() {
+	shim.Register()
+	containerdshim.RunShim(context.Background(), manager.NewShimManager("io.containerd.storepkg.v1"))
+}

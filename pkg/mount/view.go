@@ -1,0 +1,166 @@
+// Package mount builds a container's view of the node store: a small
+// generated root directory and the mounts that expose exactly one closure,
+// read-only, each path at its own /nix/store/<name>.
+package mount
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/storepkg/storepkg/pkg/storepath"
+)
+
+// storeMountOptions: nothing in the store is setuid or a device, and no
+// container may change it.
+var storeMountOptions = []string{"rbind", "ro", "nosuid", "nodev"}
+
+// skeletonDirs exist in every view; runc and the CRI mount over several.
+var skeletonDirs = []struct {
+	path string
+	mode os.FileMode
+}{
+	{"dev", 0o755}, {"proc", 0o555}, {"sys", 0o555}, {"etc", 0o755}, {"run", 0o755},
+	{"tmp", os.ModeSticky | 0o777}, {"var", 0o755}, {"var/tmp", os.ModeSticky | 0o777}, {"root", 0o700}, {"nix", 0o755},
+	{"nix/store", 0o755},
+}
+
+// Minimal identity files, so programs that look up root or nobody work.
+var skeletonFiles = map[string]string{
+	"etc/passwd": "root:x:0:0:root:/root:/noshell\nnobody:x:65534:65534:nobody:/var/empty:/noshell\n",
+	"etc/group":  "root:x:0:\nnogroup:x:65534:\n",
+}
+
+// Build creates the skeleton in rootfs (an empty or missing directory)
+// and returns the mounts to append to the OCI spec: one read-only bind per
+// closure path from hostStore (<StoreRoot>/nix/store). A store path that
+// is itself a symlink becomes the same symlink in the view, since binding
+// it would follow the link on the host. Mount points for the spec's
+// existing mounts (CRI's hosts, resolv.conf, volumes…) are created with
+// the right kind (file or directory).
+func Build(rootfs, hostStore string, closure []storepath.Path, specMounts []specs.Mount) ([]specs.Mount, error) {
+	if err := os.MkdirAll(rootfs, 0o755); err != nil {
+		return nil, fmt.Errorf("view: %w", err)
+	}
+	for _, d := range skeletonDirs {
+		p := filepath.Join(rootfs, d.path)
+		if err := os.Mkdir(p, d.mode); err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("view: %w", err)
+		}
+		if err := os.Chmod(p, d.mode); err != nil {
+			return nil, fmt.Errorf("view: %w", err)
+		}
+	}
+	for name, content := range skeletonFiles {
+		if err := os.WriteFile(filepath.Join(rootfs, name), []byte(content), 0o644); err != nil {
+			return nil, fmt.Errorf("view: %w", err)
+		}
+	}
+	viewStore := filepath.Join(rootfs, "nix", "store")
+	// The view's /nix/store itself is a read-only bind of the skeleton
+	// directory, so nothing can be added beside the closure; the closure
+	// paths are mounted over the mount points prepared in it.
+	mounts := make([]specs.Mount, 0, len(closure)+1)
+	mounts = append(mounts, specs.Mount{
+		Destination: storepath.StoreDir, Type: "bind", Source: viewStore,
+		Options: []string{"bind", "ro", "nosuid", "nodev"},
+	})
+	for _, p := range closure {
+		src := filepath.Join(hostStore, p.Base())
+		dst := filepath.Join(viewStore, p.Base())
+		fi, err := os.Lstat(src)
+		if err != nil {
+			return nil, fmt.Errorf("view: closure path %s: %w", p, err)
+		}
+		switch {
+		case fi.Mode()&os.ModeSymlink != 0:
+			target, err := os.Readlink(src)
+			if err != nil {
+				return nil, fmt.Errorf("view: %w", err)
+			}
+			if err := os.Symlink(target, dst); err != nil {
+				return nil, fmt.Errorf("view: %w", err)
+			}
+			continue
+		case fi.IsDir():
+			err = os.Mkdir(dst, 0o555)
+		default:
+			err = touch(dst)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("view: mount point for %s: %w", p, err)
+		}
+		mounts = append(mounts, specs.Mount{
+			Destination: p.Absolute(), Type: "bind", Source: src, Options: storeMountOptions,
+		})
+	}
+	for _, m := range specMounts {
+		if err := mountPoint(rootfs, m); err != nil {
+			return nil, err
+		}
+	}
+	return mounts, nil
+}
+
+// mountPoint creates the destination of m in the skeleton: a file when a
+// bind mount's source is a file, a directory otherwise.
+func mountPoint(rootfs string, m specs.Mount) error {
+	dst := path.Clean("/" + m.Destination)
+	if dst == "/" || strings.HasPrefix(dst, storepath.StoreDir+"/") || dst == storepath.StoreDir {
+		return nil
+	}
+	full := filepath.Join(rootfs, dst)
+	isFile := false
+	if m.Type == "bind" || hasOption(m.Options, "bind") || hasOption(m.Options, "rbind") {
+		if fi, err := os.Stat(m.Source); err == nil && !fi.IsDir() {
+			isFile = true
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+		return fmt.Errorf("view: mount point %s: %w", dst, err)
+	}
+	var err error
+	if isFile {
+		err = touch(full)
+	} else {
+		err = os.Mkdir(full, 0o755)
+	}
+	if err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("view: mount point %s: %w", dst, err)
+	}
+	return nil
+}
+
+func touch(p string) error {
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o444)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func hasOption(opts []string, o string) bool {
+	for _, x := range opts {
+		if x == o {
+			return true
+		}
+	}
+	return false
+}
+
+// PathEnv returns the PATH entries for roots: each root's bin directory
+// that exists, in the order given.
+func PathEnv(hostStore string, roots []storepath.Path) string {
+	var dirs []string
+	for _, p := range roots {
+		if fi, err := os.Stat(filepath.Join(hostStore, p.Base(), "bin")); err == nil && fi.IsDir() {
+			dirs = append(dirs, p.Absolute()+"/bin")
+		}
+	}
+	return strings.Join(dirs, ":")
+}

@@ -1,0 +1,117 @@
+package shim
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/storepkg/storepkg/pkg/storepath"
+)
+
+// The annotation contract (DESIGN.md): pods choose paths only.
+const (
+	annotationPrefix = "storepkg.dev/"
+	// AnnotationPaths lists store paths for every app container of the pod.
+	AnnotationPaths = annotationPrefix + "paths"
+	// AnnotationPathsFor + "<container name>" overrides it for one container.
+	AnnotationPathsFor = AnnotationPaths + "."
+)
+
+// Annotations the CRI plugin sets on every sandbox and container spec.
+const (
+	criContainerType = "io.kubernetes.cri.container-type"
+	criContainerName = "io.kubernetes.cri.container-name"
+	criSandboxID     = "io.kubernetes.cri.sandbox-id"
+	criTypeSandbox   = "sandbox"
+)
+
+// podPaths is what a pod's annotations ask for.
+type podPaths struct {
+	all          []storepath.Path            // storepkg.dev/paths
+	perContainer map[string][]storepath.Path // storepkg.dev/paths.<name>
+}
+
+// parseAnnotations validates every storepkg.dev/ annotation. A mistake is
+// an InvalidArgument error naming the annotation, so `kubectl describe`
+// says exactly which key and path are wrong.
+func parseAnnotations(annotations map[string]string) (*podPaths, error) {
+	pp := &podPaths{perContainer: map[string][]storepath.Path{}}
+	keys := make([]string, 0, len(annotations))
+	for k := range annotations {
+		if strings.HasPrefix(k, annotationPrefix) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		var name string
+		switch {
+		case k == AnnotationPaths:
+		case strings.HasPrefix(k, AnnotationPathsFor) && len(k) > len(AnnotationPathsFor):
+			name = k[len(AnnotationPathsFor):]
+		default:
+			return nil, fmt.Errorf("annotation %s: unknown storepkg annotation (known: %s, %s<container>): %w",
+				k, AnnotationPaths, AnnotationPathsFor, errdefs.ErrInvalidArgument)
+		}
+		paths, err := parsePathList(annotations[k])
+		if err != nil {
+			return nil, fmt.Errorf("annotation %s: %v: %w", k, err, errdefs.ErrInvalidArgument)
+		}
+		if len(paths) == 0 {
+			return nil, fmt.Errorf("annotation %s: no store paths: %w", k, errdefs.ErrInvalidArgument)
+		}
+		if name == "" {
+			pp.all = paths
+		} else {
+			pp.perContainer[name] = paths
+		}
+	}
+	return pp, nil
+}
+
+// forContainer returns the paths for the named container, or nil if it
+// runs from its image.
+func (pp *podPaths) forContainer(name string) []storepath.Path {
+	if p, ok := pp.perContainer[name]; ok {
+		return p
+	}
+	return pp.all
+}
+
+// lists returns every distinct path list the pod names, for prefetching.
+func (pp *podPaths) lists() [][]storepath.Path {
+	var out [][]storepath.Path
+	if len(pp.all) > 0 {
+		out = append(out, pp.all)
+	}
+	names := make([]string, 0, len(pp.perContainer))
+	for n := range pp.perContainer {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		out = append(out, pp.perContainer[n])
+	}
+	return out
+}
+
+func parsePathList(s string) ([]storepath.Path, error) {
+	fields := strings.FieldsFunc(s, func(r rune) bool {
+		return r == ',' || r == ' ' || r == '\t' || r == '\n' || r == '\r'
+	})
+	seen := map[storepath.Path]bool{}
+	var out []storepath.Path
+	for _, f := range fields {
+		p, err := storepath.Parse(f)
+		if err != nil {
+			return nil, err
+		}
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,150 @@
+package shim
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	"github.com/pelletier/go-toml/v2"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/storepkg/storepkg/pkg/fetch"
+	"github.com/storepkg/storepkg/pkg/narinfo"
+)
+
+// Defaults for real use: the public NixOS cache and its key.
+const (
+	DefaultSubstituter = "https://cache.nixos.org"
+	DefaultPublicKey   = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
+)
+
+// Config is the runtime's `options` table in containerd's config: our
+// keys and runc's, side by side, CamelCase like runc's.
+type Config struct {
+	Substituters      []string
+	TrustedPublicKeys []string
+	StoreRoot         string // the store is <StoreRoot>/nix/store
+	NetrcFile         string
+	MaxJobs           int
+	FetchTimeout      string // a Go duration; how long one closure may take in all; default 30m
+
+	// runc's own options, translated to its type (never passed raw).
+	BinaryName    string
+	Root          string
+	SystemdCgroup bool
+	NoPivotRoot   bool
+	NoNewKeyring  bool
+	ShimCgroup    string
+	IoUid         uint32
+	IoGid         uint32
+	CriuImagePath string
+	CriuWorkPath  string
+}
+
+// parseOptions reads the node config from a Create request's options:
+// runtimeoptions.Options carrying the TOML table (ConfigBody) or a file
+// (ConfigPath). Unknown keys are refused so a typo does not silently fall
+// back to a default.
+func parseOptions(opts *anypb.Any) (*Config, error) {
+	cfg := &Config{}
+	if opts == nil || len(opts.GetValue()) == 0 {
+		return cfg.withDefaults(), nil
+	}
+	v, err := typeurl.UnmarshalAny(opts)
+	if err != nil {
+		return nil, fmt.Errorf("runtime options: %w", err)
+	}
+	switch o := v.(type) {
+	case *runtimeoptions.Options:
+		body := o.ConfigBody
+		src := "runtime options"
+		if o.ConfigPath != "" {
+			src = o.ConfigPath
+			if body, err = os.ReadFile(o.ConfigPath); err != nil {
+				return nil, fmt.Errorf("runtime options ConfigPath: %w", err)
+			}
+		}
+		dec := toml.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(cfg); err != nil {
+			var strict *toml.StrictMissingError
+			if errors.As(err, &strict) {
+				var keys []string
+				for _, e := range strict.Errors {
+					keys = append(keys, strings.Join(e.Key(), "."))
+				}
+				return nil, fmt.Errorf("storepkg config (%s): unknown keys %s: %w", src, strings.Join(keys, ", "), errdefs.ErrInvalidArgument)
+			}
+			return nil, fmt.Errorf("storepkg config (%s): %v: %w", src, err, errdefs.ErrInvalidArgument)
+		}
+	case *runcoptions.Options:
+		// Configured with runc's options type: take them, use our defaults.
+		cfg.BinaryName, cfg.Root, cfg.SystemdCgroup = o.BinaryName, o.Root, o.SystemdCgroup
+		cfg.NoPivotRoot, cfg.NoNewKeyring, cfg.ShimCgroup = o.NoPivotRoot, o.NoNewKeyring, o.ShimCgroup
+		cfg.IoUid, cfg.IoGid, cfg.CriuImagePath, cfg.CriuWorkPath = o.IoUid, o.IoGid, o.CriuImagePath, o.CriuWorkPath
+	default:
+		return nil, fmt.Errorf("runtime options of type %T: %w", v, errdefs.ErrInvalidArgument)
+	}
+	return cfg.withDefaults(), nil
+}
+
+func (c *Config) withDefaults() *Config {
+	if len(c.Substituters) == 0 {
+		c.Substituters = []string{DefaultSubstituter}
+		if len(c.TrustedPublicKeys) == 0 {
+			c.TrustedPublicKeys = []string{DefaultPublicKey}
+		}
+	}
+	if c.StoreRoot == "" {
+		c.StoreRoot = "/"
+	}
+	return c
+}
+
+// runcOptions translates to the options type runc's task service expects.
+func (c *Config) runcOptions() (*anypb.Any, error) {
+	o := &runcoptions.Options{
+		BinaryName: c.BinaryName, Root: c.Root, SystemdCgroup: c.SystemdCgroup,
+		NoPivotRoot: c.NoPivotRoot, NoNewKeyring: c.NoNewKeyring, ShimCgroup: c.ShimCgroup,
+		IoUid: c.IoUid, IoGid: c.IoGid, CriuImagePath: c.CriuImagePath, CriuWorkPath: c.CriuWorkPath,
+	}
+	a, err := typeurl.MarshalAnyToProto(o)
+	if err != nil {
+		return nil, fmt.Errorf("runc options: %w", err)
+	}
+	return a, nil
+}
+
+// fetchOptions builds the fetcher's options.
+func (c *Config) fetchOptions() (fetch.Options, error) {
+	o := fetch.Options{Substituters: c.Substituters, MaxJobs: c.MaxJobs}
+	for _, k := range c.TrustedPublicKeys {
+		pk, err := narinfo.ParsePublicKey(k)
+		if err != nil {
+			return o, fmt.Errorf("storepkg config TrustedPublicKeys: %v: %w", err, errdefs.ErrInvalidArgument)
+		}
+		o.TrustedKeys = append(o.TrustedKeys, pk)
+	}
+	if c.NetrcFile != "" {
+		n, err := fetch.ParseNetrc(c.NetrcFile)
+		if err != nil {
+			return o, fmt.Errorf("storepkg config NetrcFile: %v: %w", err, errdefs.ErrInvalidArgument)
+		}
+		o.Netrc = n
+	}
+	return o, nil
+}
+
+func (c *Config) fetchTimeout() time.Duration {
+	if d, err := time.ParseDuration(c.FetchTimeout); err == nil && d > 0 {
+		return d
+	}
+	return 30 * time.Minute
+}

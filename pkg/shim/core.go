@@ -1,0 +1,307 @@
+// Package shim is the task service of containerd-shim-storepkg-v1: it wraps
+// runc's task service from containerd, so process management, io, exec,
+// pty, OOM events and cgroups are containerd's tested code, and adds what
+// storepkg does on create, exec and delete. The containerd-version-specific
+// glue is in task_v3.go; everything else here is version-neutral.
+package shim
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/storepkg/storepkg/pkg/fetch"
+	"github.com/storepkg/storepkg/pkg/mount"
+	"github.com/storepkg/storepkg/pkg/store"
+	"github.com/storepkg/storepkg/pkg/storepath"
+)
+
+// core holds the shim process's storepkg state: one per pod, since
+// containerd runs one shim per sandbox.
+type core struct {
+	mu         sync.Mutex
+	cfg        *Config
+	store      *store.Store
+	fetcher    *fetch.Fetcher
+	fetches    map[string]*fetchCall
+	containers map[string]*containerState
+}
+
+type containerState struct {
+	gcRoots []string
+	pathEnv string // PATH entries of the root paths, for exec
+}
+
+// fetchCall is one closure substitution in flight or done. It runs on the
+// shim's own context: a create whose caller gives up (kubelet's deadline)
+// stops waiting, the fetch goes on, and the retried create joins it.
+type fetchCall struct {
+	done chan struct{}
+	res  *fetch.Result
+	err  error
+}
+
+func newCore() *core {
+	return &core{fetches: map[string]*fetchCall{}, containers: map[string]*containerState{}}
+}
+
+// setup opens the store and the fetcher on first use, with the node
+// configuration of the first request that needs them.
+func (c *core) setup(ctx context.Context, cfg *Config) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fetcher != nil {
+		return nil
+	}
+	opts, err := cfg.fetchOptions()
+	if err != nil {
+		return err
+	}
+	opts.Log = log.G(ctx).WithField("component", "storepkg-fetch")
+	st, err := store.Open(context.WithoutCancel(ctx), cfg.StoreRoot)
+	if err != nil {
+		return fmt.Errorf("storepkg: opening node store at %s: %w", cfg.StoreRoot, err)
+	}
+	f, err := fetch.New(st, opts)
+	if err != nil {
+		st.Close()
+		return fmt.Errorf("storepkg: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	c.cfg, c.store, c.fetcher = cfg, st, f
+	return nil
+}
+
+func fetchKey(paths []storepath.Path) string {
+	s := make([]string, len(paths))
+	for i, p := range paths {
+		s[i] = p.Base()
+	}
+	slices.Sort(s)
+	return strings.Join(s, " ")
+}
+
+// startFetch returns the substitution of paths' closure, starting it
+// unless one is in flight or succeeded. A failed one is retried by the
+// next caller.
+func (c *core) startFetch(ctx context.Context, paths []storepath.Path) *fetchCall {
+	key := fetchKey(paths)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if call, ok := c.fetches[key]; ok {
+		select {
+		case <-call.done:
+			if call.err == nil {
+				return call
+			}
+		default:
+			return call
+		}
+	}
+	call := &fetchCall{done: make(chan struct{})}
+	c.fetches[key] = call
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.fetchTimeout())
+	go func() {
+		defer cancel()
+		defer close(call.done)
+		start := time.Now()
+		call.res, call.err = c.fetcher.Fetch(fctx, paths)
+		l := log.G(fctx).WithField("paths", len(paths)).WithField("duration", time.Since(start))
+		if call.err != nil {
+			l.WithError(call.err).Warn("storepkg: substitution failed")
+		} else {
+			l.WithField("closure", len(call.res.Closure)).WithField("fetched", len(call.res.Fetched)).Info("storepkg: closure ready")
+		}
+	}()
+	return call
+}
+
+// prefetch starts substituting every closure the pod names, when its
+// sandbox is created, long before kubelet asks for the containers.
+func (c *core) prefetch(ctx context.Context, cfg *Config, pp *podPaths) error {
+	lists := pp.lists()
+	if len(lists) == 0 {
+		return nil
+	}
+	if err := c.setup(ctx, cfg); err != nil {
+		return err
+	}
+	for _, l := range lists {
+		c.startFetch(ctx, l)
+	}
+	return nil
+}
+
+// prepareContainer makes the container's closure valid and rewrites its
+// bundle: the root becomes a generated skeleton with the closure mounted
+// read-only, PATH leads to the root paths' bin directories. The caller
+// then drops the image's rootfs mounts. GC roots are held from before the
+// substitution; on error they are released.
+func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle string, spec *specs.Spec, paths []storepath.Path) (err error) {
+	if err := c.setup(ctx, cfg); err != nil {
+		return err
+	}
+	state := &containerState{}
+	defer func() {
+		if err != nil {
+			c.releaseRoots(ctx, state.gcRoots)
+		}
+	}()
+	for _, p := range paths {
+		name := id + "-" + p.HashPart()
+		if err := c.store.AddGCRoot(ctx, name, p); err != nil {
+			return err
+		}
+		state.gcRoots = append(state.gcRoots, name)
+	}
+	call := c.startFetch(ctx, paths)
+	select {
+	case <-call.done:
+	case <-ctx.Done():
+		return fmt.Errorf("storepkg: waiting for the closure of %s (substitution continues for a retry): %w", describe(paths), ctx.Err())
+	}
+	if call.err != nil {
+		return fetchError(call.err)
+	}
+	hostStore := c.store.StoreDir()
+	rootfs := filepath.Join(bundle, "rootfs")
+	if spec.Root != nil && spec.Root.Path != "" {
+		rootfs = spec.Root.Path
+		if !filepath.IsAbs(rootfs) {
+			rootfs = filepath.Join(bundle, rootfs)
+		}
+	}
+	mounts, err := mount.Build(rootfs, hostStore, call.res.Closure, spec.Mounts)
+	if err != nil {
+		return fmt.Errorf("storepkg: container view: %w", err)
+	}
+	spec.Mounts = append(spec.Mounts, mounts...)
+	state.pathEnv = mount.PathEnv(hostStore, paths)
+	if spec.Process != nil {
+		spec.Process.Env = prependPath(spec.Process.Env, state.pathEnv)
+	}
+	if err := writeSpec(bundle, spec); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.containers[id] = state
+	c.mu.Unlock()
+	log.G(ctx).WithField("id", id).WithField("closure", len(call.res.Closure)).Info("storepkg: container view ready")
+	return nil
+}
+
+// fetchError gives a substitution failure the errdefs kind CRI reports.
+func fetchError(err error) error {
+	var kind error = errdefs.ErrUnknown
+	switch {
+	case errors.Is(err, fetch.ErrNotFound):
+		kind = errdefs.ErrNotFound
+	case errors.Is(err, fetch.ErrUntrusted), errors.Is(err, fetch.ErrHashMismatch):
+		kind = errdefs.ErrFailedPrecondition
+	case errors.Is(err, context.DeadlineExceeded):
+		kind = errdefs.ErrUnavailable
+	}
+	return fmt.Errorf("storepkg: %v: %w", err, kind)
+}
+
+func describe(paths []storepath.Path) string {
+	if len(paths) == 1 {
+		return paths[0].Absolute()
+	}
+	return fmt.Sprintf("%s and %d more", paths[0].Absolute(), len(paths)-1)
+}
+
+// prependPath puts dirs in front of the PATH in env (adding PATH if absent).
+func prependPath(env []string, dirs string) []string {
+	if dirs == "" {
+		return env
+	}
+	for i, e := range env {
+		if v, ok := strings.CutPrefix(e, "PATH="); ok {
+			if v != "" {
+				dirs += ":" + v
+			}
+			out := slices.Clone(env)
+			out[i] = "PATH=" + dirs
+			return out
+		}
+	}
+	return append(slices.Clone(env), "PATH="+dirs)
+}
+
+// execEnv rewrites an exec's process spec (JSON) so PATH finds the closure.
+func (c *core) execEnv(id string, processSpec *anypb.Any) error {
+	c.mu.Lock()
+	state := c.containers[id]
+	c.mu.Unlock()
+	if state == nil || state.pathEnv == "" || processSpec == nil {
+		return nil
+	}
+	var p specs.Process
+	if err := json.Unmarshal(processSpec.GetValue(), &p); err != nil {
+		return fmt.Errorf("storepkg: exec process spec: %w", err)
+	}
+	p.Env = prependPath(p.Env, state.pathEnv)
+	b, err := json.Marshal(&p)
+	if err != nil {
+		return err
+	}
+	processSpec.Value = b
+	return nil
+}
+
+// containerDeleted releases what the container held.
+func (c *core) containerDeleted(ctx context.Context, id string) {
+	c.mu.Lock()
+	state := c.containers[id]
+	delete(c.containers, id)
+	c.mu.Unlock()
+	if state != nil {
+		c.releaseRoots(ctx, state.gcRoots)
+	}
+}
+
+func (c *core) releaseRoots(ctx context.Context, names []string) {
+	for _, n := range names {
+		if err := c.store.RemoveGCRoot(n); err != nil {
+			log.G(ctx).WithError(err).Warn("storepkg: releasing GC root")
+		}
+	}
+}
+
+func readSpec(bundle string) (*specs.Spec, error) {
+	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return nil, fmt.Errorf("storepkg: reading bundle spec: %w", err)
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("storepkg: bundle spec %s: %w", bundle, err)
+	}
+	return &s, nil
+}
+
+func writeSpec(bundle string, s *specs.Spec) error {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(bundle, ".config.json.storepkg")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("storepkg: writing bundle spec: %w", err)
+	}
+	return os.Rename(tmp, filepath.Join(bundle, "config.json"))
+}
+
+func errdefsf(kind error, msg string) error { return fmt.Errorf("%s: %w", msg, kind) }
