@@ -26,7 +26,7 @@ let
   hello = mk "hello-dyn-1.0" { inherit glibc libgreet; src = helloSrc; } ''mkdir -p $out/bin; cp $src/hello-dyn $out/bin/; chmod 555 $out/bin/hello-dyn'';
   tools = mk "tools" {} ''
     mkdir -p $out/bin
-    for a in sh ls cat echo touch sleep wget nc id mount grep head; do ln -s ${busybox}/bin/busybox $out/bin/$a; done
+    for a in sh ls cat echo touch sleep wget nc id mount grep head wc; do ln -s ${busybox}/bin/busybox $out/bin/$a; done
   '';
 in { inherit libgreet hello tools; }
 `

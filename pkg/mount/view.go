@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -163,4 +164,62 @@ func PathEnv(hostStore string, roots []storepath.Path) string {
 		}
 	}
 	return strings.Join(dirs, ":")
+}
+
+// Remove deletes a view's skeleton once its container is gone. The
+// closure mounts lived in the container's mount namespace, so nothing
+// should be mounted under rootfs on the host; if something is, Remove
+// refuses rather than delete through a mount into the store.
+func Remove(rootfs string) error {
+	mounted, err := mountedUnder(rootfs)
+	if err != nil {
+		return err
+	}
+	if len(mounted) > 0 {
+		return fmt.Errorf("view: %s still has %d mounts (first %s); not removing", rootfs, len(mounted), mounted[0])
+	}
+	if err := os.RemoveAll(rootfs); err != nil {
+		return fmt.Errorf("view: %w", err)
+	}
+	return nil
+}
+
+// mountedUnder lists mount points at or below dir in this mount namespace.
+func mountedUnder(dir string) ([]string, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("view: %w", err)
+	}
+	dir = filepath.Clean(dir)
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeOctal(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	return out, nil
+}
+
+// unescapeOctal undoes mountinfo's \NNN escapes (space, tab, newline, backslash).
+func unescapeOctal(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }

@@ -42,6 +42,7 @@ type core struct {
 type containerState struct {
 	gcRoots []string
 	pathEnv string // PATH entries of the root paths, for exec
+	rootfs  string // the generated view, removed with the container
 }
 
 // fetchCall is one closure substitution in flight or done. It runs on the
@@ -182,6 +183,12 @@ func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle str
 			rootfs = filepath.Join(bundle, rootfs)
 		}
 	}
+	state.rootfs = rootfs
+	defer func() {
+		if err != nil {
+			c.removeView(ctx, rootfs)
+		}
+	}()
 	mounts, err := mount.Build(rootfs, hostStore, call.res.Closure, spec.Mounts)
 	if err != nil {
 		return fmt.Errorf("storepkg: container view: %w", err)
@@ -269,7 +276,23 @@ func (c *core) containerDeleted(ctx context.Context, id string) {
 	c.mu.Unlock()
 	if state != nil {
 		c.releaseRoots(ctx, state.gcRoots)
+		c.removeView(ctx, state.rootfs)
 	}
+}
+
+// removeView deletes the skeleton: containerd expects the bundle's rootfs
+// to be an empty mount point and would otherwise leave the bundle behind.
+func (c *core) removeView(ctx context.Context, rootfs string) {
+	if rootfs == "" {
+		return
+	}
+	if err := mount.Remove(rootfs); err != nil {
+		log.G(ctx).WithError(err).Warn("storepkg: removing container view")
+		return
+	}
+	// containerd removes the (now absent) rootfs itself; keep an empty one
+	// so its os.Remove finds what it expects.
+	os.Mkdir(rootfs, 0o711)
 }
 
 func (c *core) releaseRoots(ctx context.Context, names []string) {

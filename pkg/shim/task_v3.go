@@ -85,14 +85,19 @@ func (s *service) prepareCreate(ctx context.Context, r *taskAPI.CreateTaskReques
 		return err
 	}
 	pp, err := parseAnnotations(spec.Annotations)
-	if err != nil {
-		return err
-	}
 	if spec.Annotations[criContainerType] == criTypeSandbox {
-		if err := s.core.prefetch(ctx, cfg, pp); err != nil {
+		// The sandbox runs as it is; a bad annotation is reported by the
+		// create of each container it concerns, by name.
+		if err == nil {
+			err = s.core.prefetch(ctx, cfg, pp)
+		}
+		if err != nil {
 			log.G(ctx).WithError(err).Warn("storepkg: prefetch not started")
 		}
 		return nil
+	}
+	if err != nil {
+		return err
 	}
 	name := spec.Annotations[criContainerName]
 	paths := pp.forContainer(name)
