@@ -13,7 +13,7 @@ let
     echo '<h1>served from a Nix store path by storepkg</h1>' > $out/index.html
   '';
   start = mk "demo-httpd.sh" ''
-    printf '#!${busybox}/bin/sh\nexec ${busybox}/bin/httpd -f -v -p 8080 -h ${site}\n' > $out
+    printf '#!${busybox}/bin/sh\nexec ${busybox}/bin/busybox httpd -f -v -p 8080 -h ${site}\n' > $out
     chmod +x $out
   '';
 in mk "demo-httpd" ''
