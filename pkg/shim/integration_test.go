@@ -43,7 +43,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func setup(t *testing.T) {
+func setup(t testing.TB) {
 	t.Helper()
 	critest.Require(t)
 	nixtest.Require(t, "nix", "nix-build", "gcc")
@@ -71,7 +71,7 @@ func setup(t *testing.T) {
 }
 
 // serveCache serves the main cache on 127.0.0.1, counting NAR downloads.
-func serveCache(t *testing.T) (url string, gets func() map[string]int, setDelay func(time.Duration)) {
+func serveCache(t testing.TB) (url string, gets func() map[string]int, setDelay func(time.Duration)) {
 	var mu sync.Mutex
 	counts := map[string]int{}
 	var delay time.Duration
