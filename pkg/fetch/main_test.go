@@ -26,7 +26,7 @@ var shared struct {
 	failed bool
 }
 
-var compressions = []string{"xz", "zstd", "bzip2", "none"}
+var compressions = []string{"xz", "zstd", "bzip2", "br", "none"}
 
 func TestMain(m *testing.M) {
 	code := m.Run()

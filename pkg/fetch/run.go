@@ -171,6 +171,7 @@ func (r *run) resolve(roots []storepath.Path) {
 func (r *run) lookup(it *item) error {
 	var reasons []string
 	var untrusted *PathError
+	allNotFound := true
 	for _, c := range r.caches {
 		ni, err := c.NarInfo(r.ctx, it.path)
 		switch {
@@ -181,6 +182,7 @@ func (r *run) lookup(it *item) error {
 			if r.ctx.Err() != nil {
 				return r.ctx.Err()
 			}
+			allNotFound = false
 			reasons = append(reasons, c.URL+": "+err.Error())
 			continue
 		}
@@ -195,6 +197,7 @@ func (r *run) lookup(it *item) error {
 			}
 		}
 		if !knownCompression(ni.Compression) {
+			allNotFound = false
 			reasons = append(reasons, fmt.Sprintf("%s: unknown compression %q", c.URL, ni.Compression))
 			continue
 		}
@@ -204,7 +207,10 @@ func (r *run) lookup(it *item) error {
 	if untrusted != nil {
 		return untrusted
 	}
-	return &PathError{Path: it.path, NeededBy: it.neededBy, Err: fmt.Errorf("%w in any cache (%s)", ErrNotFound, strings.Join(reasons, "; "))}
+	if allNotFound {
+		return &PathError{Path: it.path, NeededBy: it.neededBy, Err: fmt.Errorf("%w in any cache (%s)", ErrNotFound, strings.Join(reasons, "; "))}
+	}
+	return &PathError{Path: it.path, NeededBy: it.neededBy, Err: fmt.Errorf("no cache could provide it (%s)", strings.Join(reasons, "; "))}
 }
 
 func (r *run) startDownload(it *item) {
