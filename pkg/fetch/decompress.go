@@ -1,9 +1,12 @@
 package fetch
 
 import (
+	"bytes"
 	"compress/bzip2"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
 	"sync"
 
 	"github.com/andybalholm/brotli"
@@ -38,6 +41,9 @@ func decompressor(compression string, r io.Reader) (io.Reader, func(), error) {
 	case "none", "":
 		return r, noop, nil
 	case "xz":
+		if p := xzCommand(); p != "" {
+			return execDecoder(p, r)
+		}
 		xr, err := xz.NewReader(r)
 		if err != nil {
 			return nil, noop, fmt.Errorf("xz: %w", err)
@@ -56,5 +62,68 @@ func decompressor(compression string, r io.Reader) (io.Reader, func(), error) {
 		return brotli.NewReader(r), noop, nil
 	default:
 		return nil, noop, fmt.Errorf("unknown compression %q", compression)
+	}
+}
+
+// xzCommand is the host's xz(1), used for xz NARs when present: liblzma
+// decodes about 1.6x faster than the best pure-Go decoder we measured
+// (docs/benchmarks.md), and calling the program keeps our binaries
+// static. STOREPKG_XZ=go forces the pure-Go decoder.
+var xzCommand = lookupXZ
+
+var lookupXZ = sync.OnceValue(func() string {
+	if os.Getenv("STOREPKG_XZ") == "go" {
+		return ""
+	}
+	p, err := exec.LookPath("xz")
+	if err != nil {
+		return ""
+	}
+	return p
+})
+
+// execDecoder streams r through `xz -dc`. The output is as untrusted as
+// the input: the caller still cuts it at NarSize and checks its hash.
+func execDecoder(path string, r io.Reader) (io.Reader, func(), error) {
+	cmd := exec.Command(path, "-dc", "-T1")
+	cmd.Stdin = r
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, func() {}, fmt.Errorf("xz: %w", err)
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, func() {}, fmt.Errorf("xz: %w", err)
+	}
+	d := &cmdReader{cmd: cmd, out: out, stderr: &stderr}
+	return d, d.release, nil
+}
+
+type cmdReader struct {
+	cmd    *exec.Cmd
+	out    io.ReadCloser
+	stderr *bytes.Buffer
+	waited bool
+}
+
+func (c *cmdReader) Read(p []byte) (int, error) {
+	n, err := c.out.Read(p)
+	if err == io.EOF && !c.waited {
+		// The end of the output is only good if xz says so.
+		c.waited = true
+		if werr := c.cmd.Wait(); werr != nil {
+			return n, fmt.Errorf("xz: %v: %s", werr, bytes.TrimSpace(c.stderr.Bytes()))
+		}
+	}
+	return n, err
+}
+
+func (c *cmdReader) release() {
+	if !c.waited {
+		c.waited = true
+		c.cmd.Process.Kill()
+		c.out.Close()
+		c.cmd.Wait()
 	}
 }

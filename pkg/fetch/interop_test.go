@@ -95,3 +95,39 @@ func buildCLI(t *testing.T) string {
 	}
 	return cliOnce.path
 }
+
+// TestXZDecoders: the host's xz and the pure-Go fallback both fetch an xz
+// cache, and both refuse a corrupt compressed file without leaving anything.
+func TestXZDecoders(t *testing.T) {
+	fx, key, caches := fixture(t)
+	defer fetch.SetPureGoXZ(false)
+	for _, pure := range []bool{false, true} {
+		fetch.SetPureGoXZ(pure)
+		name := map[bool]string{false: "xz-command", true: "pure-go"}[pure]
+		t.Run(name, func(t *testing.T) {
+			opts := fetch.Options{TrustedKeys: []narinfo.PublicKey{publicKey(t, key)}}
+			root := t.TempDir()
+			opts.Substituters = []string{"file://" + caches["xz"]}
+			if _, err := fetchInto(t, root, opts, fx.Root); err != nil {
+				t.Fatal(err)
+			}
+			nixtest.Verify(t, root)
+
+			corrupt := copyCache(t, caches["xz"])
+			data, _ := os.ReadFile(filepath.Join(corrupt, mustPath(t, fx.Root).HashPart()+".narinfo"))
+			ni, _ := narinfo.ParseBytes(data)
+			nar := filepath.Join(corrupt, ni.URL)
+			b, _ := os.ReadFile(nar)
+			b[len(b)/2] ^= 0xff
+			os.WriteFile(nar, b, 0o644)
+			opts.Substituters = []string{"file://" + corrupt}
+			root = t.TempDir()
+			_, err := fetchInto(t, root, opts, fx.Root)
+			if err == nil || !strings.Contains(err.Error(), fx.Root) {
+				t.Fatalf("corrupt xz: %v", err)
+			}
+			t.Logf("corrupt xz: %v", err)
+			assertUntouched(t, root, fx.Root)
+		})
+	}
+}
