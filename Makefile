@@ -7,7 +7,7 @@ GO       ?= go
 BIN      := bin
 FUZZTIME ?= 10s
 
-.PHONY: all build test unit fuzz vet demo bench bench-fetch deps clean
+.PHONY: all build test unit fuzz vet demo bench bench-fetch bench-start deps clean
 
 all: build
 
@@ -32,10 +32,13 @@ fuzz:
 	$(GO) test ./pkg/narinfo -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/nixbase32 -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME)
 
-bench: bench-fetch
+bench: bench-fetch bench-start
 
 bench-fetch: deps build
 	hack/bench-fetch.sh
+
+bench-start: deps build
+	hack/bench-start.sh
 
 clean:
 	rm -rf $(BIN)
