@@ -212,10 +212,16 @@ func killCgroup(dir string) {
 	}
 }
 
-// Mounts returns the mount points under Dir, deepest first. With no pod
-// left it should be empty.
+// Mounts returns the mount points under Dir, deepest first, except the
+// Env's own tmpfs at StateDir. With no pod left it should be empty.
 func (e *Env) Mounts() []string {
-	mounts, _ := mountsUnder(e.Dir)
+	all, _ := mountsUnder(e.Dir)
+	var mounts []string
+	for _, m := range all {
+		if m != e.StateDir {
+			mounts = append(mounts, m)
+		}
+	}
 	return mounts
 }
 

@@ -30,6 +30,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"net"
 	"os"
 	"os/exec"
@@ -233,6 +234,12 @@ func newEnv(opts Options) (*Env, error) {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return e, err
 		}
+	}
+	// containerd's state (bundles, and so storepkg's generated views)
+	// lives on a tmpfs, as /run/containerd does on a real node; cleanup
+	// unmounts everything under the Env's dir.
+	if err := unix.Mount("tmpfs", e.StateDir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700"); err != nil {
+		return e, fmt.Errorf("tmpfs for the state dir: %w", err)
 	}
 	return e, nil
 }
