@@ -1,10 +1,10 @@
 package critest
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/storepkg/storepkg/pkg/mount"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -249,48 +249,11 @@ func (e *Env) unmountAll() error {
 	return nil
 }
 
-// mountsUnder lists the mount points at or below dir from
-// /proc/self/mountinfo, deepest first (a path mounted over several times
-// appears several times).
+// mountsUnder lists the mount points at or below dir, deepest first.
 func mountsUnder(dir string) ([]string, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	var mounts []string
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMountinfo(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			mounts = append(mounts, mp)
-		}
-	}
+	mounts, err := mount.MountsUnder(dir)
 	sort.SliceStable(mounts, func(i, j int) bool { return depth(mounts[i]) > depth(mounts[j]) })
-	return mounts, sc.Err()
-}
-
-// unescapeMountinfo decodes the octal escapes (\040 and the like) of a
-// mountinfo path.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return mounts, err
 }
 
 func depth(p string) int { return strings.Count(filepath.Clean(p), "/") }

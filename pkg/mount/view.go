@@ -171,7 +171,7 @@ func PathEnv(hostStore string, roots []storepath.Path) string {
 // should be mounted under rootfs on the host; if something is, Remove
 // refuses rather than delete through a mount into the store.
 func Remove(rootfs string) error {
-	mounted, err := mountedUnder(rootfs)
+	mounted, err := MountsUnder(rootfs)
 	if err != nil {
 		return err
 	}
@@ -184,8 +184,9 @@ func Remove(rootfs string) error {
 	return nil
 }
 
-// mountedUnder lists mount points at or below dir in this mount namespace.
-func mountedUnder(dir string) ([]string, error) {
+// MountsUnder lists the mount points at or below dir in this mount
+// namespace, in mountinfo order (a point mounted over twice appears twice).
+func MountsUnder(dir string) ([]string, error) {
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return nil, fmt.Errorf("view: %w", err)
