@@ -17,7 +17,9 @@ import (
 // zstdDecoders are reused across NARs: a decoder's buffers cost more to
 // allocate than a small store path costs to decode.
 var zstdDecoders = sync.Pool{New: func() any {
-	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<30))
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<30),
+		// The NAR's SHA-256 is checked anyway; zstd's own checksum adds nothing.
+		zstd.IgnoreChecksum(true))
 	if err != nil {
 		panic(err)
 	}

@@ -43,7 +43,7 @@ type run struct {
 	errOnce sync.Once
 	err     error
 
-	jobs      chan struct{} // download slots
+	jobs      *slots // download slots, largest NAR first
 	downloads sync.WaitGroup
 	events    chan event
 
@@ -62,7 +62,7 @@ func newRun(ctx context.Context, f *Fetcher) *run {
 	return &run{
 		f: f, ctx: ctx, cancel: cancel,
 		caches:      f.cachesInOrder(ctx),
-		jobs:        make(chan struct{}, f.opts.MaxJobs),
+		jobs:        newSlots(f.opts.MaxJobs),
 		events:      make(chan event, 64),
 		validBefore: map[storepath.Path]bool{},
 	}
@@ -251,14 +251,16 @@ func (r *run) download(it *item) error {
 		r.pathDone()
 		return nil
 	}
-	select {
-	case r.jobs <- struct{}{}:
-	case <-r.ctx.Done():
+	size := int64(it.ni.FileSize)
+	if size == 0 {
+		size = int64(it.ni.NarSize)
+	}
+	if err := r.jobs.acquire(r.ctx, size); err != nil {
 		lock.Unlock()
-		return r.ctx.Err()
+		return err
 	}
 	tmp, err := r.fetchNar(it)
-	<-r.jobs
+	r.jobs.release()
 	if err != nil {
 		lock.Unlock()
 		if r.ctx.Err() != nil {
