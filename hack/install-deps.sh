@@ -15,6 +15,8 @@ set -o errexit -o nounset -o pipefail
 
 APT_PACKAGES=(
   nix-bin busybox-static xz-utils zstd time
+  # the shim tests compile a dynamically linked program against store paths
+  gcc libc6-dev
   # internal/critest: real containerd with CRI needs runc, CNI plugins and
   # the tools the bridge plugin calls.
   runc containernetworking-plugins iproute2 iptables
