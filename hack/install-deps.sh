@@ -25,6 +25,8 @@ APT_PACKAGES=(
 TOOLS_DIR="${STOREPKG_TOOLS:-/var/cache/storepkg/tools}"
 CONTAINERD_VERSION=v2.3.4
 CRICTL_VERSION=v1.34.0
+# pkg/nodeinstall checks its edits of containerd 1.7 configs with the real 1.7.
+CONTAINERD17_VERSION=v1.7.35
 
 # "name version package...": the tool directory name-version holds the
 # binaries of those packages, each built by `go install package@version`.
@@ -101,6 +103,34 @@ install_go_tools() {
   done
 }
 
+# install_containerd17 builds containerd 1.7 (only the daemon, used by the
+# installer tests to dump configs). `go install pkg@version` refuses that
+# module (its go.mod has exclude directives), so it builds in a writable
+# copy of the module from the module cache.
+install_containerd17() {
+  local dir="$TOOLS_DIR/containerd-$CONTAINERD17_VERSION"
+  [[ -x "$dir/containerd" ]] && return 0
+  log "building containerd $CONTAINERD17_VERSION"
+  local start=$SECONDS tmp src
+  tmp=$(mktemp -d "$TOOLS_DIR/.containerd17.XXXXXX")
+  if ! src=$(cd "$tmp" && go mod download -json "github.com/containerd/containerd@$CONTAINERD17_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p') || [[ -z "$src" ]]; then
+    rm -rf "$tmp"
+    die "go mod download github.com/containerd/containerd@$CONTAINERD17_VERSION failed"
+  fi
+  cp -r "$src" "$tmp/src"
+  chmod -R u+w "$tmp/src"
+  if ! (cd "$tmp/src" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -tags no_btrfs,no_devmapper,no_zfs,no_aufs \
+    -o "$tmp/containerd" ./cmd/containerd) >"$tmp/.log" 2>&1; then
+    tail -n 40 "$tmp/.log" >&2
+    rm -rf "$tmp"
+    die "building containerd $CONTAINERD17_VERSION failed"
+  fi
+  mkdir -p "$dir"
+  mv "$tmp/containerd" "$dir/"
+  rm -rf "$tmp"
+  log "built containerd $CONTAINERD17_VERSION in $((SECONDS - start))s"
+}
+
 # write_env writes $TOOLS_DIR/env.sh: sourcing it puts every tool dir first
 # on PATH.
 write_env() {
@@ -125,6 +155,7 @@ EOF
 main() {
   install_apt
   install_go_tools
+  install_containerd17
   write_env
   log "ok: tools in $TOOLS_DIR (source $TOOLS_DIR/env.sh)"
   echo "$TOOLS_DIR"

@@ -1,0 +1,157 @@
+package nodeinstall
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+)
+
+// Apply carries the plan out on the host. Files are written to a temporary
+// name in their directory and renamed into place, so containerd (or a
+// running shim) never sees half a file; a file we replace keeps its mode.
+func (p *Plan) Apply() error {
+	for _, c := range p.Changes {
+		path := p.opts.host(c.Path)
+		var err error
+		switch c.Kind {
+		case Create, Update:
+			err = writeAtomic(path, c.Data, c.Mode)
+		case Remove:
+			if err = os.Remove(path); errors.Is(err, fs.ErrNotExist) {
+				err = nil
+			}
+		case RemoveDir:
+			if err = os.Remove(path); errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
+				err = nil
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", c.Kind, c.Path, err)
+		}
+	}
+	return nil
+}
+
+func writeAtomic(path string, data []byte, mode fs.FileMode) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if fi, err := os.Stat(path); err == nil {
+		mode = fi.Mode().Perm()
+	} else if mode == 0 {
+		mode = 0o644
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".storepkg-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// Describe writes the plan for people: each change, and for text files
+// the lines added and removed.
+func (p *Plan) Describe(w io.Writer) {
+	if p.Detection != nil {
+		fmt.Fprintf(w, "node: %s\n", p.Detection)
+	}
+	for _, n := range p.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
+	if len(p.Changes) == 0 {
+		fmt.Fprintln(w, "nothing to change")
+		return
+	}
+	for _, c := range p.Changes {
+		fmt.Fprintf(w, "%s %s", c.Kind, c.Path)
+		if c.Why != "" {
+			fmt.Fprintf(w, " (%s)", c.Why)
+		}
+		fmt.Fprintln(w)
+		if c.Binary || c.Kind == RemoveDir || strings.HasSuffix(c.Path, backupSuffix) {
+			continue
+		}
+		switch c.Kind {
+		case Create:
+			for _, l := range lines(c.Data) {
+				fmt.Fprintf(w, "    + %s\n", l)
+			}
+		case Update:
+			for _, l := range diffLines(lines(c.Old), lines(c.Data)) {
+				fmt.Fprintf(w, "    %s\n", l)
+			}
+		}
+	}
+}
+
+func lines(b []byte) []string {
+	s := strings.TrimSuffix(string(b), "\n")
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, "\n")
+}
+
+// diffLines returns the changed lines ("- old", "+ new") of a line diff
+// (longest common subsequence; config files are small).
+func diffLines(a, b []string) []string {
+	n, m := len(a), len(b)
+	lcs := make([][]int, n+1)
+	for i := range lcs {
+		lcs[i] = make([]int, m+1)
+	}
+	for i := n - 1; i >= 0; i-- {
+		for j := m - 1; j >= 0; j-- {
+			if a[i] == b[j] {
+				lcs[i][j] = lcs[i+1][j+1] + 1
+			} else {
+				lcs[i][j] = max(lcs[i+1][j], lcs[i][j+1])
+			}
+		}
+	}
+	var out []string
+	i, j := 0, 0
+	for i < n || j < m {
+		switch {
+		case i < n && j < m && a[i] == b[j]:
+			i++
+			j++
+		case i < n && (j == m || lcs[i+1][j] >= lcs[i][j+1]):
+			out = append(out, "- "+a[i])
+			i++
+		default:
+			out = append(out, "+ "+b[j])
+			j++
+		}
+	}
+	return out
+}
