@@ -136,10 +136,14 @@ func (s *Store) AddTempRoots(ctx context.Context, paths ...storepath.Path) error
 		rec = append(rec, 0)
 	}
 
+	written := false
 	for {
 		ok, err := flockTry(tr.gcLock, lockShared)
 		if err != nil {
 			return fmt.Errorf("store: %w", err)
+		}
+		if ok && written {
+			return funlock(tr.gcLock)
 		}
 		if ok {
 			// No collector: append while holding the shared lock, so none
@@ -150,6 +154,16 @@ func (s *Store) AddTempRoots(ctx context.Context, paths ...storepath.Path) error
 				return fmt.Errorf("store: writing temporary roots to %s: %w", tr.file.Name(), err)
 			}
 			return nil
+		}
+		// A collector is running. Record the roots in the file before telling
+		// it: a collector that reads the file after our ack (the next one)
+		// then finds them too. Nix writes after the ack, which leaves that
+		// window open.
+		if !written {
+			if _, err := tr.file.Write(rec); err != nil {
+				return fmt.Errorf("store: writing temporary roots to %s: %w", tr.file.Name(), err)
+			}
+			written = true
 		}
 		retry, err := s.sendRootsToCollector(ctx, paths)
 		if err != nil {
@@ -162,9 +176,6 @@ func (s *Store) AddTempRoots(ctx context.Context, paths ...storepath.Path) error
 				return fmt.Errorf("store: adding temporary roots: %w", err)
 			}
 			continue
-		}
-		if _, err := tr.file.Write(rec); err != nil {
-			return fmt.Errorf("store: writing temporary roots to %s: %w", tr.file.Name(), err)
 		}
 		return nil
 	}
