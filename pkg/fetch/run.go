@@ -154,14 +154,23 @@ func (r *run) resolve(roots []storepath.Path) {
 			return
 		}
 		level = level[:0:0]
+		woke := false
 		for _, it := range next {
 			if valid[it.path] {
 				r.mu.Lock()
 				r.validBefore[it.path] = true
 				r.mu.Unlock()
+				woke = true
 			} else {
 				level = append(level, it)
 			}
+		}
+		if woke {
+			// Paths already unpacked may have been waiting for exactly
+			// these references: let the registrar look again now, not at
+			// the next download (there may be none while it holds their
+			// locks, and another fetcher waits on them).
+			r.events <- event{}
 		}
 	}
 }
@@ -444,6 +453,9 @@ func (r *run) registrar() {
 }
 
 func (r *run) take(ev event, validNow map[storepath.Path]bool, pending map[storepath.Path]event) {
+	if ev.it == nil {
+		return // a wake-up: references became known
+	}
 	if ev.tmp == "" {
 		validNow[ev.it.path] = true
 		return
