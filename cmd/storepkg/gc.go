@@ -1,0 +1,141 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/storepkg/storepkg/pkg/store"
+)
+
+func newGCCommand() *cobra.Command {
+	var (
+		root     string
+		dryRun   bool
+		maxFreed string
+		minAge   string
+	)
+	cmd := &cobra.Command{
+		Use:   "gc [flags]",
+		Short: "Delete store paths that no garbage collector root keeps alive",
+		Long: `gc collects garbage in the Nix store under --root the way nix-store --gc
+does, and can run next to Nix and to storepkg fetches: roots are the links
+under nix/var/nix/gcroots and profiles, running processes' store paths and
+the temporary roots of live processes.
+
+--dry-run prints the paths that would be deleted, one per line and sorted,
+as nix-store --gc --print-dead does, and a summary on standard error.
+--max-freed stops once that much has been freed (bytes, or with a suffix
+K, M, G or T, powers of 1024 as in Nix). --min-age keeps paths registered
+more recently than that, with their closures (Go durations such as 36h, or
+days: 7d, 1d12h).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			opts := store.GCOptions{DryRun: dryRun}
+			var err error
+			if maxFreed != "" {
+				if opts.MaxFreed, err = parseSize(maxFreed); err != nil {
+					return fmt.Errorf("--max-freed: %w", err)
+				}
+			}
+			if minAge != "" {
+				if opts.MinAge, err = parseAge(minAge); err != nil {
+					return fmt.Errorf("--min-age: %w", err)
+				}
+			}
+			st, err := store.Open(ctx, root)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			res, err := st.CollectGarbage(ctx, opts)
+			out := cmd.OutOrStdout()
+			mib := float64(res.BytesFreed) / (1024 * 1024)
+			if dryRun {
+				if err != nil {
+					return err
+				}
+				dead := slices.Clone(res.Dead)
+				slices.Sort(dead)
+				for _, p := range dead {
+					fmt.Fprintln(out, p)
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "%d paths, %.2f MiB would be freed\n", len(res.Dead), mib)
+				return nil
+			}
+			fmt.Fprintf(out, "deleted %d paths, freed %.2f MiB\n", len(res.Dead), mib)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&root, "root", "/", "root directory of the Nix store")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be deleted, delete nothing")
+	cmd.Flags().StringVar(&maxFreed, "max-freed", "", "stop after freeing `SIZE` (e.g. 500M, 10G, or bytes)")
+	cmd.Flags().StringVar(&minAge, "min-age", "", "keep paths registered less than `DURATION` ago (e.g. 7d, 36h)")
+	return cmd
+}
+
+// parseSize reads a byte count with an optional binary unit suffix K, M,
+// G or T (optionally followed by "B" or "iB"), as Nix's --max-freed.
+func parseSize(s string) (uint64, error) {
+	upper := strings.ToUpper(strings.TrimSpace(s))
+	for _, suffix := range []string{"IB", "B"} {
+		if len(upper) > len(suffix) && strings.HasSuffix(upper, suffix) {
+			upper = upper[:len(upper)-len(suffix)]
+			break
+		}
+	}
+	mult := uint64(1)
+	if n := len(upper); n > 0 {
+		switch upper[n-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult != 1 {
+			upper = upper[:n-1]
+		}
+	}
+	v, err := strconv.ParseFloat(upper, 64)
+	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) || (mult == 1 && v != math.Trunc(v)) {
+		return 0, fmt.Errorf("invalid size %q (want bytes, or a number with K, M, G or T)", s)
+	}
+	b := v * float64(mult)
+	if b >= math.MaxUint64 {
+		return 0, fmt.Errorf("size %q is too large", s)
+	}
+	return uint64(b), nil
+}
+
+// parseAge reads a Go duration, plus whole or fractional days as a
+// leading "<n>d" (7d, 1.5d, 1d12h).
+func parseAge(s string) (time.Duration, error) {
+	t := strings.TrimSpace(s)
+	var d time.Duration
+	if i := strings.IndexByte(t, 'd'); i > 0 {
+		days, err := strconv.ParseFloat(t[:i], 64)
+		if err != nil || days < 0 || days > 100000 {
+			return 0, fmt.Errorf("invalid duration %q (want e.g. 7d, 36h, 1d12h)", s)
+		}
+		d = time.Duration(days * 24 * float64(time.Hour))
+		t = t[i+1:]
+		if t == "" {
+			return d, nil
+		}
+	}
+	rest, err := time.ParseDuration(t)
+	if err != nil || rest < 0 {
+		return 0, fmt.Errorf("invalid duration %q (want e.g. 7d, 36h, 1d12h)", s)
+	}
+	return d + rest, nil
+}
