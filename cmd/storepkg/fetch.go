@@ -15,12 +15,6 @@ import (
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
-// The defaults for real use: the public NixOS cache and its key.
-const (
-	defaultSubstituter = "https://cache.nixos.org"
-	defaultPublicKey   = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
-)
-
 func newFetchCommand() *cobra.Command {
 	var (
 		root         string
@@ -45,9 +39,9 @@ once the whole closure is valid.`,
 			}
 			opts := fetch.Options{Substituters: substituters, MaxJobs: maxJobs}
 			if len(opts.Substituters) == 0 {
-				opts.Substituters = []string{defaultSubstituter}
+				opts.Substituters = []string{fetch.DefaultSubstituter}
 				if len(keys) == 0 {
-					keys = []string{defaultPublicKey}
+					keys = []string{fetch.DefaultPublicKey}
 				}
 			}
 			for _, k := range keys {
@@ -88,7 +82,7 @@ once the whole closure is valid.`,
 		},
 	}
 	cmd.Flags().StringVar(&root, "root", "/", "root directory of the Nix store (the store is ROOT/nix/store)")
-	cmd.Flags().StringArrayVar(&substituters, "substituter", nil, "binary cache URL, repeatable (file://, http://, https://; ?priority=N, ?trusted=1); default "+defaultSubstituter)
+	cmd.Flags().StringArrayVar(&substituters, "substituter", nil, "binary cache URL, repeatable (file://, http://, https://; ?priority=N, ?trusted=1); default "+fetch.DefaultSubstituter)
 	cmd.Flags().StringArrayVar(&keys, "trusted-public-key", nil, "trusted signing key NAME:BASE64, repeatable")
 	cmd.Flags().StringVar(&netrcFile, "netrc-file", "", "credentials for private caches (curl netrc; login \"bearer\" sends a bearer token)")
 	cmd.Flags().IntVar(&maxJobs, "max-jobs", 0, "parallel NAR downloads (default: 2 per CPU, 4 to 16)")

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/storepkg/storepkg/pkg/fetch"
 	"github.com/storepkg/storepkg/pkg/nodeinstall"
 )
 
@@ -96,9 +97,9 @@ Without --substituter the node uses https://cache.nixos.org and its key.`,
 				return err
 			}
 			if len(substituters) == 0 {
-				substituters = []string{defaultSubstituter}
+				substituters = []string{fetch.DefaultSubstituter}
 				if len(keys) == 0 {
-					keys = []string{defaultPublicKey}
+					keys = []string{fetch.DefaultPublicKey}
 				}
 			}
 			if binaries == "" {

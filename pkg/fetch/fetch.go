@@ -31,6 +31,13 @@ var (
 	ErrHashMismatch = errors.New("NAR does not match its narinfo")
 )
 
+// The defaults for real use, when a node or a command names no cache: the
+// public NixOS cache and its signing key.
+const (
+	DefaultSubstituter = "https://cache.nixos.org"
+	DefaultPublicKey   = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
+)
+
 // Options configure a Fetcher. Only Substituters is required.
 type Options struct {
 	Substituters []string // URLs in the order given; "?priority=N" or nix-cache-info Priority reorders

@@ -19,12 +19,6 @@ import (
 	"github.com/storepkg/storepkg/pkg/narinfo"
 )
 
-// Defaults for real use: the public NixOS cache and its key.
-const (
-	DefaultSubstituter = "https://cache.nixos.org"
-	DefaultPublicKey   = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
-)
-
 // Config is the runtime's `options` table in containerd's config: our
 // keys and runc's, side by side, CamelCase like runc's.
 type Config struct {
@@ -97,9 +91,9 @@ func parseOptions(opts *anypb.Any) (*Config, error) {
 
 func (c *Config) withDefaults() *Config {
 	if len(c.Substituters) == 0 {
-		c.Substituters = []string{DefaultSubstituter}
+		c.Substituters = []string{fetch.DefaultSubstituter}
 		if len(c.TrustedPublicKeys) == 0 {
-			c.TrustedPublicKeys = []string{DefaultPublicKey}
+			c.TrustedPublicKeys = []string{fetch.DefaultPublicKey}
 		}
 	}
 	if c.StoreRoot == "" {

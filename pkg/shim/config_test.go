@@ -12,6 +12,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/storepkg/storepkg/pkg/fetch"
 )
 
 func anyOf(t *testing.T, v any) *anypb.Any {
@@ -68,7 +70,7 @@ SystemdCgroup = true
 
 func TestConfigDefaultsAndErrors(t *testing.T) {
 	cfg, err := parseOptions(nil)
-	if err != nil || cfg.Substituters[0] != DefaultSubstituter || cfg.TrustedPublicKeys[0] != DefaultPublicKey || cfg.StoreRoot != "/" {
+	if err != nil || cfg.Substituters[0] != fetch.DefaultSubstituter || cfg.TrustedPublicKeys[0] != fetch.DefaultPublicKey || cfg.StoreRoot != "/" {
 		t.Errorf("defaults: %+v, %v", cfg, err)
 	}
 	_, err = parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte(`Substituter = "typo"`)}))

@@ -404,12 +404,10 @@ func TestLargeClosure(t *testing.T) {
 	t.Logf("create+start with %d paths (fetch included): %v", len(all), time.Since(start))
 	toolsClosure := nixtest.QueryClosure(t, fixture.fx.Store, fixture.fx.Tools)
 	out := strings.TrimSpace(env.Exec(t, id, "sh", "-c", "ls /nix/store | wc -l"))
-	if want := len(all) + len(toolsClosure); out != itoa(want) {
+	if want := len(all) + len(toolsClosure); out != strconv.Itoa(want) {
 		t.Errorf("%s paths visible, want %d", out, want)
 	}
 	env.StopPod(t, podID)
 	env.RmPod(t, podID)
 	assertNothingLeft(t, env, id)
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }
