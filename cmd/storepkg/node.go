@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -33,6 +34,7 @@ systemctl) run through nsenter into PID 1's namespaces.`,
 // nodeFlags are the flags install and uninstall share.
 type nodeFlags struct {
 	hostRoot, containerdConfig, containerdVersion, restart string
+	labelNode, kubeconfig                                  string
 	dryRun                                                 bool
 }
 
@@ -42,6 +44,8 @@ func (f *nodeFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.containerdVersion, "containerd-version", "", "containerd's version, instead of asking the host's containerd --version")
 	cmd.Flags().StringVar(&f.restart, "restart", nodeinstall.RestartAuto, "how to restart containerd: auto, systemd, k3s, rke2, none or command:<shell command run on the host>")
 	cmd.Flags().BoolVar(&f.dryRun, "dry-run", false, "show what would change, change nothing")
+	cmd.Flags().StringVar(&f.labelNode, "label-node", os.Getenv("NODE_NAME"), "Kubernetes node to label "+nodeinstall.ReadyLabel+"=true once the runtime answers (removed on uninstall); default $NODE_NAME, empty: no labelling")
+	cmd.Flags().StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for labelling (default: the pod's in-cluster service account)")
 }
 
 func (f *nodeFlags) installer(cmd *cobra.Command) (*nodeinstall.Installer, error) {
@@ -52,7 +56,16 @@ func (f *nodeFlags) installer(cmd *cobra.Command) (*nodeinstall.Installer, error
 	if err != nil {
 		return nil, err
 	}
+	var label nodeinstall.NodeLabeler
+	if f.labelNode != "" && !f.dryRun {
+		client, err := kubeClient(f.kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("--label-node %s: %w", f.labelNode, err)
+		}
+		label = nodeinstall.KubeNodeLabeler(client, f.labelNode)
+	}
 	return &nodeinstall.Installer{
+		Label: label,
 		Options: nodeinstall.Options{
 			HostRoot:          root,
 			ContainerdConfig:  f.containerdConfig,
@@ -96,6 +109,14 @@ Without --substituter the node uses https://cache.nixos.org and its key.`,
 			if err != nil {
 				return err
 			}
+			// The DaemonSet passes the node config through the
+			// environment (a ConfigMap): flags win where both are given.
+			if !cmd.Flags().Changed("substituter") {
+				substituters = strings.Fields(os.Getenv("STOREPKG_SUBSTITUTERS"))
+			}
+			if !cmd.Flags().Changed("trusted-public-key") {
+				keys = strings.Fields(os.Getenv("STOREPKG_TRUSTED_PUBLIC_KEYS"))
+			}
 			if len(substituters) == 0 {
 				substituters = []string{fetch.DefaultSubstituter}
 				if len(keys) == 0 {
@@ -120,8 +141,8 @@ Without --substituter the node uses https://cache.nixos.org and its key.`,
 		},
 	}
 	flags.register(cmd)
-	cmd.Flags().StringArrayVar(&substituters, "substituter", nil, "binary cache URL, in priority order (repeatable)")
-	cmd.Flags().StringArrayVar(&keys, "trusted-public-key", nil, "trusted signing key NAME:BASE64 (repeatable)")
+	cmd.Flags().StringArrayVar(&substituters, "substituter", nil, "binary cache URL, in priority order (repeatable; default $STOREPKG_SUBSTITUTERS, space separated)")
+	cmd.Flags().StringArrayVar(&keys, "trusted-public-key", nil, "trusted signing key NAME:BASE64 (repeatable; default $STOREPKG_TRUSTED_PUBLIC_KEYS, space separated)")
 	cmd.Flags().StringVar(&storeRoot, "store-root", "/", "the node's store is <store-root>/nix/store")
 	cmd.Flags().StringVar(&netrcFile, "netrc-file", "", "credentials for private caches (a host path)")
 	cmd.Flags().IntVar(&maxJobs, "max-jobs", 0, "parallel downloads (0: the shim's default)")
