@@ -7,12 +7,19 @@ GO       ?= go
 BIN      := bin
 FUZZTIME ?= 10s
 
-.PHONY: all build test unit fuzz vet demo bench bench-fetch bench-start deps clean
+.PHONY: all build image test unit fuzz vet demo bench bench-fetch bench-start deps clean
 
 all: build
 
 build:
 	$(GO) build -buildvcs=auto -o $(BIN)/ ./cmd/...
+
+# The installer image (storepkg + the shim, static) as an image tarball,
+# built in Go without Docker or a registry; the Dockerfile builds the same.
+IMAGE ?= ghcr.io/storepkg/storepkg:dev
+image:
+	CGO_ENABLED=0 $(GO) build -buildvcs=auto -trimpath -ldflags=-s -o $(BIN)/static/ ./cmd/storepkg ./cmd/containerd-shim-storepkg-v1
+	$(GO) run ./hack/tools/installer-image -bin $(BIN)/static -ref $(IMAGE) -o $(BIN)/storepkg-installer.tar
 
 deps:
 	hack/install-deps.sh
