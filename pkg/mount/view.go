@@ -1,6 +1,7 @@
 // Package mount builds a container's view of the node store: a small
-// generated root directory and the mounts that expose exactly one closure,
-// read-only, each path at its own /nix/store/<name>.
+// generated root directory and the mount that exposes exactly one closure,
+// read-only: the closure's store view, a directory shared by every
+// container on the node that runs the same closure (storeview.go).
 package mount
 
 import (
@@ -37,30 +38,60 @@ var skeletonFiles = map[string]string{
 	"etc/group":  "root:x:0:\nnogroup:x:65534:\n",
 }
 
+// BuildShared creates the skeleton in rootfs (an empty or missing
+// directory) and returns the one mount to append to the OCI spec: the
+// closure's store view (AcquireView's View.StoreDir) bound read-only,
+// nosuid, nodev at /nix/store. One mount whatever the closure's size.
+// Mount points for the spec's existing mounts are created as Build does.
+func BuildShared(rootfs, viewStore string, specMounts []specs.Mount) ([]specs.Mount, error) {
+	if err := skeleton(rootfs, specMounts); err != nil {
+		return nil, err
+	}
+	return []specs.Mount{{
+		Destination: storepath.StoreDir, Type: "bind", Source: viewStore, Options: storeMountOptions,
+	}}, nil
+}
+
+// skeleton creates the generated root: its directories, identity files
+// and the mount points of specMounts.
+func skeleton(rootfs string, specMounts []specs.Mount) error {
+	if err := os.MkdirAll(rootfs, 0o755); err != nil {
+		return fmt.Errorf("view: %w", err)
+	}
+	for _, d := range skeletonDirs {
+		p := filepath.Join(rootfs, d.path)
+		if err := os.Mkdir(p, d.mode); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("view: %w", err)
+		}
+		if err := os.Chmod(p, d.mode); err != nil {
+			return fmt.Errorf("view: %w", err)
+		}
+	}
+	for name, content := range skeletonFiles {
+		if err := os.WriteFile(filepath.Join(rootfs, name), []byte(content), 0o644); err != nil {
+			return fmt.Errorf("view: %w", err)
+		}
+	}
+	for _, m := range specMounts {
+		if err := mountPoint(rootfs, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Build creates the skeleton in rootfs (an empty or missing directory)
 // and returns the mounts to append to the OCI spec: one read-only bind per
 // closure path from hostStore (<StoreRoot>/nix/store). A store path that
 // is itself a symlink becomes the same symlink in the view, since binding
 // it would follow the link on the host. Mount points for the spec's
 // existing mounts (CRI's hosts, resolv.conf, volumes…) are created with
-// the right kind (file or directory).
+// the right kind (file or directory). Its cost grows with the closure
+// (runc mounts each path); BuildShared is the fast way, Build the
+// fallback where store views cannot be made (ErrViewUnsupported).
 func Build(rootfs, hostStore string, closure []storepath.Path, specMounts []specs.Mount) ([]specs.Mount, error) {
-	if err := os.MkdirAll(rootfs, 0o755); err != nil {
-		return nil, fmt.Errorf("view: %w", err)
-	}
-	for _, d := range skeletonDirs {
-		p := filepath.Join(rootfs, d.path)
-		if err := os.Mkdir(p, d.mode); err != nil && !errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("view: %w", err)
-		}
-		if err := os.Chmod(p, d.mode); err != nil {
-			return nil, fmt.Errorf("view: %w", err)
-		}
-	}
-	for name, content := range skeletonFiles {
-		if err := os.WriteFile(filepath.Join(rootfs, name), []byte(content), 0o644); err != nil {
-			return nil, fmt.Errorf("view: %w", err)
-		}
+	if err := skeleton(rootfs, specMounts); err != nil {
+		return nil, err
 	}
 	viewStore := filepath.Join(rootfs, "nix", "store")
 	// The view's /nix/store itself is a read-only bind of the skeleton
@@ -99,11 +130,6 @@ func Build(rootfs, hostStore string, closure []storepath.Path, specMounts []spec
 		mounts = append(mounts, specs.Mount{
 			Destination: p.Absolute(), Type: "bind", Source: src, Options: storeMountOptions,
 		})
-	}
-	for _, m := range specMounts {
-		if err := mountPoint(rootfs, m); err != nil {
-			return nil, err
-		}
 	}
 	return mounts, nil
 }

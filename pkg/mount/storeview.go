@@ -1,0 +1,605 @@
+package mount
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/storepkg/storepkg/pkg/storepath"
+)
+
+// A store view is one directory per closure, shared by every container
+// on the node that runs that closure, mounted as the container's
+// /nix/store with a single read-only bind. It lives on the store's own
+// filesystem, under <StoreRoot>/nix/var/storepkg/views:
+//
+//	<key>/store/<name>...   the closure: directories recreated, every
+//	                        other entry a hard link to the store's inode
+//	<key>/manifest          the closure, with each path's inode and birth
+//	                        time when the view was built
+//	<key>/users/<id>        one symlink per container using the view,
+//	                        pointing at its bundle (gone = dead user)
+//	<key>.lock              flock held while building, acquiring, pruning
+//	.build-<key>-<rand>/    a build in progress (or interrupted)
+//	.old-<key>-<rand>/      a view retired while in use (the store path
+//	                        behind it changed); removed when unused
+//	.trash-<rand>/          a view being deleted
+//
+// Hard links share the store's inodes: no data is copied, modes, owners
+// and mtimes are the store's, and the store's files stay what
+// nix-store --verify checks. A view keeps its inodes alive after the
+// store's garbage collector deletes their paths, so views that nothing
+// uses must be pruned (PruneViews) for the space to come back.
+
+// ViewsDir is where the views live, relative to the store root.
+const ViewsDir = "nix/var/storepkg/views"
+
+// ErrViewUnsupported: the views directory cannot hard-link to the store
+// (another filesystem or mount, or links not permitted). Callers fall
+// back to one bind mount per closure path (Build).
+var ErrViewUnsupported = errors.New("store views not supported here")
+
+// User is a container using a view.
+type User struct {
+	// Name identifies the user among the view's users (the container ID).
+	Name string
+	// Alive is a directory that exists as long as the user does (the
+	// container's bundle). A user whose Alive is gone (a shim that died
+	// without releasing) no longer keeps the view.
+	Alive string
+}
+
+// View is a built store view.
+type View struct {
+	Key      string        // identifies the closure: ViewKey
+	StoreDir string        // the directory to mount at /nix/store
+	Built    bool          // this call built it
+	Duration time.Duration // how long building took (when Built)
+	Files    int           // entries linked while building (when Built)
+}
+
+// ViewKey names the view of a closure: a hash of its sorted base names.
+func ViewKey(closure []storepath.Path) string {
+	names := baseNames(closure)
+	h := sha256.New()
+	for _, n := range names {
+		io.WriteString(h, n)
+		h.Write([]byte{'\n'})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+func baseNames(closure []storepath.Path) []string {
+	names := make([]string, len(closure))
+	for i, p := range closure {
+		names[i] = p.Base()
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+func viewsDir(storeRoot string) string { return filepath.Join(storeRoot, ViewsDir) }
+
+// EnsureView makes sure the view of closure exists and matches the store,
+// building it if not, without registering a user: for building a view
+// ahead of the first container (after a prefetch). Every closure path
+// must be valid in the store under storeRoot.
+func EnsureView(ctx context.Context, storeRoot string, closure []storepath.Path) (*View, error) {
+	return acquire(ctx, storeRoot, closure, nil)
+}
+
+// AcquireView returns the view of closure, building it if it is missing
+// or no longer matches the store, and registers user so that PruneViews
+// keeps it until ReleaseView. Concurrent callers for the same closure,
+// in any process, build it once.
+func AcquireView(ctx context.Context, storeRoot string, closure []storepath.Path, user User) (*View, error) {
+	if err := checkName(user.Name); err != nil {
+		return nil, err
+	}
+	return acquire(ctx, storeRoot, closure, &user)
+}
+
+// ReleaseView unregisters user from the view key (also from a retired
+// copy of it). Releasing an unknown user is not an error.
+func ReleaseView(storeRoot, key, user string) error {
+	if err := checkName(user); err != nil {
+		return err
+	}
+	dir := viewsDir(storeRoot)
+	dirs := []string{filepath.Join(dir, key)}
+	old, _ := filepath.Glob(filepath.Join(dir, ".old-"+key+"-*"))
+	dirs = append(dirs, old...)
+	for _, d := range dirs {
+		if err := os.Remove(filepath.Join(d, "users", user)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("view: releasing %s: %w", key, err)
+		}
+	}
+	return nil
+}
+
+func checkName(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return fmt.Errorf("view: invalid user name %q", name)
+	}
+	return nil
+}
+
+func acquire(ctx context.Context, storeRoot string, closure []storepath.Path, user *User) (*View, error) {
+	if len(closure) == 0 {
+		return nil, errors.New("view: empty closure")
+	}
+	dir := viewsDir(storeRoot)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("view: %w", err)
+	}
+	names := baseNames(closure)
+	key := ViewKey(closure)
+	lock, err := lockView(ctx, dir, key, true)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Close()
+
+	hostStore := filepath.Join(storeRoot, storepath.StoreDir)
+	v := &View{Key: key, StoreDir: filepath.Join(dir, key, "store")}
+	current := filepath.Join(dir, key)
+	ok, err := viewMatches(current, hostStore, names)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		if err := retire(dir, key); err != nil {
+			return nil, err
+		}
+		if err := removeBuilds(dir, key); err != nil {
+			return nil, err
+		}
+		start := time.Now()
+		n, err := build(ctx, dir, key, hostStore, names)
+		if err != nil {
+			return nil, err
+		}
+		v.Built, v.Duration, v.Files = true, time.Since(start), n
+	}
+	if user != nil {
+		link := filepath.Join(current, "users", user.Name)
+		os.Remove(link)
+		if err := os.Symlink(user.Alive, link); err != nil {
+			return nil, fmt.Errorf("view: registering %s: %w", user.Name, err)
+		}
+	}
+	return v, nil
+}
+
+// viewMatches reports whether the view at dir holds exactly names and
+// every one of them is still the same file in the store (same inode and
+// birth time): a path deleted and substituted again, or repaired by
+// nix-store, is a new inode, and the view must not show the old one.
+func viewMatches(dir, hostStore string, names []string) (bool, error) {
+	m, err := readManifest(filepath.Join(dir, "manifest"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil || len(m) != len(names) {
+		return false, nil
+	}
+	sd, err := unix.Open(hostStore, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, fmt.Errorf("view: %w", &fs.PathError{Op: "open", Path: hostStore, Err: err})
+	}
+	defer unix.Close(sd)
+	for i, e := range m {
+		if e.name != names[i] {
+			return false, nil
+		}
+		id, err := identify(sd, e.name)
+		if err != nil || id != e.id {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+type fileID struct {
+	ino   uint64
+	btime int64 // ns since the epoch; 0 where the filesystem has none
+}
+
+type manifestEntry struct {
+	name string
+	id   fileID
+}
+
+func identify(dirfd int, name string) (fileID, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(dirfd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_DONT_SYNC, unix.STATX_INO|unix.STATX_BTIME, &stx); err != nil {
+		return fileID{}, err
+	}
+	id := fileID{ino: stx.Ino}
+	if stx.Mask&unix.STATX_BTIME != 0 {
+		id.btime = stx.Btime.Sec*1e9 + int64(stx.Btime.Nsec)
+	}
+	return id, nil
+}
+
+func readManifest(file string) ([]manifestEntry, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []manifestEntry
+	sc := bufio.NewScanner(bufio.NewReaderSize(f, 1<<16))
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) != 3 {
+			return nil, fmt.Errorf("view: bad manifest line %q in %s", sc.Text(), file)
+		}
+		ino, err1 := strconv.ParseUint(fields[1], 10, 64)
+		bt, err2 := strconv.ParseInt(fields[2], 10, 64)
+		if err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("view: bad manifest line %q in %s", sc.Text(), file)
+		}
+		out = append(out, manifestEntry{fields[0], fileID{ino, bt}})
+	}
+	return out, sc.Err()
+}
+
+// build creates the view of names under a temporary name and renames it
+// to key. The caller holds key's lock and has removed what was there.
+func build(ctx context.Context, dir, key, hostStore string, names []string) (n int, err error) {
+	tmp := filepath.Join(dir, fmt.Sprintf(".build-%s-%s", key, randomSuffix()))
+	defer func() {
+		if err != nil {
+			removeTree(tmp)
+		}
+	}()
+	viewStore := filepath.Join(tmp, "store")
+	for _, d := range []string{tmp, viewStore, filepath.Join(tmp, "users")} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return 0, fmt.Errorf("view: %w", err)
+		}
+	}
+	sd, err := unix.Open(hostStore, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("view: %w", &fs.PathError{Op: "open", Path: hostStore, Err: err})
+	}
+	defer unix.Close(sd)
+	var manifest strings.Builder
+	l := &linker{}
+	for _, name := range names {
+		if err := ctx.Err(); err != nil {
+			return 0, fmt.Errorf("view: building %s: %w", key, err)
+		}
+		id, err := identify(sd, name)
+		if err != nil {
+			return 0, fmt.Errorf("view: closure path %s/%s: %w", storepath.StoreDir, name, err)
+		}
+		if err := l.replicate(filepath.Join(hostStore, name), filepath.Join(viewStore, name)); err != nil {
+			return 0, err
+		}
+		fmt.Fprintf(&manifest, "%s %d %d\n", name, id.ino, id.btime)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, "manifest"), []byte(manifest.String()), 0o644); err != nil {
+		return 0, fmt.Errorf("view: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, key)); err != nil {
+		return 0, fmt.Errorf("view: %w", err)
+	}
+	return l.files, nil
+}
+
+// linker recreates store trees: directories anew with the store's mode
+// and times, everything else hard-linked.
+type linker struct {
+	files int
+}
+
+func (l *linker) replicate(src, dst string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(src, &st); err != nil {
+		return fmt.Errorf("view: %w", &fs.PathError{Op: "lstat", Path: src, Err: err})
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return l.dir(src, dst, &st)
+	}
+	return l.link(src, dst, &st)
+}
+
+func (l *linker) dir(src, dst string, st *unix.Stat_t) error {
+	if err := unix.Mkdir(dst, 0o700); err != nil {
+		return fmt.Errorf("view: %w", &fs.PathError{Op: "mkdir", Path: dst, Err: err})
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("view: %w", err)
+	}
+	entries, err := f.ReadDir(-1)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("view: %w", err)
+	}
+	for _, e := range entries {
+		s, d := src+"/"+e.Name(), dst+"/"+e.Name()
+		if e.IsDir() {
+			var cst unix.Stat_t
+			if err := unix.Lstat(s, &cst); err != nil {
+				return fmt.Errorf("view: %w", &fs.PathError{Op: "lstat", Path: s, Err: err})
+			}
+			err = l.dir(s, d, &cst)
+		} else {
+			err = l.link(s, d, nil)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := unix.Chmod(dst, st.Mode&0o7777); err != nil {
+		return fmt.Errorf("view: %w", &fs.PathError{Op: "chmod", Path: dst, Err: err})
+	}
+	if err := unix.UtimesNano(dst, []unix.Timespec{st.Atim, st.Mtim}); err != nil {
+		return fmt.Errorf("view: %w", &fs.PathError{Op: "utimes", Path: dst, Err: err})
+	}
+	return nil
+}
+
+// link hard-links src at dst. A file at its filesystem's link limit
+// (Nix's optimiser links identical files, empty ones by the thousand) is
+// copied instead, with its mode and times.
+func (l *linker) link(src, dst string, st *unix.Stat_t) error {
+	err := unix.Link(src, dst)
+	switch {
+	case err == nil:
+		l.files++
+		return nil
+	case errors.Is(err, unix.EXDEV), errors.Is(err, unix.EPERM):
+		return fmt.Errorf("view: linking %s: %w (%w)", src, ErrViewUnsupported, err)
+	case errors.Is(err, unix.EMLINK):
+		l.files++
+		return copyEntry(src, dst, st)
+	}
+	return fmt.Errorf("view: %w", &os.LinkError{Op: "link", Old: src, New: dst, Err: err})
+}
+
+func copyEntry(src, dst string, st *unix.Stat_t) error {
+	if st == nil {
+		st = new(unix.Stat_t)
+		if err := unix.Lstat(src, st); err != nil {
+			return fmt.Errorf("view: %w", &fs.PathError{Op: "lstat", Path: src, Err: err})
+		}
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFLNK:
+		target, err := os.Readlink(src)
+		if err != nil {
+			return fmt.Errorf("view: %w", err)
+		}
+		if err := os.Symlink(target, dst); err != nil {
+			return fmt.Errorf("view: %w", err)
+		}
+	case unix.S_IFREG:
+		in, err := os.Open(src)
+		if err != nil {
+			return fmt.Errorf("view: %w", err)
+		}
+		defer in.Close()
+		out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return fmt.Errorf("view: %w", err)
+		}
+		_, err = io.Copy(out, in)
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("view: copying %s: %w", src, err)
+		}
+		if err := unix.Chmod(dst, st.Mode&0o7777); err != nil {
+			return fmt.Errorf("view: %w", &fs.PathError{Op: "chmod", Path: dst, Err: err})
+		}
+	default:
+		return fmt.Errorf("view: %s: cannot link (too many links) or copy a %o", src, st.Mode&unix.S_IFMT)
+	}
+	ts := []unix.Timespec{st.Atim, st.Mtim}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, dst, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("view: %w", &fs.PathError{Op: "utimes", Path: dst, Err: err})
+	}
+	return nil
+}
+
+// retire moves the current view of key out of the way: deleted when no
+// live container uses it, renamed to .old-<key>-* otherwise (its mounts
+// in running containers are unaffected by the rename).
+func retire(dir, key string) error {
+	cur := filepath.Join(dir, key)
+	if _, err := os.Lstat(cur); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if len(liveUsers(cur)) > 0 {
+		if err := os.Rename(cur, filepath.Join(dir, fmt.Sprintf(".old-%s-%s", key, randomSuffix()))); err != nil {
+			return fmt.Errorf("view: %w", err)
+		}
+		return nil
+	}
+	_, err := deleteView(dir, cur)
+	return err
+}
+
+// removeBuilds deletes interrupted builds of key; the caller holds its lock.
+func removeBuilds(dir, key string) error {
+	left, _ := filepath.Glob(filepath.Join(dir, ".build-"+key+"-*"))
+	for _, p := range left {
+		if _, err := deleteView(dir, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// liveUsers lists the users of the view at dir whose Alive directory
+// still exists, removing the entries of dead ones.
+func liveUsers(dir string) []string {
+	users := filepath.Join(dir, "users")
+	entries, err := os.ReadDir(users)
+	if err != nil {
+		return nil
+	}
+	var live []string
+	for _, e := range entries {
+		p := filepath.Join(users, e.Name())
+		target, err := os.Readlink(p)
+		if err == nil {
+			if fi, err := os.Stat(target); err == nil && fi.IsDir() {
+				live = append(live, e.Name())
+				continue
+			}
+		}
+		os.Remove(p)
+	}
+	return live
+}
+
+// deleteView renames p to a trash name, so that a half-deleted view is
+// never taken for a whole one, and deletes it. It returns the bytes
+// freed: the sizes of files whose last link it removed.
+func deleteView(dir, p string) (uint64, error) {
+	trash := filepath.Join(dir, ".trash-"+randomSuffix())
+	if err := os.Rename(p, trash); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("view: %w", err)
+	}
+	return removeTree(trash)
+}
+
+// removeTree deletes a view tree whose directories may be read-only,
+// counting the bytes of files whose last link goes.
+func removeTree(root string) (uint64, error) {
+	var freed uint64
+	var walk func(p string) error
+	walk = func(p string) error {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				return nil
+			}
+			return &fs.PathError{Op: "lstat", Path: p, Err: err}
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			if err := unix.Unlink(p); err != nil && !errors.Is(err, unix.ENOENT) {
+				return &fs.PathError{Op: "unlink", Path: p, Err: err}
+			}
+			if st.Nlink == 1 && st.Mode&unix.S_IFMT == unix.S_IFREG {
+				freed += uint64(st.Blocks) * 512
+			}
+			return nil
+		}
+		if st.Mode&0o700 != 0o700 {
+			if err := unix.Chmod(p, st.Mode&0o7777|0o700); err != nil {
+				return &fs.PathError{Op: "chmod", Path: p, Err: err}
+			}
+		}
+		f, err := os.Open(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // another pruner got there first
+		}
+		if err != nil {
+			return err
+		}
+		names, err := f.Readdirnames(-1)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		for _, n := range names {
+			if err := walk(p + "/" + n); err != nil {
+				return err
+			}
+		}
+		if err := unix.Rmdir(p); err != nil && !errors.Is(err, unix.ENOENT) {
+			return &fs.PathError{Op: "rmdir", Path: p, Err: err}
+		}
+		return nil
+	}
+	if err := walk(root); err != nil {
+		return freed, fmt.Errorf("view: removing %s: %w", root, err)
+	}
+	return freed, nil
+}
+
+func randomSuffix() string {
+	return strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(rand.Uint64()>>24, 36)
+}
+
+// viewLock is key's lock file, held with flock.
+type viewLock struct {
+	f    *os.File
+	path string
+}
+
+func (l *viewLock) Close() error { return l.f.Close() }
+
+// remove deletes the lock file while holding it and marks it, so that a
+// process that opened it before and locks it after sees it is stale.
+func (l *viewLock) remove() {
+	os.Remove(l.path)
+	l.f.Write([]byte("d"))
+}
+
+// lockView takes key's lock. Blocking waits (polling, so that ctx can
+// end the wait); otherwise a lock held elsewhere returns nil, nil.
+func lockView(ctx context.Context, dir, key string, block bool) (*viewLock, error) {
+	path := filepath.Join(dir, key+".lock")
+	delay := time.Millisecond
+	for {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("view: lock: %w", err)
+		}
+		for {
+			err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+			if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+				break
+			}
+			if !block {
+				f.Close()
+				return nil, nil
+			}
+			select {
+			case <-ctx.Done():
+				f.Close()
+				return nil, fmt.Errorf("view: waiting for the lock on %s: %w", key, ctx.Err())
+			case <-time.After(delay):
+			}
+			delay = min(2*delay, 10*time.Millisecond)
+		}
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("view: lock %s: %w", path, err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("view: lock %s: %w", path, err)
+		}
+		if st.Size == 0 && st.Nlink > 0 {
+			return &viewLock{f: f, path: path}, nil
+		}
+		f.Close() // removed by a pruner meanwhile: take the new one
+	}
+}
