@@ -42,7 +42,8 @@ type core struct {
 type containerState struct {
 	gcRoots []string
 	pathEnv string // PATH entries of the root paths, for exec
-	rootfs  string // the generated view, removed with the container
+	rootfs  string // the generated root, removed with the container
+	viewKey string // the shared store view it uses (mount.AcquireView)
 }
 
 // fetchCall is one closure substitution in flight or done. It runs on the
@@ -139,14 +140,37 @@ func (c *core) prefetch(ctx context.Context, cfg *Config, pp *podPaths) error {
 		return err
 	}
 	for _, l := range lists {
-		c.startFetch(ctx, l)
+		call := c.startFetch(ctx, l)
+		go c.warmView(ctx, call)
 	}
 	return nil
 }
 
+// warmView builds the store view of a prefetched closure, so that the
+// first container on it does not wait for the build.
+func (c *core) warmView(ctx context.Context, call *fetchCall) {
+	<-call.done
+	if call.err != nil {
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	v, err := mount.EnsureView(ctx, c.store.Root(), call.res.Closure)
+	if err != nil {
+		if !errors.Is(err, mount.ErrViewUnsupported) {
+			log.G(ctx).WithError(err).Warn("storepkg: building store view after prefetch")
+		}
+		return
+	}
+	if v.Built {
+		log.G(ctx).WithField("view", v.Key).WithField("closure", len(call.res.Closure)).WithField("files", v.Files).
+			WithField("duration", v.Duration).Info("storepkg: store view built after prefetch")
+	}
+}
+
 // prepareContainer makes the container's closure valid and rewrites its
-// bundle: the root becomes a generated skeleton with the closure mounted
-// read-only, PATH leads to the root paths' bin directories. The caller
+// bundle: the root becomes a generated skeleton with the closure's shared
+// store view mounted read-only at /nix/store (one mount, whatever the
+// closure's size), PATH leads to the root paths' bin directories. The caller
 // then drops the image's rootfs mounts. GC roots are held from before the
 // substitution; on error they are released.
 func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle string, spec *specs.Spec, paths []storepath.Path) (err error) {
@@ -186,10 +210,10 @@ func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle str
 	state.rootfs = rootfs
 	defer func() {
 		if err != nil {
-			c.removeView(ctx, rootfs)
+			c.removeView(ctx, id, state)
 		}
 	}()
-	mounts, err := mount.Build(rootfs, hostStore, call.res.Closure, spec.Mounts)
+	mounts, err := c.viewMounts(ctx, id, bundle, state, call.res.Closure, spec.Mounts)
 	if err != nil {
 		return fmt.Errorf("storepkg: container view: %w", err)
 	}
@@ -206,6 +230,28 @@ func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle str
 	c.mu.Unlock()
 	log.G(ctx).WithField("id", id).WithField("closure", len(call.res.Closure)).Info("storepkg: container view ready")
 	return nil
+}
+
+// viewMounts builds the container's root at state.rootfs and returns the
+// mounts that show the closure: one bind of the closure's store view,
+// shared with every container on the node that runs the same closure
+// and built by the first; where views cannot be made (the views
+// directory cannot hard-link into the store), one bind per path.
+func (c *core) viewMounts(ctx context.Context, id, bundle string, state *containerState, closure []storepath.Path, specMounts []specs.Mount) ([]specs.Mount, error) {
+	v, err := mount.AcquireView(ctx, c.store.Root(), closure, mount.User{Name: id, Alive: bundle})
+	switch {
+	case errors.Is(err, mount.ErrViewUnsupported):
+		log.G(ctx).WithError(err).Warn("storepkg: no shared store view; mounting each closure path")
+		return mount.Build(state.rootfs, c.store.StoreDir(), closure, specMounts)
+	case err != nil:
+		return nil, err
+	}
+	state.viewKey = v.Key
+	if v.Built {
+		log.G(ctx).WithField("id", id).WithField("view", v.Key).WithField("files", v.Files).
+			WithField("duration", v.Duration).Info("storepkg: store view built")
+	}
+	return mount.BuildShared(state.rootfs, v.StoreDir, specMounts)
 }
 
 // fetchError gives a substitution failure the errdefs kind CRI reports.
@@ -276,13 +322,30 @@ func (c *core) containerDeleted(ctx context.Context, id string) {
 	c.mu.Unlock()
 	if state != nil {
 		c.releaseRoots(ctx, state.gcRoots)
-		c.removeView(ctx, state.rootfs)
+		c.removeView(ctx, id, state)
 	}
 }
 
 // removeView deletes the skeleton: containerd expects the bundle's rootfs
 // to be an empty mount point and would otherwise leave the bundle behind.
-func (c *core) removeView(ctx context.Context, rootfs string) {
+// It releases the container's store view and prunes the views that can
+// no longer be used (their store paths deleted or replaced), so their
+// hard links stop holding disk space.
+func (c *core) removeView(ctx context.Context, id string, state *containerState) {
+	if state.viewKey != "" {
+		root := c.store.Root()
+		if err := mount.ReleaseView(root, state.viewKey, id); err != nil {
+			log.G(ctx).WithError(err).Warn("storepkg: releasing store view")
+		}
+		state.viewKey = ""
+		res, err := mount.PruneViews(ctx, root, mount.PruneOptions{})
+		if err != nil {
+			log.G(ctx).WithError(err).Warn("storepkg: pruning store views")
+		} else if len(res.Removed) > 0 {
+			log.G(ctx).WithField("views", res.Removed).WithField("freed", res.BytesFreed).Info("storepkg: pruned store views")
+		}
+	}
+	rootfs := state.rootfs
 	if rootfs == "" {
 		return
 	}
