@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/storepkg/storepkg/pkg/mount"
 	"github.com/storepkg/storepkg/pkg/store"
 )
 
@@ -27,6 +28,10 @@ func newGCCommand() *cobra.Command {
 does, and can run next to Nix and to storepkg fetches: roots are the links
 under nix/var/nix/gcroots and profiles, running processes' store paths and
 the temporary roots of live processes.
+
+Store views (the shared /nix/store directories of containers, hard links
+into the store) that no live container uses are removed first, so that
+deleting their paths frees the space.
 
 --dry-run prints the paths that would be deleted, one per line and sorted,
 as nix-store --gc --print-dead does, and a summary on standard error.
@@ -54,9 +59,23 @@ days: 7d, 1d12h).`,
 				return err
 			}
 			defer st.Close()
+			// Containers' store views hard-link store files: remove the
+			// unused ones first, so that the paths the collector deletes
+			// free their space.
+			views, err := mount.PruneViews(ctx, root, mount.PruneOptions{Unused: true, MinIdle: opts.MinAge, DryRun: dryRun})
+			if err != nil {
+				return err
+			}
 			res, err := st.CollectGarbage(ctx, opts)
 			out := cmd.OutOrStdout()
-			mib := float64(res.BytesFreed) / (1024 * 1024)
+			mib := float64(res.BytesFreed+views.BytesFreed) / (1024 * 1024)
+			if len(views.Removed) > 0 {
+				verb := "removed"
+				if dryRun {
+					verb = "would remove"
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s %d unused store views\n", verb, len(views.Removed))
+			}
 			if dryRun {
 				if err != nil {
 					return err
