@@ -207,6 +207,11 @@ func TestBadInput(t *testing.T) {
 			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
 				t.Errorf("error %v is not %v", err, tc.wantErr)
 			}
+			wantKind := map[error]string{nil: fetch.KindOther, fetch.ErrUntrusted: fetch.KindUntrusted,
+				fetch.ErrHashMismatch: fetch.KindHashMismatch, fetch.ErrNotFound: fetch.KindNotFound}[tc.wantErr]
+			if got := fetch.ErrorKind(err); got != wantKind {
+				t.Errorf("ErrorKind = %q, want %q", got, wantKind)
+			}
 			var pe *fetch.PathError
 			if !errors.As(err, &pe) {
 				t.Errorf("error %T is not a *fetch.PathError", err)

@@ -8,6 +8,7 @@ package fetch
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/http"
 	"runtime"
 	"slices"
@@ -82,6 +83,16 @@ func (o *Options) httpClient() *http.Client {
 type Progress struct {
 	PathsDone, PathsTotal int   // paths to download (not those already valid)
 	BytesDone, BytesTotal int64 // compressed bytes (NAR bytes where FileSize is unknown)
+	// PathsFetched counts the paths this call downloaded and made valid;
+	// PathsDone also counts those another process made valid meanwhile.
+	PathsFetched int
+	// CacheBytes holds the compressed bytes read so far from each cache
+	// (by URL); the map is the callee's copy.
+	CacheBytes map[string]int64
+	// SignatureRefusals counts narinfos refused for want of a trusted
+	// signature, HashRefusals NARs refused because size or hash differed
+	// from their signed narinfo.
+	SignatureRefusals, HashRefusals int
 }
 
 // Result describes a completed Fetch.
@@ -89,6 +100,37 @@ type Result struct {
 	Closure    []storepath.Path // every path of the closure, sorted
 	Fetched    []storepath.Path // the ones this call downloaded
 	Downloaded int64            // compressed bytes read from caches
+	CacheBytes map[string]int64 // Downloaded by cache URL
+}
+
+// Kinds of fetch failure, as ErrorKind names them (for metrics and status
+// reports).
+const (
+	KindNotFound     = "not_found"     // no cache has a path
+	KindUntrusted    = "untrusted"     // no trusted signature
+	KindHashMismatch = "hash_mismatch" // a NAR differs from its signed narinfo
+	KindTimeout      = "timeout"       // a deadline passed
+	KindCanceled     = "canceled"      // the caller gave up
+	KindOther        = "other"         // network, HTTP, disk, ...
+)
+
+// ErrorKind classifies an error returned by Fetch; "" for nil.
+func ErrorKind(err error) string {
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, ErrUntrusted):
+		return KindUntrusted
+	case errors.Is(err, ErrHashMismatch):
+		return KindHashMismatch
+	case errors.Is(err, ErrNotFound):
+		return KindNotFound
+	case errors.Is(err, context.DeadlineExceeded):
+		return KindTimeout
+	case errors.Is(err, context.Canceled):
+		return KindCanceled
+	}
+	return KindOther
 }
 
 // PathError is the error of a path that could not be made valid.
@@ -178,6 +220,13 @@ func (f *Fetcher) cachesInOrder(ctx context.Context) []*Cache {
 // Fetch makes the closure of roots valid in the store. When the roots are
 // already valid it costs one query for the whole closure.
 func (f *Fetcher) Fetch(ctx context.Context, roots []storepath.Path) (*Result, error) {
+	return f.FetchProgress(ctx, roots, f.opts.Progress)
+}
+
+// FetchProgress is Fetch reporting this call's progress to progress (in
+// place of Options.Progress; nil for none), so concurrent fetches of one
+// Fetcher can be told apart. The same rules apply: cheap and thread-safe.
+func (f *Fetcher) FetchProgress(ctx context.Context, roots []storepath.Path, progress func(Progress)) (*Result, error) {
 	roots = dedup(roots)
 	// Temp roots first: from here on a collector keeps these paths and
 	// everything they reference, so what we find valid stays valid.
@@ -190,6 +239,7 @@ func (f *Fetcher) Fetch(ctx context.Context, roots []storepath.Path) (*Result, e
 		return nil, err
 	}
 	r := newRun(ctx, f)
+	r.progressFn = progress
 	if err := r.run(roots); err != nil {
 		return nil, err
 	}
@@ -197,7 +247,10 @@ func (f *Fetcher) Fetch(ctx context.Context, roots []storepath.Path) (*Result, e
 	if err != nil {
 		return nil, err
 	}
-	return &Result{Closure: closure, Fetched: r.fetched, Downloaded: r.downloaded.Load()}, nil
+	r.mu.Lock()
+	cacheBytes := maps.Clone(r.progress.CacheBytes)
+	r.mu.Unlock()
+	return &Result{Closure: closure, Fetched: r.fetched, Downloaded: r.downloaded.Load(), CacheBytes: cacheBytes}, nil
 }
 
 func dedup(paths []storepath.Path) []storepath.Path {

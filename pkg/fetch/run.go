@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,7 +55,8 @@ type run struct {
 	mu         sync.Mutex
 	fetched    []storepath.Path
 	downloaded atomic.Int64
-	progress   Progress
+	progress   Progress // CacheBytes is ours: copied for each report
+	progressFn func(Progress)
 }
 
 func newRun(ctx context.Context, f *Fetcher) *run {
@@ -197,6 +199,9 @@ func (r *run) lookup(it *item) error {
 		}
 		if !c.Trusted {
 			if err := ni.VerifySignatures(r.f.opts.TrustedKeys); err != nil {
+				r.mu.Lock()
+				r.progress.SignatureRefusals++
+				r.mu.Unlock()
 				reasons = append(reasons, c.URL+": "+err.Error())
 				if untrusted == nil {
 					untrusted = &PathError{Path: it.path, NeededBy: it.neededBy, Cache: c.URL,
@@ -257,7 +262,7 @@ func (r *run) download(it *item) error {
 	if valid[it.path] {
 		lock.Unlock()
 		r.events <- event{it: it}
-		r.pathDone()
+		r.pathDone(false)
 		return nil
 	}
 	size := int64(it.ni.FileSize)
@@ -299,6 +304,12 @@ func (r *run) fetchNar(it *item) (string, error) {
 		return struct{}{}, err
 	})
 	if err != nil {
+		if errors.Is(err, ErrHashMismatch) {
+			r.mu.Lock()
+			r.progress.HashRefusals++
+			r.mu.Unlock()
+			r.report()
+		}
 		return "", err
 	}
 	return tmp, nil
@@ -315,7 +326,7 @@ func (r *run) fetchNarOnce(it *item, tmp string) error {
 	// fingerprint covers the NAR's hash, checked below), so it proves
 	// nothing, and hashing it costs a tenth of a fetch. Its size bounds the
 	// download.
-	file := &countingReader{r: rc, onRead: r.addBytes}
+	file := &countingReader{r: rc, onRead: func(n int) { r.addBytes(it.cache.URL, n) }}
 	if ni.FileSize > 0 {
 		file.limit = int64(ni.FileSize)
 	}
@@ -391,29 +402,37 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (r *run) addBytes(n int) {
+func (r *run) addBytes(cache string, n int) {
 	r.downloaded.Add(int64(n))
 	r.mu.Lock()
 	r.progress.BytesDone += int64(n)
+	if r.progress.CacheBytes == nil {
+		r.progress.CacheBytes = map[string]int64{}
+	}
+	r.progress.CacheBytes[cache] += int64(n)
 	r.mu.Unlock()
 	r.report()
 }
 
-func (r *run) pathDone() {
+func (r *run) pathDone(fetched bool) {
 	r.mu.Lock()
 	r.progress.PathsDone++
+	if fetched {
+		r.progress.PathsFetched++
+	}
 	r.mu.Unlock()
 	r.report()
 }
 
 func (r *run) report() {
-	if r.f.opts.Progress == nil {
+	if r.progressFn == nil {
 		return
 	}
 	r.mu.Lock()
 	p := r.progress
+	p.CacheBytes = maps.Clone(p.CacheBytes)
 	r.mu.Unlock()
-	r.f.opts.Progress(p)
+	r.progressFn(p)
 }
 
 // registrar makes unpacked paths visible and valid, references first: a
@@ -525,7 +544,7 @@ func (r *run) registerReady(validNow map[storepath.Path]bool, pending map[storep
 		}
 		ev.lock.Unlock()
 		if err == nil {
-			r.pathDone()
+			r.pathDone(true)
 		}
 	}
 	if err != nil {
