@@ -1,0 +1,274 @@
+// Package fetchstatus is the node-local contract between the shims, which
+// substitute pods' closures, and the node agent, which turns those
+// substitutions into metrics and pod events.
+//
+// A shim writes one JSON file per closure fetch, <Dir>/<id>.json, and
+// replaces it as the fetch goes on (write a dot-file, then rename, so a
+// reader never sees half a record). While the fetch runs its state is
+// "fetching" and the file is rewritten at least every HeartbeatInterval;
+// the last write has state "done" or "failed". The agent counts each
+// completed record once and removes it; it expires a "fetching" record
+// whose writer is gone (its PID no longer runs, or the heartbeat stopped).
+//
+// The package knows nothing of containerd or Kubernetes: a record names
+// its pod by namespace, name and UID as the CRI gave them.
+package fetchstatus
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultDir is where shims write records and the agent reads them. It is
+// on the node's /run (a tmpfs): records do not outlive a reboot.
+const DefaultDir = "/run/storepkg/fetches"
+
+// Version is the record format's version; readers skip other versions.
+const Version = 1
+
+// HeartbeatInterval is the longest a writer leaves a "fetching" record
+// unchanged. A reader may take a record older than a few intervals for
+// one whose writer died.
+const HeartbeatInterval = 10 * time.Second
+
+// MaxRecords bounds the directory: a writer adds no record when it holds
+// this many already (no agent consumes them).
+const MaxRecords = 1024
+
+// State is where a fetch is.
+type State string
+
+const (
+	Fetching State = "fetching"
+	Done     State = "done"
+	Failed   State = "failed"
+)
+
+// Pod identifies the pod a fetch is for, from the CRI sandbox metadata
+// (annotations io.kubernetes.cri.sandbox-namespace, -name, -uid).
+type Pod struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+}
+
+// Writer identifies the process that writes a record, so a reader can
+// tell a fetch that is running from one whose shim was killed.
+type Writer struct {
+	PID int `json:"pid"`
+	// PIDNamespace is the writer's /proc/self/ns/pid link (e.g.
+	// "pid:[4026531836]"); a reader in another PID namespace cannot
+	// check PID.
+	PIDNamespace string `json:"pidNamespace,omitempty"`
+	// StartTicks is the writer's start time (field 22 of /proc/PID/stat),
+	// which tells the writer from a later process that reuses its PID.
+	StartTicks uint64 `json:"startTicks,omitempty"`
+}
+
+// Paths counts store paths.
+type Paths struct {
+	Total   int `json:"total"`   // paths to download, as far as known yet
+	Done    int `json:"done"`    // of those, the ones now valid
+	Fetched int `json:"fetched"` // of those, the ones this fetch downloaded itself
+	Closure int `json:"closure"` // the whole closure, once done
+}
+
+// Bytes counts compressed bytes (NAR bytes where a cache gives no size).
+type Bytes struct {
+	Total int64 `json:"total"`
+	Done  int64 `json:"done"`
+}
+
+// Refusals counts what the fetch refused from caches.
+type Refusals struct {
+	Signature int `json:"signature"` // narinfos without a trusted signature
+	Hash      int `json:"hash"`      // NARs whose size or hash differed from the signed narinfo
+}
+
+// Failure says why a fetch failed.
+type Failure struct {
+	Message string `json:"message"`         // the error as the user sees it: path, cache and cause
+	Kind    string `json:"kind"`            // fetch.ErrorKind's names, or KindAborted
+	Path    string `json:"path,omitempty"`  // the store path that could not be fetched
+	Cache   string `json:"cache,omitempty"` // the cache at fault, if one is
+}
+
+// KindAborted is a reader's failure kind for a fetch whose writer died.
+const KindAborted = "aborted"
+
+// Record is one closure fetch.
+type Record struct {
+	Version   int       `json:"version"`
+	ID        string    `json:"id"` // the file is <ID>.json
+	Pod       Pod       `json:"pod"`
+	SandboxID string    `json:"sandboxID,omitempty"`
+	Roots     []string  `json:"roots"` // the store paths asked for
+	State     State     `json:"state"`
+	Writer    Writer    `json:"writer"`
+	Start     time.Time `json:"start"`
+	Updated   time.Time `json:"updated"`
+	End       time.Time `json:"end,omitzero"`
+	Paths     Paths     `json:"paths"`
+	Bytes     Bytes     `json:"bytes"`
+	// Caches holds the compressed bytes downloaded from each cache (URL).
+	Caches   map[string]int64 `json:"caches,omitempty"`
+	Refusals Refusals         `json:"refusals"`
+	Error    *Failure         `json:"error,omitempty"`
+}
+
+// Completed reports whether the record is in a final state.
+func (r *Record) Completed() bool { return r.State == Done || r.State == Failed }
+
+// Duration is how long the fetch took (until the last update if it has
+// not ended).
+func (r *Record) Duration() time.Duration {
+	end := r.End
+	if end.IsZero() {
+		end = r.Updated
+	}
+	if end.Before(r.Start) {
+		return 0
+	}
+	return end.Sub(r.Start)
+}
+
+const suffix = ".json"
+
+// ValidID reports whether id can name a record: letters, digits, '.',
+// '_' and '-', not starting with '.', at most 200 bytes.
+func ValidID(id string) bool {
+	if id == "" || len(id) > 200 || id[0] == '.' {
+		return false
+	}
+	for _, c := range id {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// IDOf returns the record ID a file name in the directory stands for;
+// ok is false for anything else (temporary files start with '.').
+func IDOf(name string) (id string, ok bool) {
+	id, ok = strings.CutSuffix(name, suffix)
+	return id, ok && ValidID(id)
+}
+
+// File is the record file of id in dir.
+func File(dir, id string) string { return filepath.Join(dir, id+suffix) }
+
+// Write replaces the record's file atomically, creating dir if needed.
+func Write(dir string, r *Record) error {
+	if !ValidID(r.ID) {
+		return fmt.Errorf("fetchstatus: invalid record id %q", r.ID)
+	}
+	r.Version = Version
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, "."+r.ID+".tmp")
+	err = os.WriteFile(tmp, data, 0o644)
+	if errors.Is(err, fs.ErrNotExist) {
+		if mkErr := os.MkdirAll(dir, 0o755); mkErr != nil {
+			return fmt.Errorf("fetchstatus: %w", mkErr)
+		}
+		err = os.WriteFile(tmp, data, 0o644)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("fetchstatus: %w", err)
+	}
+	if err := os.Rename(tmp, File(dir, r.ID)); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("fetchstatus: %w", err)
+	}
+	return nil
+}
+
+// Read reads a record file. A record of another Version is an error.
+func Read(file string) (*Record, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var r Record
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("fetchstatus: %s: %w", file, err)
+	}
+	if r.Version != Version {
+		return nil, fmt.Errorf("fetchstatus: %s: record version %d, want %d", file, r.Version, Version)
+	}
+	if id, _ := IDOf(filepath.Base(file)); r.ID != id {
+		return nil, fmt.Errorf("fetchstatus: %s: record id %q does not match its file name", file, r.ID)
+	}
+	return &r, nil
+}
+
+// Count returns how many entries dir holds (0 if it does not exist).
+func Count(dir string) (int, error) {
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	return len(names), err
+}
+
+// Self describes the calling process as a record writer.
+func Self() Writer {
+	w := Writer{PID: os.Getpid()}
+	w.PIDNamespace, _ = os.Readlink("/proc/self/ns/pid")
+	w.StartTicks, _ = startTicks("self")
+	return w
+}
+
+// Alive reports whether the writer still runs, as far as the caller can
+// tell: known is false when the writer is in another PID namespace (or
+// gave no identity), where its PID means nothing to the caller.
+func (w Writer) Alive() (alive, known bool) {
+	self, err := os.Readlink("/proc/self/ns/pid")
+	if err != nil || w.PID <= 0 || w.PIDNamespace == "" || w.PIDNamespace != self {
+		return false, false
+	}
+	ticks, err := startTicks(strconv.Itoa(w.PID))
+	if err != nil {
+		return false, true // no such process
+	}
+	return w.StartTicks == 0 || ticks == w.StartTicks, true
+}
+
+// startTicks reads field 22 (starttime) of /proc/<pid>/stat.
+func startTicks(pid string) (uint64, error) {
+	data, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses: the
+	// fields after it start after the last ')'.
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%s/stat: no command field", pid)
+	}
+	fields := strings.Fields(s[i+1:])
+	const starttime = 22 - 3 // fields[0] is field 3
+	if len(fields) <= starttime {
+		return 0, fmt.Errorf("/proc/%s/stat: %d fields", pid, len(fields)+2)
+	}
+	return strconv.ParseUint(fields[starttime], 10, 64)
+}
