@@ -115,10 +115,38 @@ func (e *Env) containerdConfig(opts Options) (map[string]any, error) {
 			},
 		},
 	}
+	if len(opts.RegistryHosts) > 0 {
+		dir, err := e.writeRegistryHosts(opts.RegistryHosts)
+		if err != nil {
+			return nil, err
+		}
+		images := cfg["plugins"].(map[string]any)["io.containerd.cri.v1.images"].(map[string]any)
+		images["registry"] = map[string]any{"config_path": dir}
+	}
 	if opts.Config != nil {
 		opts.Config(cfg)
 	}
 	return cfg, nil
+}
+
+// writeRegistryHosts writes Dir/certs.d/<host>/hosts.toml for each host:
+// pull and resolve from its plain-HTTP URL, and returns the certs.d dir.
+func (e *Env) writeRegistryHosts(hosts map[string]string) (string, error) {
+	root := filepath.Join(e.Dir, "certs.d")
+	for host, url := range hosts {
+		if !strings.HasPrefix(url, "http://") {
+			return "", fmt.Errorf("RegistryHosts[%q] = %q: want an http:// URL", host, url)
+		}
+		dir := filepath.Join(root, host)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return "", err
+		}
+		conf := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", url, url)
+		if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(conf), 0o600); err != nil {
+			return "", err
+		}
+	}
+	return root, nil
 }
 
 // NoSubstituter is the storepkg runtime's substituter when a test names

@@ -96,6 +96,11 @@ type Options struct {
 	// Config, if set, may change the containerd configuration before it is
 	// written (keys as in containerd's config version 3).
 	Config func(config map[string]any)
+	// RegistryHosts maps registry hosts of image references ("127.0.0.1:5000")
+	// to the URL CRI pulls them from over plain HTTP ("http://127.0.0.1:5000"):
+	// a hosts.toml per host under Dir/certs.d, CRI's registry config_path.
+	// Empty: no registry configuration (CRI pulls nothing in tests).
+	RegistryHosts map[string]string
 }
 
 // Env is a running containerd with CRI.
