@@ -5,17 +5,31 @@ import (
 	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/storepkg/storepkg/internal/benchtest"
 	"github.com/storepkg/storepkg/internal/cachetest"
 	"github.com/storepkg/storepkg/internal/critest"
 	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 )
 
-// BenchmarkStart measures crictl create+start of one container, warm
-// (closure already in the node store, image present), for plain runc and
-// for storepkg with closures of growing size. Each op also pays crictl's
-// process start; compare ratios, not absolute numbers. Run by `make bench`.
+// startRow is one row of BenchmarkStart.
+type startRow struct {
+	Name     string    `json:"name"`
+	Paths    int       `json:"paths,omitempty"` // closure size (storepkg rows)
+	MedianMS float64   `json:"median_ms"`
+	Samples  []float64 `json:"samples_ms"`
+	Busy     int       `json:"busy_samples,omitempty"`
+}
+
+// BenchmarkStart (row 4 of `make bench`) measures crictl create+start of
+// one container in a running pod, warm (closure already in the node
+// store, image present), for plain runc and for storepkg with synthetic
+// closures of 10 to 3,000 paths. Each op also pays two crictl process
+// starts; compare ratios, not absolute numbers. The rows are measured in
+// turn, round after round, so a drift of the machine hits all alike;
+// STOREPKG_BENCH_RUNS rounds (default 5), medians. Run with -benchtime 1x.
 func BenchmarkStart(b *testing.B) {
 	setup(b)
 	_, priv, _ := ed25519.GenerateKey(nil)
@@ -44,38 +58,68 @@ func BenchmarkStart(b *testing.B) {
 		},
 	})
 
-	run := func(b *testing.B, handler string, annotations map[string]string, image string) {
-		pod := env.PodConfig("bench", "default", annotations)
-		podID := env.RunPodSandbox(b, handler, pod)
-		defer func() { env.StopPod(b, podID); env.RmPod(b, podID) }()
-		ctr := env.ContainerConfig("app", image, []string{"sleep", "3600"})
-		once := func(attempt int) string {
-			ctr["metadata"] = map[string]any{"name": "app", "attempt": attempt}
-			id, err := env.CreateContainer(b, podID, ctr, pod)
-			if err != nil {
-				b.Fatal(err)
-			}
-			env.Start(b, id)
-			return id
+	type row struct {
+		startRow
+		handler     string
+		annotations map[string]string
+		image       string
+		podID       string
+		pod         map[string]any
+	}
+	rows := []*row{
+		{startRow: startRow{Name: "runc"}, handler: critest.HandlerRunc, image: critest.BusyboxImage},
+		{startRow: startRow{Name: "storepkg-image"}, handler: critest.HandlerStorepkg, image: critest.BusyboxImage},
+	}
+	for _, n := range sizes {
+		rows = append(rows, &row{startRow: startRow{Name: fmt.Sprintf("storepkg-paths-%d", n), Paths: n + 2},
+			handler: critest.HandlerStorepkg, annotations: paths(roots[n], fixture.fx.Tools), image: critest.PauseImage})
+	}
+	attempt := 0
+	once := func(r *row) (time.Duration, string) {
+		attempt++
+		ctr := env.ContainerConfig("app", r.image, []string{"sleep", "3600"})
+		ctr["metadata"] = map[string]any{"name": "app", "attempt": attempt}
+		start := time.Now()
+		id, err := env.CreateContainer(b, r.podID, ctr, r.pod)
+		if err != nil {
+			b.Fatal(err)
 		}
+		env.Start(b, id)
+		return time.Since(start), id
+	}
+	for _, r := range rows {
+		r.pod = env.PodConfig("bench-"+r.Name, "default", r.annotations)
+		r.podID = env.RunPodSandbox(b, r.handler, r.pod)
 		// Warm-up: the closure is fetched here, outside the measurement.
-		id := once(0)
+		_, id := once(r)
 		env.Stop(b, id)
 		env.Rm(b, id)
-		b.ResetTimer()
-		for i := 0; i < b.N; i++ {
-			id := once(i + 1)
-			b.StopTimer()
+	}
+	runs := benchtest.Runs(5)
+	for i := 0; i < runs; i++ {
+		for k := range rows {
+			r := rows[(i+k)%len(rows)]
+			if waitIdle() {
+				r.Busy++
+			}
+			d, id := once(r)
+			r.Samples = append(r.Samples, ms(d))
 			env.Stop(b, id)
 			env.Rm(b, id)
-			b.StartTimer()
 		}
 	}
-	b.Run("runc", func(b *testing.B) { run(b, critest.HandlerRunc, nil, critest.BusyboxImage) })
-	b.Run("storepkg-image", func(b *testing.B) { run(b, critest.HandlerStorepkg, nil, critest.BusyboxImage) })
-	for _, n := range sizes {
-		b.Run(fmt.Sprintf("storepkg-paths-%d", n), func(b *testing.B) {
-			run(b, critest.HandlerStorepkg, paths(roots[n], fixture.fx.Tools), critest.PauseImage)
-		})
+	result := struct {
+		Rows []startRow        `json:"rows"`
+		Runs int               `json:"runs"`
+		Load map[string]string `json:"load"`
+	}{Runs: runs, Load: map[string]string{"end": benchtest.LoadAvg()}}
+	for _, r := range rows {
+		r.MedianMS = benchtest.Median(r.Samples)
+		b.ReportMetric(r.MedianMS, "ms-"+r.Name)
+		result.Rows = append(result.Rows, r.startRow)
+		env.StopPod(b, r.podID)
+		env.RmPod(b, r.podID)
 	}
+	b.ReportMetric(0, "ns/op")
+	benchtest.WriteResult(b, "start", result)
 }
