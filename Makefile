@@ -39,16 +39,38 @@ fuzz:
 	$(GO) test ./pkg/narinfo -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/nixbase32 -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME)
 
-bench: bench-fetch bench-start
+# Every row of issue 4 with its peer in one run: bench/results/latest.md.
+# The single-row targets print their table and keep it under
+# /var/tmp/storepkg-bench/results (latest.md is written by a full run only).
+bench: deps build
+	hack/bench.sh
 
 bench-fetch: deps build
-	hack/bench-fetch.sh
+	ROWS=fetch hack/bench.sh
 
 bench-start: deps build
-	hack/bench-start.sh
+	ROWS=start hack/bench.sh
+
+bench-pods: deps build
+	ROWS=pods hack/bench.sh
+
+bench-sharing: deps build
+	ROWS=sharing hack/bench.sh
 
 clean:
 	rm -rf $(BIN)
 
 demo: deps build
 	hack/demo.sh
+
+# A kind cluster (one control plane, one worker) built offline on this
+# machine: hack/kind/. kind-up leaves an existing cluster as it is and
+# prints its kubeconfig path; kind-down also stops the script-started dockerd.
+KIND_CLUSTER ?= storepkg
+.PHONY: kind-up kind-down
+kind-up:
+	@hack/kind/cluster.sh kubeconfig $(KIND_CLUSTER) 2>/dev/null || hack/kind/cluster.sh create $(KIND_CLUSTER)
+
+kind-down:
+	hack/kind/cluster.sh delete $(KIND_CLUSTER)
+	hack/kind/docker.sh stop

@@ -3,8 +3,9 @@
 #
 # bench-fetch.sh: `storepkg fetch` against Nix's own substituter
 # (`nix-store -r` into a chroot store): the same closure from the same local
-# binary cache, xz and zstd. Prints the ratio nix/storepkg and the peak RSS of
-# each, and appends the table to bench/results/fetch-latest.md.
+# binary cache, xz and zstd. Prints the ratio nix/storepkg, the peak RSS and
+# the CPU time of each. Row 1 of `make bench` (hack/bench.sh), which reads
+# RESULTS_JSON.
 #
 # Usage: hack/bench-fetch.sh            (or: make bench-fetch)
 #
@@ -30,7 +31,8 @@
 #   NIX_PARALLEL  0 skips the "nix -j" runs, default 1
 #   ROOTS_FS      tmpfs (default) or disk: where the fresh stores are made
 #   IDLE_WAIT     seconds to wait for an idle machine before each run, 120
-#   RESULTS       default bench/results/fetch-latest.md
+#   RESULTS       a file to append the table to (default: none, print only)
+#   RESULTS_JSON  a file to write the medians to as JSON (hack/bench.sh)
 #
 # Targets (issue): storepkg >= 1.5x faster than Nix on xz, >= 2x on zstd.
 
@@ -45,7 +47,8 @@ NIX_ONLY="${NIX_ONLY:-0}"
 NIX_PARALLEL="${NIX_PARALLEL:-1}"
 ROOTS_FS="${ROOTS_FS:-tmpfs}"
 IDLE_WAIT="${IDLE_WAIT:-120}"
-RESULTS="${RESULTS:-${REPO_ROOT}/bench/results/fetch-latest.md}"
+RESULTS="${RESULTS:-}"
+RESULTS_JSON="${RESULTS_JSON:-}"
 
 declare -A TARGET=([xz]=1.5 [zstd]=2.0)
 declare -A DECOMPRESS=([xz]="xz -dc" [zstd]="zstd -dc")
@@ -161,13 +164,13 @@ storepkg_cmd() {
 }
 
 # timed_run LOGFILE CMD...: runs CMD under /usr/bin/time, its output going to
-# LOGFILE, and prints "SECONDS PEAK_RSS_KB".
+# LOGFILE, and prints "SECONDS PEAK_RSS_KB USER_S SYS_S".
 timed_run() {
   local logfile="$1"; shift
   local tf
   tf=$(mktemp)
   sync
-  if ! /usr/bin/time -f '%e %M' -o "${tf}" "$@" >"${logfile}" 2>&1; then
+  if ! /usr/bin/time -f '%e %M %U %S' -o "${tf}" "$@" >"${logfile}" 2>&1; then
     echo "--- $* failed; last lines of ${logfile}:" >&2
     tail -20 "${logfile}" >&2
     rm -f "${tf}"
@@ -186,8 +189,8 @@ check_root() {
   fi
 }
 
-# measure TOOL COMP RUN: one run into a fresh root; appends "secs rss_kb" to
-# the tool's sample file.
+# measure TOOL COMP RUN: one run into a fresh root; appends "secs rss_kb
+# user_s sys_s" to the tool's sample file.
 measure() {
   local tool="$1" comp="$2" run="$3"
   local root logfile sample
@@ -199,7 +202,7 @@ measure() {
   check_root "${tool}" "${root}"
   done_with_root "${root}"
   echo "${sample}" >>"${SAMPLES}/${tool}-${comp}"
-  log "${comp} ${tool} run ${run}: ${sample%% *}s, peak RSS $((${sample##* } / 1024)) MB"
+  log "${comp} ${tool} run ${run}: $(awk '{ printf "%ss, peak RSS %d MB, CPU %.2fs", $1, $2 / 1024, $3 + $4 }' <<<"${sample}")"
 }
 
 elapsed_since() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f", e - s }'; }
@@ -209,12 +212,15 @@ nars_largest_first() {
 }
 
 # decode_limit COMP: every compressed NAR of the cache decompressed to
-# /dev/null by the reference tool on all cores, largest first; prints secs.
+# /dev/null by the reference tool on all cores, largest first; prints
+# "SECONDS CPU_SECONDS".
 decode_limit() {
-  local comp="$1" start
-  start=$(date +%s.%N)
-  nars_largest_first "${comp}" | xargs -d '\n' -P "$(nproc)" -n 1 ${DECOMPRESS[${comp}]} >/dev/null
-  elapsed_since "${start}"
+  local comp="$1" tf
+  tf=$(mktemp)
+  nars_largest_first "${comp}" |
+    /usr/bin/time -f '%e %U %S' -o "${tf}" xargs -d '\n' -P "$(nproc)" -n 1 ${DECOMPRESS[${comp}]} >/dev/null
+  tail -1 "${tf}" | awk '{ printf "%s %.2f\n", $1, $2 + $3 }'
+  rm -f "${tf}"
 }
 
 # largest_nar COMP: the largest NAR alone, one stream: a fetch that decodes
@@ -243,7 +249,7 @@ bench_compression() {
   decode_limit "${comp}" >"${SAMPLES}/limit-${comp}"
   wait_idle
   largest_nar "${comp}" >"${SAMPLES}/largest-${comp}"
-  log "${comp} decode limit: $(cat "${SAMPLES}/limit-${comp}")s on $(nproc) cores," \
+  log "${comp} decode limit: $(cut -d' ' -f1 "${SAMPLES}/limit-${comp}")s on $(nproc) cores (CPU $(cut -d' ' -f2 "${SAMPLES}/limit-${comp}")s)," \
     "largest NAR alone $(cat "${SAMPLES}/largest-${comp}")s"
 }
 
@@ -316,10 +322,46 @@ report() {
         tool_row "${tool}" "${comp}"
       fi
     done
-    echo "| ${comp} | decode limit: \`${DECOMPRESS[${comp}]}\` on $(nproc) cores, all NARs | $(cat "${SAMPLES}/limit-${comp}") | | | | | | |"
+    echo "| ${comp} | decode limit: \`${DECOMPRESS[${comp}]}\` on $(nproc) cores, all NARs | $(cut -d' ' -f1 "${SAMPLES}/limit-${comp}") | | | | | | |"
     echo "| ${comp} | \`${DECOMPRESS[${comp}]}\`, largest NAR alone | $(cat "${SAMPLES}/largest-${comp}") | | | | | | |"
   done
   echo
+}
+
+# cpu_of TOOL COMP: median user+sys seconds.
+cpu_of() {
+  local f="${SAMPLES}/$1-$2"
+  if [[ -s "${f}" ]]; then awk '{ print $3 + $4 }' "${f}" | median; else echo null; fi
+}
+
+num_or_null() { if [[ "$1" == "-" || -z "$1" ]]; then echo null; else echo "$1"; fi; }
+
+# write_json FILE: the medians, for hack/bench.sh's results table.
+write_json() {
+  local comp tool first=1
+  {
+    echo "{"
+    echo "  \"closure_paths\": ${CLOSURE_PATHS},"
+    echo "  \"nar_bytes\": $(sed -n 's/^NAR bytes: *\([0-9]*\).*/\1/p' "${BENCH_DIR}/stats.txt"),"
+    echo "  \"files\": \"$(sed -n 's/^file bytes: *//p' "${BENCH_DIR}/stats.txt")\","
+    echo "  \"runs\": ${RUNS}, \"roots_fs\": \"${ROOTS_FS}\", \"busy_runs\": ${BUSY_RUNS},"
+    echo "  \"nix_version\": \"$(nix --version | awk '{ print $NF }')\","
+    echo "  \"compressions\": {"
+    for comp in ${COMPRESSIONS}; do
+      ((first)) || echo "    ,"
+      first=0
+      echo "    \"${comp}\": {"
+      echo "      \"compressed_bytes\": $(sed -n "s/^cache-${comp}: *\([0-9]*\).*/\1/p" "${BENCH_DIR}/stats.txt"),"
+      for tool in nix nix_par storepkg; do
+        echo "      \"${tool}\": {\"median_s\": $(num_or_null "$(stat_of "${tool}" "${comp}" median time)"), \"best_s\": $(num_or_null "$(stat_of "${tool}" "${comp}" best time)"), \"peak_rss_mb\": $(num_or_null "$(stat_of "${tool}" "${comp}" max rss)"), \"cpu_s\": $(cpu_of "${tool}" "${comp}")},"
+      done
+      echo "      \"limit_s\": $(cut -d' ' -f1 "${SAMPLES}/limit-${comp}"), \"limit_cpu_s\": $(cut -d' ' -f2 "${SAMPLES}/limit-${comp}"),"
+      echo "      \"largest_nar_s\": $(cat "${SAMPLES}/largest-${comp}")"
+      echo "    }"
+    done
+    echo "  }"
+    echo "}"
+  } >"$1"
 }
 
 main() {
@@ -344,10 +386,17 @@ main() {
   table=$(report)
   echo
   echo "${table}"
-  mkdir -p "$(dirname "${RESULTS}")"
-  echo "${table}" >>"${RESULTS}"
+  if [[ -n "${RESULTS}" ]]; then
+    mkdir -p "$(dirname "${RESULTS}")"
+    echo "${table}" >>"${RESULTS}"
+    log "appended to ${RESULTS}"
+  fi
+  if [[ -n "${RESULTS_JSON}" ]]; then
+    write_json "${RESULTS_JSON}"
+    log "medians in ${RESULTS_JSON}"
+  fi
   echo
-  log "appended to ${RESULTS}; logs in ${LOG_DIR}"
+  log "logs in ${LOG_DIR}"
 }
 
 main "$@"

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# bench.sh: `make bench`. Every row of issue 4, each side by side with its
+# peer in the same run, into one results file, bench/results/latest.md
+# (also printed): the machine, the versions, the load, one summary table
+# with every target judged met or missed, and why where missed.
+#
+#   row 1  cold fetch: storepkg fetch vs nix-store -r          hack/bench-fetch.sh
+#   row 2  cold pod start: storepkg vs an OCI pull             BenchmarkPods/cold
+#   row 3  warm pod start: storepkg vs runc                    BenchmarkPods/warm
+#   row 4  closure size scaling, create+start                  BenchmarkStart
+#   row 5  sharing, ten pods: bytes transferred and on disk    BenchmarkSharing
+#   row 6  shim memory: storepkg shim vs containerd-shim-runc  BenchmarkPods/memory
+#
+# Usage: hack/bench.sh   (or make bench; make bench-fetch / bench-start run
+# one row and write elsewhere)
+#
+# Environment:
+#   ROWS       which rows: any of "fetch pods start sharing" (default all);
+#              only a full run writes bench/results/latest.md
+#   OUT        the results file (default bench/results/latest.md for a full
+#              run, $BENCH_DIR/results/latest-<rows>.md otherwise)
+#   RUNS       runs per variant (default 5; row 1 uses 3, its own default)
+#   BENCH_FS   tmpfs (default) or disk: where containerd's root and state, the
+#              node store and the images live while measuring. ext4 on these
+#              VMs (mounted with discard) costs 0.2-2 ms per inode created or
+#              deleted, which swamps the timings; tmpfs keeps them stable.
+#   BENCH_DIR  the benchmark closure and its caches (hack/mkbench-closure.sh),
+#              default /var/tmp/storepkg-bench; raw results are kept there
+#   IDLE_WAIT  seconds each measurement waits for a quiet CPU (default 30)
+set -o errexit -o nounset -o pipefail -o errtrace
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ALL_ROWS="fetch pods start sharing"
+ROWS="${ROWS:-${ALL_ROWS}}"
+RUNS="${RUNS:-5}"
+BENCH_FS="${BENCH_FS:-tmpfs}"
+BENCH_DIR="${BENCH_DIR:-/var/tmp/storepkg-bench}"
+IDLE_WAIT="${IDLE_WAIT:-30}"
+if [[ "${ROWS}" == "${ALL_ROWS}" ]]; then
+  OUT="${OUT:-${REPO_ROOT}/bench/results/latest.md}"
+else
+  OUT="${OUT:-${BENCH_DIR}/results/latest-${ROWS// /-}.md}"
+fi
+
+SCRATCH=""
+SAMPLER_PID=""
+
+trap 'echo "ERROR: ${BASH_SOURCE[0]}:${LINENO}: ${BASH_COMMAND}" >&2' ERR
+
+log() { echo "+++ [$(date +%H:%M:%S)] bench: $*" >&2; }
+die() { echo "ERROR: $*" >&2; exit 1; }
+
+cleanup() {
+  if [[ -n "${SAMPLER_PID}" ]]; then
+    kill "${SAMPLER_PID}" 2>/dev/null || true
+    wait "${SAMPLER_PID}" 2>/dev/null || true
+  fi
+  if [[ -n "${SCRATCH}" && -d "${SCRATCH}" ]]; then
+    local i
+    for i in 1 2 3 4 5; do
+      mountpoint -q "${SCRATCH}" || break
+      umount "${SCRATCH}" 2>/dev/null || sleep 1
+    done
+    if mountpoint -q "${SCRATCH}"; then
+      log "warning: ${SCRATCH} still busy, unmounting lazily"
+      umount -l "${SCRATCH}" || true
+    fi
+    chmod -R u+w "${SCRATCH}" 2>/dev/null || true
+    rm -rf "${SCRATCH}"
+  fi
+}
+
+# sample_load records the highest 1-minute load average seen, every 5 s.
+sample_load() {
+  local file="$1" max=0 l
+  while true; do
+    l=$(cut -d' ' -f1 /proc/loadavg)
+    if awk -v a="${l}" -v b="${max}" 'BEGIN { exit !(a > b) }'; then
+      max=${l}
+      echo "${max}" >"${file}"
+    fi
+    sleep 5
+  done
+}
+
+has_row() { [[ " ${ROWS} " == *" $1 "* ]]; }
+
+versions_json() {
+  local commit dirty
+  commit=$(git -C "${REPO_ROOT}" rev-parse --short=12 HEAD)
+  # Tracked code that differs from the commit (others may be editing the
+  # same working tree): it is what was measured.
+  dirty=$(git -C "${REPO_ROOT}" status --porcelain --untracked-files=no -- cmd pkg internal go.mod go.sum | awk '{ print $2 }' | paste -sd' ' -)
+  cat <<EOF
+{
+  "date": "$(date -u '+%Y-%m-%d %H:%M UTC')",
+  "cores": $(nproc),
+  "cpu": "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)",
+  "mem_gib": "$(free -g | awk '/^Mem:/ { print $2 }')",
+  "kernel": "$(uname -r)",
+  "load_before": "${LOAD_BEFORE}",
+  "load_after": "$(cut -d' ' -f1-3 /proc/loadavg)",
+  "load_max": "$(cat "${SCRATCH}/load-max" 2>/dev/null || echo "?")",
+  "fs": "$([[ ${BENCH_FS} == tmpfs ]] && echo "tmpfs" || echo "ext4 disk ($(findmnt -n -o FSTYPE,OPTIONS --target "${SCRATCH}" | cut -c1-60))")",
+  "runs": ${RUNS},
+  "rows": "${ROWS}",
+  "duration_s": $((SECONDS - START)),
+  "dirty": "${dirty}",
+  "versions": {
+    "storepkg": "${commit}",
+    "containerd": "$(containerd --version | awk '{ print $3 }')",
+    "runc": "$(runc --version | awk 'NR == 1 { print $3 }')",
+    "crictl": "$(crictl --version | awk '{ print $NF }')",
+    "nix": "$(nix --version | awk '{ print $NF }')",
+    "go": "$(go version | awk '{ print $3 }')"
+  }
+}
+EOF
+}
+
+main() {
+  START=${SECONDS}
+  [[ $(id -u) == 0 ]] || die "run as root (containerd, mounts)"
+  # shellcheck disable=SC1091
+  source "${STOREPKG_TOOLS:-/var/cache/storepkg/tools}/env.sh"
+  [[ -x "${REPO_ROOT}/bin/storepkg" ]] || die "bin/storepkg missing: make build"
+  LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+  log "rows: ${ROWS}; load ${LOAD_BEFORE}; $(nproc) cores"
+
+  log "benchmark closure in ${BENCH_DIR}"
+  "${REPO_ROOT}/hack/mkbench-closure.sh" "${BENCH_DIR}" >/dev/null
+
+  trap cleanup EXIT
+  # Short: critest puts unix sockets under it (TMPDIR).
+  SCRATCH=$(mktemp -d /tmp/spb.XXXXXX)
+  if [[ "${BENCH_FS}" == tmpfs ]]; then
+    mount -t tmpfs -o size=16g,mode=0755 storepkg-bench "${SCRATCH}"
+  fi
+  mkdir -p "${SCRATCH}/out"
+  sample_load "${SCRATCH}/load-max" &
+  SAMPLER_PID=$!
+
+  if has_row fetch; then
+    log "row 1: cold fetch (hack/bench-fetch.sh)"
+    STOREPKG="${REPO_ROOT}/bin/storepkg" IDLE_WAIT="${IDLE_WAIT}" RESULTS_JSON="${SCRATCH}/out/fetch.json" \
+      BENCH_DIR="${BENCH_DIR}" "${REPO_ROOT}/hack/bench-fetch.sh" >&2
+  fi
+
+  local benches=()
+  has_row pods && benches+=(BenchmarkPods)
+  has_row start && benches+=(BenchmarkStart)
+  has_row sharing && benches+=(BenchmarkSharing)
+  if ((${#benches[@]} > 0)); then
+    local pattern
+    pattern=$(IFS='|'; echo "${benches[*]}")
+    log "rows 2-6: go test -bench '^(${pattern})\$' ./pkg/shim"
+    (cd "${REPO_ROOT}" && TMPDIR="${SCRATCH}" STOREPKG_BENCH_OUT="${SCRATCH}/out" STOREPKG_BENCH_RUNS="${RUNS}" \
+      STOREPKG_BENCH_DIR="${BENCH_DIR}" STOREPKG_BENCH_IDLE_WAIT="${IDLE_WAIT}s" \
+      go test ./pkg/shim -run '^$' -bench "^(${pattern})\$" -benchtime 1x -count 1 -timeout 90m -v) >"${SCRATCH}/gotest.log" 2>&1 || {
+      tail -60 "${SCRATCH}/gotest.log" >&2
+      die "the pod benchmarks failed (log above)"
+    }
+    grep -E '^(Benchmark|    [a-z_]+_test.go)' "${SCRATCH}/gotest.log" >&2 || true
+  fi
+
+  versions_json >"${SCRATCH}/out/env.json"
+  local keep="${BENCH_DIR}/results/$(date -u +%Y%m%d-%H%M%S)"
+  mkdir -p "${keep}" "$(dirname "${OUT}")"
+  cp "${SCRATCH}"/out/*.json "${keep}/"
+  [[ -f "${SCRATCH}/gotest.log" ]] && cp "${SCRATCH}/gotest.log" "${keep}/"
+  (cd "${REPO_ROOT}" && go run ./hack/tools/benchreport -in "${keep}" -o "${OUT}")
+  log "wrote ${OUT} in $((SECONDS - START))s; raw results in ${keep}"
+}
+
+main "$@"
