@@ -14,8 +14,9 @@
 #
 # create brings up whatever is missing first (tools, dockerd, node image),
 # so it is the one command a test needs. When it fails it saves the
-# cluster's logs (`kind export logs`, into $ARTIFACTS or the cluster's
-# directory), deletes the cluster and stops dockerd if it started it.
+# cluster's logs (`kind export logs`, into $ARTIFACTS, else
+# /var/cache/storepkg/kind/logs, as kind-logs-NAME), deletes the cluster
+# and stops dockerd if it started it.
 set -o errexit -o nounset -o pipefail
 
 LOG_PREFIX="kind-cluster"
@@ -85,7 +86,8 @@ on_create_exit() {
   local rc=$?
   ((rc == 0)) && return 0
   if [[ -n $CREATING ]] && docker_running; then
-    local logs=${ARTIFACTS:-$(cluster_dir "$CREATING")}/kind-logs-$CREATING
+    local logs=${ARTIFACTS:-$KIND_CACHE/logs}/kind-logs-$CREATING
+    rm -rf "$logs"
     log "create failed: saving the cluster's logs to $logs"
     kind export logs "$logs" --name "$CREATING" >/dev/null 2>&1 || true
     delete "$CREATING" || true

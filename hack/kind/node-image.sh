@@ -78,7 +78,6 @@ image_tag() {
       cd "$REPO_ROOT"
       sha256sum hack/kind/node-image.sh hack/kind/kindnet-lite/manifest.yaml
       find hack/kind/node -type f | LC_ALL=C sort | xargs sha256sum
-      find hack/kind/node -type f -perm -u+x | LC_ALL=C sort
       cd "$WORK/bin"
       sha256sum kindnet-lite mkimage
     } | sha256sum
@@ -132,10 +131,11 @@ assemble_rootfs() {
   f=$kind/images/base/files
 
   # kind's files, with the Dockerfile's modes. Its entrypoint becomes
-  # kind-entrypoint, run by ours (node/usr/local/bin/entrypoint).
+  # kind-entrypoint, run by ours (node/entrypoint).
   install -d -m 0755 "$r/usr/local/bin" "$r/usr/local/sbin" "$r/kind/bin" "$r/kind/manifests" \
     "$r/LICENSES" "$r/etc/containerd" "$r/etc/default" "$r/etc/sysctl.d" \
-    "$r/etc/systemd/system/kubelet.service.d" "$r/etc/kubernetes/manifests" "$r/opt/cni/bin"
+    "$r/etc/systemd/system/kubelet.service.d" "$r/etc/systemd/system/containerd.service.d" \
+    "$r/etc/kubernetes/manifests" "$r/opt/cni/bin"
   install -m 0755 "$f/usr/local/bin/clean-install" "$r/usr/local/bin/"
   install -m 0755 "$f/usr/local/bin/entrypoint" "$r/usr/local/bin/kind-entrypoint"
   install -m 0644 "$f/kind/README.txt" "$r/kind/"
@@ -148,9 +148,12 @@ assemble_rootfs() {
   install -m 0644 "$f"/etc/systemd/system/*.service "$f"/etc/systemd/system/*.slice "$r/etc/systemd/system/"
   install -m 0644 "$f"/etc/systemd/system/kubelet.service.d/* "$r/etc/systemd/system/kubelet.service.d/"
 
-  # Our node files: the entrypoint, the `containerd config dump` wrapper,
-  # containerd's OOM score drop-in (see each file).
-  cp -r --preserve=mode "$KIND_DIR/node/." "$r/"
+  # Our node files (see each): the entrypoint, the `containerd config dump`
+  # wrapper (first on PATH), containerd's OOM score drop-in.
+  local n=$KIND_DIR/node
+  install -m 0755 "$n/entrypoint" "$r/usr/local/bin/entrypoint"
+  install -m 0755 "$n/containerd-config-dump" "$r/usr/local/sbin/containerd"
+  install -m 0644 "$n/containerd-oom.conf" "$r/etc/systemd/system/containerd.service.d/10-storepkg-oom.conf"
 
   # containerd's config stays kind's own root file (version 2, no imports),
   # so an installer can add a drop-in the way it would on any kind node.
