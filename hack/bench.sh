@@ -26,7 +26,7 @@
 #              deleted, which swamps the timings; tmpfs keeps them stable.
 #   BENCH_DIR  the benchmark closure and its caches (hack/mkbench-closure.sh),
 #              default /var/tmp/storepkg-bench; raw results are kept there
-#   IDLE_WAIT  seconds each measurement waits for a quiet CPU (default 30)
+#   IDLE_WAIT  seconds each measurement waits for a quiet CPU (default 15)
 set -o errexit -o nounset -o pipefail -o errtrace
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,7 +35,7 @@ ROWS="${ROWS:-${ALL_ROWS}}"
 RUNS="${RUNS:-5}"
 BENCH_FS="${BENCH_FS:-tmpfs}"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/storepkg-bench}"
-IDLE_WAIT="${IDLE_WAIT:-30}"
+IDLE_WAIT="${IDLE_WAIT:-15}"
 if [[ "${ROWS}" == "${ALL_ROWS}" ]]; then
   OUT="${OUT:-${REPO_ROOT}/bench/results/latest.md}"
 else
@@ -108,9 +108,9 @@ versions_json() {
   "dirty": "${dirty}",
   "versions": {
     "storepkg": "${commit}",
-    "containerd": "$(containerd --version | awk '{ print $3 }')",
+    "containerd": "$(basename "$(dirname "$(command -v containerd)")" | sed 's/^containerd-//')",
     "runc": "$(runc --version | awk 'NR == 1 { print $3 }')",
-    "crictl": "$(crictl --version | awk '{ print $NF }')",
+    "crictl": "$(basename "$(dirname "$(command -v crictl)")" | sed 's/^crictl-//')",
     "nix": "$(nix --version | awk '{ print $NF }')",
     "go": "$(go version | awk '{ print $3 }')"
   }
@@ -154,7 +154,9 @@ main() {
     local pattern
     pattern=$(IFS='|'; echo "${benches[*]}")
     log "rows 2-6: go test -bench '^(${pattern})\$' ./pkg/shim"
-    (cd "${REPO_ROOT}" && TMPDIR="${SCRATCH}" STOREPKG_BENCH_OUT="${SCRATCH}/out" STOREPKG_BENCH_RUNS="${RUNS}" \
+    # CGO_ENABLED=0: the shims under test are static, as install-deps
+    # builds containerd-shim-runc-v2 and the installer image ships ours.
+    (cd "${REPO_ROOT}" && CGO_ENABLED=0 TMPDIR="${SCRATCH}" STOREPKG_BENCH_OUT="${SCRATCH}/out" STOREPKG_BENCH_RUNS="${RUNS}" \
       STOREPKG_BENCH_DIR="${BENCH_DIR}" STOREPKG_BENCH_IDLE_WAIT="${IDLE_WAIT}s" \
       go test ./pkg/shim -run '^$' -bench "^(${pattern})\$" -benchtime 1x -count 1 -timeout 90m -v) >"${SCRATCH}/gotest.log" 2>&1 || {
       tail -60 "${SCRATCH}/gotest.log" >&2
