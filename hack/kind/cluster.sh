@@ -176,7 +176,9 @@ EOF
 
 host_ip() {
   local gw=
-  docker_running && gw=$(docker network inspect "$KIND_NETWORK" -f '{{range .IPAM.Config}}{{if .Gateway}}{{.Gateway}} {{end}}{{end}}' 2>/dev/null)
+  if docker_running; then
+    gw=$(docker network inspect "$KIND_NETWORK" -f '{{range .IPAM.Config}}{{if .Gateway}}{{.Gateway}} {{end}}{{end}}' 2>/dev/null || true)
+  fi
   gw=${gw%% *}
   echo "${gw:-$KIND_GATEWAY}"
 }

@@ -225,7 +225,7 @@ import_images() {
   grep -qx "registry.k8s.io/coredns/coredns:$COREDNS_VERSION" <<<"$refs" ||
     die "kubeadm $K8S_VERSION wants another CoreDNS than $COREDNS_VERSION: $(grep coredns <<<"$refs")"
   mkdir -p "$WORK/images"
-  # shellcheck disable=SC2086
+  # shellcheck disable=SC2086 # $refs: one image reference per word
   run_logged "$WORK/mkimage.log" "$WORK/bin/mkimage" -out "$WORK/images" \
     -k8s "$K8S_BIN" -etcd "$ETCD_BIN/etcd" -coredns "$COREDNS_BIN/coredns" \
     -kindnet "$WORK/bin/kindnet-lite" -rootfs "$r" $refs "$(kindnet_image)"

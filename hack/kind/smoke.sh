@@ -26,7 +26,7 @@ HTTPD_PID=
 
 cleanup() {
   local rc=$?
-  [[ -n $HTTPD_PID ]] && kill "$HTTPD_PID" 2>/dev/null
+  if [[ -n $HTTPD_PID ]]; then kill "$HTTPD_PID" 2>/dev/null || true; fi
   [[ -n $WORK ]] && rm -rf "$WORK"
   if [[ -n ${KUBECONFIG:-} ]]; then
     "$K8S_BIN/kubectl" delete namespace "$NS" --ignore-not-found --wait=false >/dev/null 2>&1 || true
