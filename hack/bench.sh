@@ -106,6 +106,7 @@ versions_json() {
   "rows": "${ROWS}",
   "duration_s": $((SECONDS - START)),
   "dirty": "${dirty}",
+  "raw": "${KEEP}",
   "versions": {
     "storepkg": "${commit}",
     "containerd": "$(basename "$(dirname "$(command -v containerd)")" | sed 's/^containerd-//')",
@@ -165,8 +166,9 @@ main() {
     grep -E '^(Benchmark|    [a-z_]+_test.go)' "${SCRATCH}/gotest.log" >&2 || true
   fi
 
+  KEEP="${BENCH_DIR}/results/$(date -u +%Y%m%d-%H%M%S)"
+  local keep="${KEEP}"
   versions_json >"${SCRATCH}/out/env.json"
-  local keep="${BENCH_DIR}/results/$(date -u +%Y%m%d-%H%M%S)"
   mkdir -p "${keep}" "$(dirname "${OUT}")"
   cp "${SCRATCH}"/out/*.json "${keep}/"
   [[ -f "${SCRATCH}/gotest.log" ]] && cp "${SCRATCH}/gotest.log" "${keep}/"

@@ -35,6 +35,7 @@ type envInfo struct {
 	DurationS  int               `json:"duration_s"`
 	Rows       string            `json:"rows"`
 	Dirty      string            `json:"dirty"`
+	Raw        string            `json:"raw"`
 }
 
 type fetchTool struct {
@@ -273,7 +274,7 @@ func (r *report) render() string {
 	for _, d := range r.details {
 		b.WriteString("\n" + d)
 	}
-	fmt.Fprintf(&b, "\n---\nReproduce: `make bench` (hack/bench.sh; RUNS, BENCH_FS=disk, ROWS=\"fetch pods start sharing\"). Raw numbers: the JSON files hack/bench.sh keeps next to its log.\n")
+	fmt.Fprintf(&b, "\n---\nReproduce: `make bench` (hack/bench.sh; knobs: RUNS, IDLE_WAIT, BENCH_FS=disk, ROWS). Raw numbers of this run (JSON, go test log): %s on the machine that ran it.\n", e.Raw)
 	return b.String()
 }
 
