@@ -87,6 +87,28 @@ func TestProgressPerCache(t *testing.T) {
 		t.Errorf("second fetch: %+v, %v", res, err)
 	}
 
+	// Only the untrusted cache: the fetch fails at the first path, and the
+	// refusal was reported before it did.
+	st3, err := store.Open(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st3.Close()
+	f3, err := fetch.New(st3, fetch.Options{Substituters: []string{untrusted}, TrustedKeys: []narinfo.PublicKey{publicKey(t, key)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	last = fetch.Progress{}
+	_, err = f3.FetchProgress(ctx, []storepath.Path{mustPath(t, fx.Root)}, func(p fetch.Progress) { mu.Lock(); last = p; mu.Unlock() })
+	if fetch.ErrorKind(err) != fetch.KindUntrusted {
+		t.Fatalf("untrusted cache only: %v", err)
+	}
+	mu.Lock()
+	if last.SignatureRefusals != 1 {
+		t.Errorf("untrusted cache only: last progress %+v, want one signature refusal", last)
+	}
+	mu.Unlock()
+
 	// A NAR that does not match its narinfo: one hash refusal.
 	tampered := copyCache(t, caches["none"])
 	var hello string

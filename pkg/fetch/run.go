@@ -202,6 +202,7 @@ func (r *run) lookup(it *item) error {
 				r.mu.Lock()
 				r.progress.SignatureRefusals++
 				r.mu.Unlock()
+				r.report()
 				reasons = append(reasons, c.URL+": "+err.Error())
 				if untrusted == nil {
 					untrusted = &PathError{Path: it.path, NeededBy: it.neededBy, Cache: c.URL,
