@@ -170,6 +170,7 @@ func (e *Env) storepkgOptions(opts Options) (map[string]any, error) {
 		"Root":          e.RuncRoot,
 		"SystemdCgroup": false,
 		"StoreRoot":     e.StoreRoot,
+		"StatusDir":     e.StatusDir,
 		"Substituters":  []string{NoSubstituter},
 	}
 	for k, v := range defaults {

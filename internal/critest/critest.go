@@ -75,8 +75,8 @@ type Options struct {
 	// (Substituters, TrustedPublicKeys, StoreRoot, BinaryName, Root,
 	// SystemdCgroup, ...). Keys left out default to: BinaryName the
 	// machine's runc, Root Env.RuncRoot, SystemdCgroup false, StoreRoot
-	// Env.StoreRoot, Substituters [NoSubstituter]. (Options.Config can
-	// remove them.)
+	// Env.StoreRoot, StatusDir Env.StatusDir, Substituters
+	// [NoSubstituter]. (Options.Config can remove them.)
 	StorepkgOptions map[string]any
 	// StorepkgOptionsTOML is the same table as TOML text; keys of
 	// StorepkgOptions override it.
@@ -120,6 +120,10 @@ type Env struct {
 	// StoreRoot is the storepkg runtime's default StoreRoot: an empty
 	// directory (the store would be StoreRoot/nix/store).
 	StoreRoot string
+	// StatusDir is the storepkg runtime's default StatusDir, where shims
+	// write fetch status records (pkg/fetchstatus) instead of the node's
+	// /run/storepkg/fetches.
+	StatusDir string
 	// ConfigPath is containerd's config file, LogPath its log.
 	ConfigPath, LogPath string
 	// PodLogDir is where PodConfig puts the pods' log directories.
@@ -218,6 +222,7 @@ func newEnv(opts Options) (*Env, error) {
 		ShimSocketDir: filepath.Join(dir, "s"),
 		RuncRoot:      filepath.Join(dir, "runc"),
 		StoreRoot:     filepath.Join(dir, "store"),
+		StatusDir:     filepath.Join(dir, "fetches"),
 		ConfigPath:    filepath.Join(dir, "config.toml"),
 		LogPath:       filepath.Join(dir, "containerd.log"),
 		PodLogDir:     filepath.Join(dir, "pods"),

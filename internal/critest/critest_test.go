@@ -215,6 +215,7 @@ func TestStorepkgHandlerConfig(t *testing.T) {
 		"BinaryName":    env.tools.runc,
 		"Root":          env.RuncRoot,
 		"SystemdCgroup": false,
+		"StatusDir":     env.StatusDir,
 	}
 	if !reflect.DeepEqual(rt.Options, want) {
 		t.Errorf("options %v, want %v", rt.Options, want)

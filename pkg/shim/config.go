@@ -28,6 +28,7 @@ type Config struct {
 	NetrcFile         string
 	MaxJobs           int
 	FetchTimeout      string // a Go duration; how long one closure may take in all; default 30m
+	StatusDir         string // fetch status records for the node agent; default /run/storepkg/fetches, "-" for none
 
 	// runc's own options, translated to its type (never passed raw).
 	BinaryName    string

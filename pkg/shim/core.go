@@ -37,6 +37,8 @@ type core struct {
 	fetcher    *fetch.Fetcher
 	fetches    map[string]*fetchCall
 	containers map[string]*containerState
+	status     *statusReporter // nil: no status records
+	pod        podRef          // the pod this shim serves (status.go)
 }
 
 type containerState struct {
@@ -82,6 +84,7 @@ func (c *core) setup(ctx context.Context, cfg *Config) error {
 		return fmt.Errorf("storepkg: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	c.cfg, c.store, c.fetcher = cfg, st, f
+	c.status = newStatusReporter(cfg.StatusDir)
 	return nil
 }
 
@@ -114,11 +117,13 @@ func (c *core) startFetch(ctx context.Context, paths []storepath.Path) *fetchCal
 	call := &fetchCall{done: make(chan struct{})}
 	c.fetches[key] = call
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.fetchTimeout())
+	status := c.status.newFetchStatus(fctx, c.pod, paths)
 	go func() {
 		defer cancel()
 		defer close(call.done)
 		start := time.Now()
-		call.res, call.err = c.fetcher.Fetch(fctx, paths)
+		call.res, call.err = c.fetcher.FetchProgress(fctx, paths, status.progressFunc())
+		status.finish(call.res, call.err)
 		l := log.G(fctx).WithField("paths", len(paths)).WithField("duration", time.Since(start))
 		if call.err != nil {
 			l.WithError(call.err).Warn("storepkg: substitution failed")

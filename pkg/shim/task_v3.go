@@ -84,6 +84,7 @@ func (s *service) prepareCreate(ctx context.Context, r *taskAPI.CreateTaskReques
 	if err != nil {
 		return err
 	}
+	s.core.notePod(spec.Annotations)
 	pp, err := parseAnnotations(spec.Annotations)
 	if spec.Annotations[criContainerType] == criTypeSandbox {
 		// The sandbox runs as it is; a bad annotation is reported by the
