@@ -37,6 +37,6 @@ func newRootCommand() *cobra.Command {
 		},
 	}
 	root.PersistentFlags().BoolVar(&debug, "debug", false, "log debug messages")
-	root.AddCommand(newFetchCommand(), newPathInfoCommand(), newGCCommand(), newVersionCommand(), newNodeCommand())
+	root.AddCommand(newFetchCommand(), newPathInfoCommand(), newGCCommand(), newVersionCommand(), newNodeCommand(), newAgentCommand())
 	return root
 }

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/storepkg/storepkg/pkg/agent"
+	"github.com/storepkg/storepkg/pkg/fetchstatus"
+)
+
+// DefaultAgentListen is where `storepkg agent` serves /metrics and
+// /healthz unless told otherwise.
+const DefaultAgentListen = ":9477"
+
+func newAgentCommand() *cobra.Command {
+	var (
+		cfg        agent.Config
+		minAge     string
+		nodeName   string
+		kubeEvents string
+		logFormat  string
+		logLevel   string
+	)
+	cmd := &cobra.Command{
+		Use:   "agent [flags]",
+		Short: "Run the node agent: disk-driven garbage collection, metrics, pod events",
+		Long: `agent is the long-running process of storepkg's DaemonSet.
+
+Every --interval it measures the filesystem that holds <root>/nix/store.
+When its usage reaches --gc-high-percent it collects garbage, as
+'storepkg gc' does, until usage is back at --gc-low-percent, keeping paths
+registered less than --gc-min-age ago (like kubelet's image garbage
+collection).
+
+It reads the fetch status records the shims write to --status-dir, and
+serves Prometheus metrics at http://<listen-address>/metrics and a health
+check at /healthz.
+
+In a cluster (--node-name or $NODE_NAME set, and the in-cluster service
+account available) it posts events on pods whose closure fetch is slow
+(StorepkgFetching, StorepkgFetched) or fails (StorepkgFetchFailed). Its
+service account needs create and patch on events, nothing else.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := agentLogger(logFormat, logLevel)
+			if err != nil {
+				return err
+			}
+			cfg.Log = log
+			if minAge != "" {
+				if cfg.MinAge, err = parseAge(minAge); err != nil {
+					return fmt.Errorf("--gc-min-age: %w", err)
+				}
+				if cfg.MinAge == 0 {
+					cfg.MinAge = -1 // explicitly none
+				}
+			}
+			if nodeName == "" {
+				nodeName = os.Getenv("NODE_NAME")
+			}
+			sink, err := kubeEventSink(kubeEvents, nodeName)
+			if err != nil {
+				return err
+			}
+			if sink != nil {
+				cfg.Events = sink
+				log.WithField("node", nodeName).Info("posting pod events through the API server")
+			} else {
+				log.Info("not posting pod events (no cluster)")
+			}
+			ctx := cmd.Context()
+			a, err := agent.New(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			return a.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.StoreRoot, "root", "/", "root directory of the node store (the store is ROOT/nix/store)")
+	f.StringVar(&cfg.StatusDir, "status-dir", fetchstatus.DefaultDir, "directory where the shims write fetch status records")
+	f.StringVar(&cfg.ListenAddress, "listen-address", DefaultAgentListen, "`ADDRESS` to serve /metrics and /healthz on (empty: none)")
+	f.DurationVar(&cfg.Interval, "interval", agent.DefaultInterval, "how often to check the store filesystem's usage")
+	f.Float64Var(&cfg.HighPercent, "gc-high-percent", agent.DefaultHighPercent, "collect garbage when the store filesystem's usage reaches this percentage")
+	f.Float64Var(&cfg.LowPercent, "gc-low-percent", agent.DefaultLowPercent, "collect until usage is down to this percentage")
+	f.StringVar(&minAge, "gc-min-age", agent.DefaultMinAge.String(), "keep paths registered less than `DURATION` ago (e.g. 10m, 2h, 1d)")
+	f.DurationVar(&cfg.PollInterval, "status-poll", agent.DefaultPollInterval, "how often to read the status directory")
+	f.DurationVar(&cfg.SlowFetchAfter, "slow-fetch-after", agent.DefaultSlowFetchAfter, "post a StorepkgFetching event on a pod whose fetch runs this long")
+	f.DurationVar(&cfg.StaleAfter, "stale-after", agent.DefaultStaleAfter, "expire a running fetch's record not updated for this long (when the shim's PID cannot be checked)")
+	f.StringVar(&nodeName, "node-name", "", "this node's name, for event sources (default $NODE_NAME)")
+	f.StringVar(&kubeEvents, "kube-events", "auto", "post pod events: auto (when in a cluster with a node name), true or false")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	return cmd
+}
+
+func agentLogger(format, level string) (*logrus.Entry, error) {
+	l := logrus.New()
+	l.SetOutput(os.Stderr)
+	switch format {
+	case "text":
+		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	case "json":
+		l.SetFormatter(&logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano})
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", format)
+	}
+	lv, err := logrus.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	if logrus.GetLevel() == logrus.DebugLevel { // --debug
+		lv = logrus.DebugLevel
+	}
+	l.SetLevel(lv)
+	return logrus.NewEntry(l).WithField("component", "storepkg-agent"), nil
+}
+
+// kubeEventSink returns the API server's event sink, or nil outside a
+// cluster (auto) or when turned off.
+func kubeEventSink(mode, node string) (agent.EventSink, error) {
+	switch mode {
+	case "false", "off":
+		return nil, nil
+	case "auto", "true", "on":
+	default:
+		return nil, fmt.Errorf("--kube-events %q: want auto, true or false", mode)
+	}
+	required := mode != "auto"
+	if node == "" {
+		if required {
+			return nil, errors.New("--kube-events: no node name (--node-name or $NODE_NAME)")
+		}
+		return nil, nil
+	}
+	rc, err := rest.InClusterConfig()
+	if err != nil {
+		if required {
+			return nil, fmt.Errorf("--kube-events: %w", err)
+		}
+		return nil, nil
+	}
+	rc.UserAgent = "storepkg-agent/" + node
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return agent.NewKubeEvents(client, node), nil
+}
