@@ -33,8 +33,9 @@ type GCOptions struct {
 	// not allocated blocks. With DryRun the limit is simulated.
 	MaxFreed uint64
 	// MinAge keeps every valid path registered less than MinAge ago,
-	// together with its closure: such paths count as roots. (Not a Nix
-	// option: Nix's collector has no age limit.)
+	// together with its closure: such paths count as roots. Registration
+	// times are whole seconds, so paths up to a second older may stay too.
+	// (Not a Nix option: Nix's collector has no age limit.)
 	MinAge time.Duration
 	// KeepOutputs is Nix's keep-outputs setting (default false): the
 	// valid outputs of a live derivation are live.
@@ -378,8 +379,10 @@ func (c *collector) liveSet(g *gcGraph) []bool {
 	live := make([]bool, len(g.names))
 	var stack []int
 	for n, name := range g.names {
+		// Registration times are whole seconds: a path registered in the
+		// cutoff's second may be younger than MinAge, so it stays.
 		isRoot := c.roots[name] || (len(name) >= storepath.HashLen && hashes[name[:storepath.HashLen]]) ||
-			(young && g.regTime[n] > cutoff)
+			(young && g.regTime[n] >= cutoff)
 		if isRoot {
 			c.res.Roots++
 			live[n] = true

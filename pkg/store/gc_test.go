@@ -517,6 +517,14 @@ func TestGCMinAge(t *testing.T) {
 	oldTop := f.add("old-top", []storepath.Path{oldRef}, false, "", old)
 	youngRef := f.add("young-ref", nil, false, "", old) // old itself, but a young path needs it
 	young := f.add("young", []storepath.Path{youngRef}, false, "", time.Now())
+	// Registered half a second less than MinAge ago: young, although the
+	// database keeps whole seconds. Early in a second, so that the
+	// registration's second is the cutoff's: a strict comparison would
+	// take it for old.
+	for time.Now().Nanosecond() >= 300_000_000 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	almost := f.add("almost-old", nil, false, "", time.Now().Add(-time.Hour+500*time.Millisecond))
 	f.s.Close()
 	gs := openStore(t, f.root)
 
@@ -535,13 +543,13 @@ func TestGCMinAge(t *testing.T) {
 	if got := sortedDead(res); !slices.Equal(got, want) {
 		t.Errorf("collection with MinAge deleted %v, want %v", got, want)
 	}
-	assertValid(t, gs, young, youngRef)
+	assertValid(t, gs, young, youngRef, almost)
 	assertGone(t, gs, oldRef, oldTop)
 	// Without MinAge they go too.
 	if _, err := gs.CollectGarbage(ctx, GCOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	assertGone(t, gs, young, youngRef)
+	assertGone(t, gs, young, youngRef, almost)
 }
 
 // TestGCMaxFreed: the collection stops as soon as it has freed at least
