@@ -86,6 +86,7 @@ type fetchStatus struct {
 	dirty   bool
 	written time.Time // last write; zero before the first
 	off     bool      // not written (directory full)
+	failed  bool      // a write failed (logged once)
 
 	stop chan struct{}
 	done chan struct{}
@@ -209,7 +210,10 @@ func (s *fetchStatus) writeLocked(now time.Time) {
 	}
 	s.rec.Updated = now
 	if err := fetchstatus.Write(s.rep.dir, &s.rec); err != nil {
-		s.log.WithError(err).Warn("storepkg: writing fetch status")
+		if !s.failed {
+			s.log.WithError(err).Warn("storepkg: writing fetch status")
+			s.failed = true
+		}
 		return
 	}
 	s.written, s.dirty = now, false
