@@ -9,6 +9,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/storepkg/storepkg/pkg/mount"
 	"github.com/storepkg/storepkg/pkg/store"
 )
 
@@ -108,11 +109,27 @@ func (a *Agent) checkUsage(ctx context.Context) GCRun {
 	})
 	log.Info("store filesystem above the high threshold: collecting garbage")
 	start := time.Now()
-	run.Result, run.Err = a.store.CollectGarbage(ctx, store.GCOptions{
-		MaxFreed: run.MaxFreed,
-		MinAge:   a.cfg.MinAge,
-		Log:      a.log.WithField("component", "gc"),
-	})
+	// Unused store views first: their hard links keep the inodes of paths
+	// the collection deletes, so without this no space would come back.
+	views, err := mount.PruneViews(ctx, a.cfg.StoreRoot, mount.PruneOptions{Unused: true, MinIdle: max(a.cfg.MinAge, 0)})
+	if err != nil {
+		log.WithError(err).Warn("pruning unused store views")
+	} else if views.BytesFreed > 0 || len(views.Removed) > 0 {
+		a.metrics.gcFreed.Add(float64(views.BytesFreed))
+		log.WithField("views", len(views.Removed)).WithField("freedBytes", views.BytesFreed).Info("removed unused store views")
+	}
+	if views == nil || views.BytesFreed < run.MaxFreed {
+		// MaxFreed 0 would mean no limit: only collect what is still needed.
+		var viewsFreed uint64
+		if views != nil {
+			viewsFreed = views.BytesFreed
+		}
+		run.Result, run.Err = a.store.CollectGarbage(ctx, store.GCOptions{
+			MaxFreed: run.MaxFreed - viewsFreed,
+			MinAge:   a.cfg.MinAge,
+			Log:      a.log.WithField("component", "gc"),
+		})
+	}
 	run.Duration = time.Since(start)
 	m := a.metrics
 	m.gcDuration.Observe(run.Duration.Seconds())
