@@ -1,0 +1,343 @@
+#!/usr/bin/env bash
+# make e2e: the user's acceptance test, on a real kind cluster (one control
+# plane, one worker).
+#
+#  1. Builds storepkg's installer image (in Go) and two overlapping closures
+#     with Nix, offline, into a signed binary cache served from the host on
+#     the kind network's gateway, where the nodes reach it.
+#  2. Brings up kind: kind's stock node image where it can be pulled; here,
+#     offline, one built locally by hack/kind/ (same kind, same containerd
+#     under systemd).
+#  3. Installs storepkg the way a user does (kubectl apply -k of
+#     examples/k8s/install with this cache in the node config) and waits for
+#     storepkg.dev/ready=true on both nodes, containerd restarted through
+#     systemd in each.
+#  4. Runs examples/k8s/workloads with these closures: the Job's output, the
+#     server reached through its Service from a pod on the other node,
+#     kubectl exec and logs; a pod with an unknown path shows the cause;
+#     the agent's metrics answer.
+#  5. Deletes everything and checks both nodes: no mounts, GC roots
+#     released, store paths still valid (real Nix verifies the node store).
+#  6. Uninstalls (examples/k8s/uninstall) and checks containerd's config is
+#     byte-identical to before and the runtime is gone.
+#
+# Run as root. KEEP=1 leaves the cluster (and dockerd) up for poking;
+# `hack/e2e-kind.sh down` removes them.
+set -o errexit -o nounset -o pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+CLUSTER=${CLUSTER:-storepkg-e2e}
+WORK=""
+HTTPD_PID=""
+NODES=()
+export NIX_CONFIG=$'experimental-features = nix-command\nsubstituters =\nbuild-users-group =\nsandbox = false'
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
+log() { echo "e2e: $*" >&2; }
+fail() {
+  echo "e2e: FAIL: $*" >&2
+  diagnostics
+  exit 1
+}
+
+kubectl() { command kubectl --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+node_exec() { docker exec "$1" "${@:2}"; }
+
+diagnostics() {
+  set +o errexit
+  [[ -n "${KUBECONFIG_FILE:-}" && -f "${KUBECONFIG_FILE:-}" ]] || return 0
+  echo "---- diagnostics" >&2
+  kubectl get nodes -o wide --show-labels >&2
+  kubectl get pods -A -o wide >&2
+  kubectl -n storepkg-system logs -l app.kubernetes.io/name=storepkg-node -c install --tail=50 --prefix >&2
+  kubectl -n storepkg-system logs -l app.kubernetes.io/name=storepkg-node -c agent --tail=30 --prefix >&2
+  kubectl get events -A --sort-by=.lastTimestamp | tail -n 40 >&2
+  for n in "${NODES[@]}"; do
+    echo "---- $n: containerd journal" >&2
+    node_exec "$n" journalctl -u containerd --no-pager -n 30 >&2
+  done
+  set -o errexit
+}
+
+cleanup() {
+  local rc=$?
+  set +o errexit
+  [[ -n "$HTTPD_PID" ]] && kill "$HTTPD_PID" 2>/dev/null && wait "$HTTPD_PID" 2>/dev/null
+  if [[ "${KEEP:-}" == 1 ]]; then
+    log "KEEP=1: cluster $CLUSTER left up (kubeconfig ${KUBECONFIG_FILE:-}); cache server stopped"
+  else
+    "$REPO/hack/kind/cluster.sh" delete "$CLUSTER" >/dev/null 2>&1
+    "$REPO/hack/kind/docker.sh" stop >/dev/null 2>&1
+  fi
+  [[ -n "$WORK" ]] && { chmod -R u+w "$WORK" 2>/dev/null; rm -rf "$WORK"; }
+  ((rc == 0)) && echo "e2e: PASS" >&2
+  return $rc
+}
+
+# retry N SECONDS CMD...: runs CMD until it succeeds, N times, SECONDS apart.
+retry() {
+  local n=$1 delay=$2 i
+  shift 2
+  for ((i = 1; i <= n; i++)); do
+    "$@" && return 0
+    sleep "$delay"
+  done
+  return 1
+}
+
+prepare() {
+  step "Installing what the e2e needs"
+  "$REPO/hack/install-deps.sh" >/dev/null
+  # shellcheck disable=SC1091
+  source "${STOREPKG_TOOLS:-/var/cache/storepkg/tools}/env.sh"
+  WORK=$(mktemp -d /tmp/spe2e.XXXXXX)
+  step "Building the installer image (make image)"
+  make -C "$REPO" --no-print-directory image >/dev/null
+}
+
+build_cache() {
+  step "Building the example closures with Nix, offline, and a signed binary cache"
+  mkdir -p "$WORK/src/bb/bin"
+  cp /bin/busybox "$WORK/src/bb/bin/busybox"
+  local a
+  for a in sh ls cat echo mkdir sleep hostname httpd wget nc; do ln -s busybox "$WORK/src/bb/bin/$a"; done
+  local out
+  out=$(nix-build --store "local?root=$WORK/build" --option sandbox true --no-out-link \
+    --arg busyboxSrc "$WORK/src/bb" "$REPO/hack/e2e/closures.nix" 2>"$WORK/nix-build.log") ||
+    { cat "$WORK/nix-build.log" >&2; fail "nix-build of hack/e2e/closures.nix"; }
+  # busybox is a source path (builtins.path), not a derivation: nix-build
+  # prints hello only; busybox is in its closure.
+  HELLO=$out
+  BUSYBOX=$(nix-store --store "local?root=$WORK/build" -qR "$HELLO" | grep -- '-busybox$')
+  [[ "$BUSYBOX" == *-busybox && "$HELLO" == *-hello-storepkg ]] || fail "unexpected build outputs: $out"
+  nix key generate-secret --key-name e2e-cache-1 >"$WORK/secret-key"
+  PUBLIC_KEY=$(nix key convert-secret-to-public <"$WORK/secret-key")
+  nix copy --store "local?root=$WORK/build" \
+    --to "file://$WORK/cache?compression=zstd&secret-key=$WORK/secret-key" "$BUSYBOX" "$HELLO" 2>/dev/null
+  log "busybox $BUSYBOX"
+  log "hello   $HELLO"
+}
+
+start_cluster() {
+  step "Starting kind cluster $CLUSTER (tools, dockerd and node image first if missing)"
+  "$REPO/hack/kind/cluster.sh" delete "$CLUSTER" >/dev/null 2>&1 || true
+  KUBECONFIG_FILE=$("$REPO/hack/kind/cluster.sh" create "$CLUSTER")
+  # kind, kubectl and DOCKER_HOST of the script-started dockerd.
+  eval "$("$REPO/hack/kind/cluster.sh" env "$CLUSTER")"
+  mapfile -t NODES < <(kind get nodes --name "$CLUSTER" | sort)
+  ((${#NODES[@]} == 2)) || fail "want 2 nodes, have: ${NODES[*]}"
+  log "nodes: ${NODES[*]}"
+}
+
+serve_cache() {
+  # The nodes are containers on docker's "kind" network: they reach the
+  # host at the network's gateway. The cache listens there only.
+  local gw port
+  gw=$("$REPO/hack/kind/cluster.sh" host-ip)
+  [[ -n "$gw" ]] || fail "no host address on the kind network"
+  port=$((20000 + RANDOM % 20000))
+  busybox httpd -f -p "$gw:$port" -h "$WORK/cache" &
+  HTTPD_PID=$!
+  CACHE_URL="http://$gw:$port"
+  retry 20 0.2 node_exec "${NODES[0]}" bash -c "exec 3<>/dev/tcp/$gw/$port" ||
+    fail "nodes cannot reach the cache at $CACHE_URL"
+  log "cache $CACHE_URL (from the nodes), key $PUBLIC_KEY"
+}
+
+# containerd's config and PID on each node, to compare after install and
+# uninstall.
+record_nodes() {
+  local n
+  for n in "${NODES[@]}"; do
+    node_exec "$n" cat /etc/containerd/config.toml >"$WORK/$n.config.before"
+    node_exec "$n" systemctl show containerd -p MainPID --value >"$WORK/$n.pid.before"
+  done
+}
+
+install_storepkg() {
+  step "Installing storepkg: kind load + kubectl apply -k (examples/k8s/install + this cache)"
+  kind load image-archive "$REPO/bin/storepkg-installer.tar" --name "$CLUSTER"
+  mkdir -p "$WORK/overlays/install"
+  # kustomize takes only relative paths to other kustomizations.
+  cat >"$WORK/overlays/install/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - $(realpath --relative-to="$WORK/overlays/install" "$REPO/examples/k8s/install")
+configMapGenerator:
+  - name: storepkg-node-config
+    namespace: storepkg-system
+    behavior: replace
+    literals:
+      - STOREPKG_SUBSTITUTERS=$CACHE_URL
+      - STOREPKG_TRUSTED_PUBLIC_KEYS=$PUBLIC_KEY
+EOF
+  kubectl apply -k "$WORK/overlays/install"
+  log "waiting for storepkg.dev/ready=true on every node"
+  kubectl wait node --all --for=jsonpath='{.metadata.labels.storepkg\.dev/ready}'=true --timeout=180s ||
+    fail "nodes not labelled storepkg.dev/ready=true"
+  kubectl -n storepkg-system rollout status ds/storepkg-node --timeout=120s || fail "DaemonSet storepkg-node not ready"
+  local n before after
+  for n in "${NODES[@]}"; do
+    before=$(cat "$WORK/$n.pid.before")
+    after=$(node_exec "$n" systemctl show containerd -p MainPID --value)
+    [[ "$after" != 0 && "$after" != "$before" ]] || fail "$n: containerd was not restarted by systemd (MainPID $before -> $after)"
+    node_exec "$n" crictl info | grep -q '"storepkg"' || fail "$n: containerd's CRI has no storepkg runtime"
+    log "$n: containerd restarted through systemd (MainPID $before -> $after), runtime storepkg served"
+  done
+  kubectl -n storepkg-system logs ds/storepkg-node -c install | sed 's/^/  install: /' >&2
+}
+
+run_workloads() {
+  step "Running examples/k8s/workloads on these closures"
+  # The example's kustomization takes its paths from closures.env: give it
+  # ours in a copy of the directory.
+  cp -r "$REPO/examples/k8s/workloads" "$WORK/workloads"
+  printf 'BUSYBOX=%s\nHELLO=%s\n' "$BUSYBOX" "$HELLO" >"$WORK/workloads/closures.env"
+  kubectl apply -k "$WORK/workloads"
+
+  kubectl -n storepkg-examples wait job/hello --for=condition=complete --timeout=180s || fail "Job hello did not complete"
+  local out
+  out=$(kubectl -n storepkg-examples logs job/hello)
+  [[ "$out" == "Hello from a Nix store path, on hello-"* ]] || fail "Job hello printed: $out"
+  log "Job hello: $out"
+
+  kubectl -n storepkg-examples rollout status deploy/web --timeout=180s || fail "Deployment web not ready"
+  kubectl -n storepkg-examples wait pod/two-containers --for=condition=Ready --timeout=120s 2>/dev/null ||
+    kubectl -n storepkg-examples get pod two-containers -o wide >&2
+}
+
+check_views() {
+  step "kubectl exec and logs: each container sees exactly its closure"
+  local web listing
+  web=$(kubectl -n storepkg-examples get pod -l app=web -o jsonpath='{.items[0].metadata.name}')
+  listing=$(kubectl -n storepkg-examples exec "$web" -- ls /nix/store)
+  [[ "$listing" == "$(basename "$BUSYBOX")" ]] || fail "web's /nix/store: $listing"
+  kubectl -n storepkg-examples exec "$web" -- sh -c 'touch /nix/store/x' 2>/dev/null && fail "web could write /nix/store"
+  log "exec: web sees /nix/store = {busybox}, read-only"
+  retry 30 1 bash -c "kubectl --kubeconfig '$KUBECONFIG_FILE' -n storepkg-examples logs two-containers -c shell | grep -q '$(basename "$BUSYBOX")'" ||
+    fail "two-containers/shell logs: $(kubectl -n storepkg-examples logs two-containers -c shell)"
+  retry 30 1 bash -c "kubectl --kubeconfig '$KUBECONFIG_FILE' -n storepkg-examples logs two-containers -c greeter | grep -q 'Hello from a Nix store path'" ||
+    fail "two-containers/greeter logs: $(kubectl -n storepkg-examples logs two-containers -c greeter)"
+  log "logs: two-containers/shell and /greeter each ran from their own closure"
+}
+
+check_service() {
+  step "Reaching the server through its Service from a pod on the other node"
+  local ip node_web other
+  ip=$(kubectl -n storepkg-examples get svc web -o jsonpath='{.spec.clusterIP}')
+  node_web=$(kubectl -n storepkg-examples get pod -l app=web -o jsonpath='{.items[0].spec.nodeName}')
+  other=$(printf '%s\n' "${NODES[@]}" | grep -vx "$node_web" | head -1)
+  # Static busybox cannot resolve names (glibc NSS): the ClusterIP is the Service.
+  kubectl -n storepkg-examples run client --restart=Never --image=registry.k8s.io/pause:3.10.1 \
+    --image-pull-policy=IfNotPresent \
+    --overrides="{\"metadata\":{\"annotations\":{\"storepkg.dev/paths\":\"$BUSYBOX\"}},\"spec\":{\"runtimeClassName\":\"storepkg\",\"nodeName\":\"$other\"}}" \
+    --command -- sh -c "for i in \$(seq 30); do wget -q -O- http://$ip/ && exit 0; sleep 1; done; exit 1"
+  kubectl -n storepkg-examples wait pod/client --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s ||
+    fail "client on $other could not reach Service web ($ip): $(kubectl -n storepkg-examples logs client)"
+  log "client on $other: $(kubectl -n storepkg-examples logs client)"
+}
+
+check_bad_annotation() {
+  step "A pod whose path no cache has shows the path and the cause"
+  local missing="/nix/store/0000000000000000000000000000000a-not-in-any-cache"
+  kubectl -n storepkg-examples run missing --restart=Never --image=registry.k8s.io/pause:3.10.1 \
+    --image-pull-policy=IfNotPresent \
+    --overrides="{\"metadata\":{\"annotations\":{\"storepkg.dev/paths\":\"$missing\"}},\"spec\":{\"runtimeClassName\":\"storepkg\"}}" \
+    --command -- true
+  local seen=""
+  for _ in $(seq 60); do
+    seen=$(kubectl -n storepkg-examples get events --field-selector involvedObject.name=missing -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' 2>/dev/null)
+    seen+=$'\n'$(kubectl -n storepkg-examples get pod missing -o jsonpath='{range .status.containerStatuses[*]}{.state.waiting.reason}: {.state.waiting.message}{"\n"}{end}' 2>/dev/null)
+    grep -q "$(basename "$missing").*not found in any cache" <<<"$seen" && break
+    sleep 2
+  done
+  grep -q "$(basename "$missing").*not found in any cache" <<<"$seen" || fail "no event or status names the missing path and the cause; saw: $seen"
+  grep '' <<<"$seen" | grep -m3 'not found' | sed 's/^/  /' >&2
+  grep -q '^StorepkgFetchFailed' <<<"$seen" || fail "the agent posted no StorepkgFetchFailed event; saw: $seen"
+}
+
+check_metrics() {
+  step "The agent's metrics"
+  local pod metrics m all=""
+  for pod in $(kubectl -n storepkg-system get pod -l app.kubernetes.io/name=storepkg-node -o name); do
+    metrics=$(kubectl get --raw "/api/v1/namespaces/storepkg-system/pods/${pod#pod/}:9477/proxy/metrics") ||
+      fail "$pod: metrics endpoint did not answer"
+    for m in storepkg_store_paths storepkg_store_bytes storepkg_substitutions_total storepkg_gc_runs_total; do
+      grep -q "^$m" <<<"$metrics" || fail "$pod: no $m in /metrics"
+    done
+    log "$pod: $(grep -E '^storepkg_(store_paths|substitutions_total|fetched_bytes_total|fetch_failures_total)' <<<"$metrics" | tr '\n' ' ')"
+    all+=$metrics$'\n'
+  done
+  # Over both nodes: the examples' closures were substituted, bytes came
+  # from our cache, and the missing path counts as a not_found failure.
+  sum() { awk -v re="$1" '$0 ~ re { s += $NF } END { printf "%d\n", s }' <<<"$all"; }
+  (($(sum '^storepkg_substitutions_total ') >= 2)) || fail "storepkg_substitutions_total < 2 over the nodes"
+  (($(sum "^storepkg_fetched_bytes_total[{]cache=\"$CACHE_URL\"[}] ") > 0)) || fail "no bytes counted for cache $CACHE_URL"
+  (($(sum '^storepkg_fetch_failures_total[{]reason="not_found"[}] ') >= 1)) || fail "the missing path is not counted in storepkg_fetch_failures_total{reason=not_found}"
+}
+
+check_clean_nodes() {
+  step "Deleting the workloads; both nodes clean, store still valid"
+  kubectl delete -k "$WORK/workloads" --wait=true --timeout=120s
+  local n roots
+  for n in "${NODES[@]}"; do
+    retry 30 1 bash -c "! docker exec $n grep -q ' /nix/store/' /proc/1/mountinfo" ||
+      fail "$n: store mounts left: $(node_exec "$n" grep ' /nix/store/' /proc/1/mountinfo | head -3)"
+    retry 30 1 bash -c "[ -z \"\$(docker exec $n ls -A /nix/var/nix/gcroots/storepkg 2>/dev/null)\" ]" ||
+      fail "$n: GC roots left: $(node_exec "$n" ls /nix/var/nix/gcroots/storepkg)"
+    # Real Nix checks the node's store: every path valid and intact.
+    rm -rf "$WORK/nodestore"
+    mkdir -p "$WORK/nodestore"
+    docker cp "$n:/nix" "$WORK/nodestore/" >/dev/null
+    nix-store --store "local?root=$WORK/nodestore" --verify --check-contents 2>&1 | grep -v '^reading\|^checking' >&2 || true
+    nix-store --store "local?root=$WORK/nodestore" --verify --check-contents >/dev/null 2>&1 || fail "$n: nix-store --verify failed on the node store"
+    roots=$(nix-store --store "local?root=$WORK/nodestore" --check-validity "$BUSYBOX" 2>&1) || fail "$n: $BUSYBOX no longer valid: $roots"
+    log "$n: no mounts, no GC roots, store valid ($(ls "$WORK/nodestore/nix/store" | grep -vc '\.lock$') paths)"
+  done
+}
+
+uninstall_storepkg() {
+  step "Uninstalling storepkg (examples/k8s/uninstall)"
+  kubectl delete -k "$WORK/overlays/install" --wait=true --timeout=120s
+  mkdir -p "$WORK/overlays/uninstall"
+  printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - %s\n' "$(realpath --relative-to="$WORK/overlays/uninstall" "$REPO/examples/k8s/uninstall")" \
+    >"$WORK/overlays/uninstall/kustomization.yaml"
+  kubectl apply -k "$WORK/overlays/uninstall"
+  kubectl -n storepkg-system rollout status ds/storepkg-uninstall --timeout=180s || fail "uninstall DaemonSet not ready"
+  local n
+  for n in "${NODES[@]}"; do
+    retry 30 1 bash -c "docker exec $n crictl info >/dev/null 2>&1" || fail "$n: containerd does not answer after uninstall"
+    node_exec "$n" crictl info | grep -q '"storepkg"' && fail "$n: containerd still serves the storepkg runtime"
+    node_exec "$n" cat /etc/containerd/config.toml | cmp -s - "$WORK/$n.config.before" ||
+      fail "$n: /etc/containerd/config.toml differs from before install"
+    node_exec "$n" test -e /opt/storepkg && fail "$n: /opt/storepkg left"
+    [[ -z "$(kubectl get node "$n" -o jsonpath='{.metadata.labels.storepkg\.dev/ready}')" ]] || fail "$n: still labelled ready"
+    log "$n: containerd config restored byte for byte, runtime gone, label removed"
+  done
+  kubectl delete -k "$WORK/overlays/uninstall" --wait=true --timeout=120s
+}
+
+main() {
+  if [[ "${1:-}" == down ]]; then
+    "$REPO/hack/kind/cluster.sh" delete "$CLUSTER"
+    "$REPO/hack/kind/docker.sh" stop
+    return
+  fi
+  trap cleanup EXIT
+  prepare
+  build_cache
+  start_cluster
+  serve_cache
+  record_nodes
+  install_storepkg
+  run_workloads
+  check_views
+  check_service
+  check_bad_annotation
+  check_metrics
+  check_clean_nodes
+  uninstall_storepkg
+}
+
+main "$@"
