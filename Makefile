@@ -1,13 +1,13 @@
 # storepkg — run pods from Nix store paths.
 #   make demo   show storepkg doing its job (installs what it needs)
-#   make test   run every test (installs what it needs)
+#   make test   run every test, the kind e2e included (installs what it needs)
 #   make bench  benchmarks against the peers
 
 GO       ?= go
 BIN      := bin
 FUZZTIME ?= 10s
 
-.PHONY: all build image test unit fuzz vet demo bench bench-fetch bench-start deps clean
+.PHONY: all build image test e2e unit fuzz vet demo bench bench-fetch bench-start deps clean
 
 all: build
 
@@ -31,6 +31,13 @@ vet:
 test: deps vet build
 	$(GO) test -count=1 ./...
 	$(MAKE) fuzz
+	$(MAKE) e2e
+
+# The acceptance test on a real kind cluster (1 control plane + 1 worker):
+# install through the DaemonSet, run the examples, uninstall. Offline here:
+# the node image is built locally (hack/kind/). KEEP=1 leaves the cluster up.
+e2e: deps
+	hack/e2e-kind.sh
 
 # Each fuzz target runs briefly: enough to catch regressions on the seeds
 # and a few million mutations, not a fuzzing campaign.
