@@ -346,38 +346,41 @@ func (r *report) fetchRows() {
 		if fc.NixPar.Median != nil {
 			parNote = fmt.Sprintf(" Against Nix configured as NixOS does (`--max-jobs auto`, %.2f s) storepkg is at %.2fx.", *fc.NixPar.Median, *fc.NixPar.Median/sp)
 		}
+		util := cpu / sp
+		extra := cpu/fc.LimitCPU - 1
+		xzNote := ""
+		if c == "xz" {
+			xzNote = " For xz, decoding in-process through liblzma (cgo) instead of piping every NAR through an xz(1) process would " +
+				"remove one copy of every decompressed byte through a pipe and the process per NAR, at the price of static binaries."
+		}
 		if !met {
-			if nix/cpuFloor < targets[c]*1.02 {
-				r.note(fmt.Sprintf("Row 1, %s: %.2fx Nix, target %.1fx", c, ratio, targets[c]), fmt.Sprintf(
-					"bound by CPU: storepkg used %.2f CPU-s (user+sys) for this closure, so on %d cores it cannot take less than %.2f s; "+
-						"Nix's default took %.2f s, so on this machine the work storepkg does cannot show more than %.2fx. "+
-						"Decompression alone is %.2f CPU-s (`%s -dc` of the same NARs); the rest is verification and unpacking: SHA-256 of every "+
-						"NAR byte (the signed NarHash), NAR parsing, and writing %s of files through the kernel. What would close it: more cores "+
-						"(substitution runs one NAR per core, largest first), or fewer CPU-seconds per byte than decoding plus hashing, which "+
-						"would mean skipping verification.%s",
-					cpu, cores, cpuFloor, nix, nix/cpuFloor, fc.LimitCPU, c, mb(fr.NarBytes), parNote))
+			why := fmt.Sprintf("storepkg used %.2f CPU-s (user+sys) and kept %.2f of the %d cores busy on average; even with every core busy "+
+				"to the end it could not take less than %.2f s, and Nix's default took %.2f s, so the ratio on this machine cannot exceed %.2fx",
+				cpu, util, cores, cpuFloor, nix, nix/cpuFloor)
+			if nix/cpuFloor < targets[c] {
+				why = "bound by CPU: " + why + ". "
 			} else {
-				r.note(fmt.Sprintf("Row 1, %s: %.2fx Nix, target %.1fx", c, ratio, targets[c]), fmt.Sprintf(
-					"not bound by CPU alone: storepkg used %.2f CPU-s, which %d cores could do in %.2f s, but it took %.2f s; the largest NAR "+
-						"alone takes %.2f s to decode in one stream, a floor for any tool that decodes each NAR in one stream. The gap is time "+
-						"a core sat idle: waiting on the decoder pipe or on the last NARs. What would close it: keeping both cores busy to the end "+
-						"(more, smaller units of work than one stream per NAR) and cutting the CPU per byte.%s",
-					cpu, cores, cpuFloor, sp, fc.Largest, parNote))
+				why = "partly bound by CPU: " + why + "; the rest is time a core sat idle (the last NARs finish on one core). "
 			}
+			r.note(fmt.Sprintf("Row 1, %s: %.2fx Nix, target %.1fx", c, ratio, targets[c]), why+fmt.Sprintf(
+				"Decompression alone is %.2f CPU-s (`%s -dc` of the same NARs); storepkg needs %.0f%% more for what substituting "+
+					"requires besides: SHA-256 of every NAR byte (the signed NarHash; Go uses the CPU's SHA extensions), parsing the NARs "+
+					"and writing %s of files through the kernel. What would close it: more cores (substitution runs one NAR per core, largest "+
+					"first), or less CPU per byte outside decoding.%s%s",
+				fc.LimitCPU, c, 100*extra, mb(fr.NarBytes), xzNote, parNote))
 		}
 		lim := sp / fc.Limit
 		metLim := lim <= 1.3
 		r.row("1", fmt.Sprintf("cold fetch, %s: vs the decode limit", c), fmt.Sprintf("%.2f s", sp),
 			fmt.Sprintf("limit %.2f s", fc.Limit), fmt.Sprintf("%.2fx the limit", lim), "within 1.3x of the limit", metLim)
 		if !metLim {
+			floorLim := math.Max(1, cpuFloor/fc.Limit)
 			r.note(fmt.Sprintf("Row 1, %s decode limit: %.2fx, target 1.3x", c, lim), fmt.Sprintf(
-				"the limit is decompression only: %.2f CPU-s, %.2f s on %d cores. storepkg decompresses and also verifies and writes the "+
-					"closure: %.2f CPU-s in all, %.2fx the decoding work, so on %d cores it cannot come closer than %.2fx the limit "+
-					"(measured %.2fx; the rest is cores left idle, see above). What would close it: work outside decoding (SHA-256, "+
-					"NAR parsing, file creation) under 30%% of the decoding work; SHA-256 already runs on the CPU's SHA extensions, so that "+
-					"means fewer syscalls per file and, for xz, decoding in-process through liblzma (cgo) rather than piping through xz(1), "+
-					"at the price of static binaries.",
-				fc.LimitCPU, fc.Limit, cores, cpu, cpu/fc.LimitCPU, cores, math.Max(1, cpuFloor/fc.Limit), lim))
+				"the limit is decompression alone: %.2f CPU-s, %.2f s on %d cores. storepkg decompresses the same NARs and also verifies "+
+					"and writes the closure: %.2f CPU-s, %.0f%% more, which on %d cores puts its floor at %.2fx the limit; it kept %.2f cores busy "+
+					"on average, hence %.2fx measured. What would close it: work outside decoding (SHA-256, NAR parsing, file creation) "+
+					"below %.0f%% of the decoding work instead of %.0f%%, and every core busy to the end.%s",
+				fc.LimitCPU, fc.Limit, cores, cpu, 100*extra, cores, floorLim, util, lim, 30.0, 100*extra, xzNote))
 		}
 	}
 	r.details = append(r.details, d.String())
@@ -472,24 +475,23 @@ func (r *report) podRows() {
 	r.details = append(r.details, d.String())
 }
 
-// warmWhy explains the phases where storepkg's warm start loses time; the
-// reasons come from reading the shim's code paths and profiling them.
+// warmWhy names what storepkg does in the phases where its warm start
+// loses time (from the shim's code paths).
 func warmWhy(sp, oc map[string]float64) string {
 	var why []string
 	if sp["runp"]-oc["runp"] >= 5 {
-		why = append(why, "`runp` is the sandbox's Create in the shim: containerd starts a new shim process per pod and the storepkg shim is a "+
-			"larger binary (it links the fetcher, SQLite and the decompressors) which also opens the node store and starts the closure's "+
-			"prefetch before the sandbox is created; a shim that left store and substitution to a node-level process "+
-			"(see row 6) would start as fast as runc's")
+		why = append(why, "in `runp` the storepkg shim's sandbox Create opens the node store and starts the pod's prefetch (the closure's "+
+			"validity check in SQLite and the check of its store view), work that runs beside runc creating the sandbox on the same cores")
 	}
 	if sp["start"]-oc["start"] >= 5 {
-		why = append(why, "`start` is where the shim checks the closure in the store and builds the container's view of it (bind mounts) "+
-			"before runc runs; the overlay mount runc does for an image is one mount")
+		why = append(why, "in `start` the shim waits for that prefetch, takes the GC roots, acquires the closure's store view and writes "+
+			"the container's root and spec before runc runs, where runc's own path is one overlay mount")
 	}
 	if len(why) == 0 {
 		return "No single phase stands out; the difference is within the noise of this shared machine."
 	}
-	return "Why: " + strings.Join(why, "; ") + "."
+	return "Where: " + strings.Join(why, "; ") + ". What would close it: profiling those steps in the shim (they are per pod, " +
+		"not per path) and moving what can be cached per closure out of the start path."
 }
 
 // ---- row 4
