@@ -12,7 +12,9 @@
 #                                              DOCKER_HOST, PATH with kind and kubectl
 #   hack/kind/cluster.sh host-ip               print the host's address as the nodes see it
 #
-# create brings up whatever is missing first (tools, dockerd, node image),
+# create brings up whatever is missing first (tools, dockerd, node image:
+# kind's stock one where it can be pulled, else built offline, see
+# node_image),
 # so it is the one command a test needs. When it fails it saves the
 # cluster's logs (`kind export logs`, into $ARTIFACTS, else
 # /var/cache/storepkg/kind/logs, as kind-logs-NAME), deletes the cluster
@@ -98,6 +100,34 @@ on_create_exit() {
   log "create failed"
 }
 
+# kind v0.31.0's own default node image.
+KIND_STOCK_IMAGE=kindest/node:v1.35.0@sha256:452d707d4862f52530247495d180205e029056831160e22870e37e3f6c1ac31f
+
+# node_image prints the node image to use: $STOREPKG_KIND_NODE_IMAGE when
+# set; else kind's stock image when it is present or can be pulled (a
+# machine with internet; offline the pull fails at once); else the image
+# node-image.sh builds offline. STOREPKG_KIND_NODE_IMAGE=local skips the
+# stock image.
+node_image() {
+  case ${STOREPKG_KIND_NODE_IMAGE:-} in
+  local) ;;
+  "")
+    if docker image inspect "$KIND_STOCK_IMAGE" >/dev/null 2>&1 ||
+      timeout 120 docker pull -q "$KIND_STOCK_IMAGE" >/dev/null 2>&1; then
+      log "using kind's stock node image $KIND_STOCK_IMAGE"
+      echo "$KIND_STOCK_IMAGE"
+      return
+    fi
+    log "kind's stock node image cannot be pulled here: building one offline"
+    ;;
+  *)
+    echo "$STOREPKG_KIND_NODE_IMAGE"
+    return
+    ;;
+  esac
+  "$KIND_DIR/node-image.sh"
+}
+
 create() {
   local name=$1 config=${2:-$KIND_DIR/cluster.yaml}
   [[ -f $config ]] || die "no cluster config $config"
@@ -109,7 +139,7 @@ create() {
   docker_running || STARTED_DOCKER=1
   "$KIND_DIR/docker.sh" start
   local image
-  image=$("$KIND_DIR/node-image.sh")
+  image=$(node_image)
   if cluster_exists "$name"; then
     die "cluster $name exists: delete it first (hack/kind/cluster.sh delete $name)"
   fi
