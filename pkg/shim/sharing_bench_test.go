@@ -80,9 +80,11 @@ type sharingResult struct {
 	SumOfClosures struct {
 		FileBytes int64 `json:"file_bytes"` // without any sharing
 	} `json:"sum_of_closures"`
-	Storepkg sharingSide       `json:"storepkg"`
-	OCI      sharingSide       `json:"oci"`
-	Load     map[string]string `json:"load"`
+	// In how many of the ten closures some well-known paths are.
+	ClosuresWith map[string]int    `json:"closures_with"`
+	Storepkg     sharingSide       `json:"storepkg"`
+	OCI          sharingSide       `json:"oci"`
+	Load         map[string]string `json:"load"`
 }
 
 type sharingAppResult struct {
@@ -103,12 +105,13 @@ type sharingSide struct {
 	AllRunningMS float64          `json:"all_running_ms"`
 	// Store paths of the union stored, and transferred, more than once,
 	// and the bytes of the extra copies.
-	SharedStoredTwice      int    `json:"shared_paths_stored_more_than_once"`
-	SharedTransferredTwice int    `json:"shared_paths_transferred_more_than_once"`
-	ExtraCopyBytes         int64  `json:"extra_copy_file_bytes"`
-	MaxCopies              int    `json:"max_copies"`
-	Pass                   bool   `json:"every_shared_path_once"`
-	Why                    string `json:"why,omitempty"`
+	SharedStoredTwice      int      `json:"shared_paths_stored_more_than_once"`
+	SharedTransferredTwice int      `json:"shared_paths_transferred_more_than_once"`
+	ExtraCopyBytes         int64    `json:"extra_copy_file_bytes"`
+	MaxCopies              int      `json:"max_copies"`
+	MostCopies             []string `json:"most_copies,omitempty"` // "name copies extra-bytes", most extra bytes first
+	Pass                   bool     `json:"every_shared_path_once"`
+	Why                    string   `json:"why,omitempty"`
 }
 
 // BenchmarkSharing: row 5 of `make bench`. Ten pods whose closures
@@ -213,6 +216,10 @@ func BenchmarkSharing(b *testing.B) {
 	}
 	sort.Strings(union)
 	res.Union.Paths = len(union)
+	res.ClosuresWith = map[string]int{}
+	for _, name := range []string{"glibc", "libssl-3", "python3-3.11.2", "perl-5.36.0", "ncurses-6.4"} {
+		res.ClosuresWith[name] = inClosures[filepath.Base(bc.find(b, name))]
+	}
 	res.Union.ZstdBytes = cache.FileSize(union)
 
 	// The images.
@@ -427,9 +434,18 @@ func BenchmarkSharing(b *testing.B) {
 				}
 			}
 		}
+		type copied struct {
+			name   string
+			copies int
+			extra  int64
+		}
+		var most []copied
 		for _, p := range union {
 			if inClosures[p] < 2 {
 				continue
+			}
+			if n := len(chainsWith[p]); n > 1 {
+				most = append(most, copied{p[33:], n, int64(n-1) * sizeOf(p)})
 			}
 			if len(chainsWith[p]) > 1 {
 				s.SharedStoredTwice++
@@ -439,6 +455,13 @@ func BenchmarkSharing(b *testing.B) {
 				s.SharedTransferredTwice++
 			}
 			s.MaxCopies = max(s.MaxCopies, len(chainsWith[p]))
+		}
+		sort.Slice(most, func(i, j int) bool { return most[i].extra > most[j].extra })
+		for i, m := range most {
+			if i == 6 {
+				break
+			}
+			s.MostCopies = append(s.MostCopies, fmt.Sprintf("%s %d %d", m.name, m.copies, m.extra))
 		}
 		s.Pass = s.SharedStoredTwice == 0 && s.SharedTransferredTwice == 0 && len(s.Repeated) == 0
 		if !s.Pass {

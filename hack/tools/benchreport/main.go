@@ -139,6 +139,7 @@ type sharingSide struct {
 	XferTwice    int              `json:"shared_paths_transferred_more_than_once"`
 	ExtraBytes   int64            `json:"extra_copy_file_bytes"`
 	MaxCopies    int              `json:"max_copies"`
+	MostCopies   []string         `json:"most_copies"`
 	Pass         bool             `json:"every_shared_path_once"`
 	Why          string           `json:"why"`
 }
@@ -166,8 +167,9 @@ type sharingResult struct {
 	SumOfClosures struct {
 		FileBytes int64 `json:"file_bytes"`
 	} `json:"sum_of_closures"`
-	Storepkg sharingSide `json:"storepkg"`
-	OCI      sharingSide `json:"oci"`
+	ClosuresWith map[string]int `json:"closures_with"`
+	Storepkg     sharingSide    `json:"storepkg"`
+	OCI          sharingSide    `json:"oci"`
 }
 
 func main() {
@@ -544,10 +546,14 @@ func (r *report) sharingRows() {
 	}
 	var d strings.Builder
 	fmt.Fprintf(&d, "## Row 5: sharing, ten pods on one node\n\n")
-	fmt.Fprintf(&d, "Ten workloads whose closures overlap as real software does: one libc and base set in all, python in five (two of them also perl), "+
-		"perl in four, libssl in three, each with its own app path (real Go sources). %d store paths in the union, %s of files; "+
-		"%d paths (%s) are in two or more closures; the ten closures add up to %s. All ten pods start at once on an empty node.\n\n",
-		s.Union.Paths, mb(s.Union.FileBytes), s.Shared.Paths, mb(s.Shared.FileBytes), mb(s.SumOfClosures.FileBytes))
+	var with []string
+	for _, k := range sortedKeys(s.ClosuresWith) {
+		with = append(with, fmt.Sprintf("%s in %d", k, s.ClosuresWith[k]))
+	}
+	fmt.Fprintf(&d, "Ten workloads whose closures overlap as real software does (%s of the ten closures), each with its own app path "+
+		"(real Go sources) on top. %d store paths in the union, %s of files; %d paths (%s) are in two or more closures; the ten closures "+
+		"add up to %s. All ten pods start at once on an empty node.\n\n",
+		strings.Join(with, ", "), s.Union.Paths, mb(s.Union.FileBytes), s.Shared.Paths, mb(s.Shared.FileBytes), mb(s.SumOfClosures.FileBytes))
 	fmt.Fprintf(&d, "The OCI images hold exactly the same files, layered as Dockerfiles make them: `FROM` a base (libc, gcc libs, ncurses, tzdata, busybox) "+
 		"built in January (7 apps) or rebuilt in March with the same packages (3 apps); `FROM` a runtime image for python or perl "+
 		"(python built twice, the second a rebuild of the same version); `RUN` installing what else the app needs (for some apps the runtime "+
@@ -573,6 +579,17 @@ func (r *report) sharingRows() {
 	side("storepkg", s.Storepkg)
 	side("OCI (containerd, overlayfs)", s.OCI)
 	fmt.Fprintf(&d, "| ideal (union once) | %s (zstd) | %d | %s (files) | | 0 | | |\n", mb(s.Union.ZstdBytes), s.Union.Paths, mb(s.Union.FileBytes))
+	if len(s.OCI.MostCopies) > 0 {
+		var mc []string
+		for _, m := range s.OCI.MostCopies {
+			var name string
+			var n int
+			var extra int64
+			fmt.Sscanf(m, "%s %d %d", &name, &n, &extra)
+			mc = append(mc, fmt.Sprintf("%s %d copies (+%s)", name, n, mb(extra)))
+		}
+		fmt.Fprintf(&d, "\nMost copied on the OCI node (unpacked copies, extra bytes): %s.\n", strings.Join(mc, ", "))
+	}
 	fmt.Fprintf(&d, "\nTransferred: bytes the binary cache's or the registry's HTTP server wrote (NARs and narinfos; blobs and manifests). "+
 		"On the node: regular-file bytes added under the storepkg store root (one walk, so the store views' hard links count once) and "+
 		"containerd's root (content store keeps the compressed layers, the snapshotter the unpacked files).\n")
