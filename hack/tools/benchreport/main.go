@@ -252,7 +252,7 @@ func (r *report) render() string {
 	fmt.Fprintf(&b, "# storepkg benchmarks: `make bench`\n\n")
 	fmt.Fprintf(&b, "Measured %s on %d cores (%s), %s GiB RAM, Linux %s. `make bench` took %s.\n\n",
 		e.Date, e.Cores, e.CPU, e.MemGiB, e.Kernel, duration(e.DurationS))
-	fmt.Fprintf(&b, "Load average (1, 5, 15 min): %s before, %s after; highest 1-min load seen during the run: %s. "+
+	fmt.Fprintf(&b, "Load average (1, 5, 15 min): %s before, %s after; highest 1-min load seen during the run: %s (the benchmark's own work included). "+
 		"Other work shares this machine: every peer is measured in the same run, interleaved with storepkg, "+
 		"medians of several runs, and each measurement waits (up to a bound) for a quiet CPU.\n\n",
 		e.LoadBefore, e.LoadAfter, e.LoadMax)
@@ -278,6 +278,13 @@ func (r *report) render() string {
 	}
 	fmt.Fprintf(&b, "\n---\nReproduce: `make bench` (hack/bench.sh; knobs: RUNS, IDLE_WAIT, BENCH_FS=disk, ROWS). Raw numbers of this run (JSON, go test log): %s on the machine that ran it.\n", e.Raw)
 	return b.String()
+}
+
+func (r *report) cores() int {
+	if r.env != nil && r.env.Cores > 0 {
+		return r.env.Cores
+	}
+	return 2
 }
 
 func duration(s int) string {
@@ -311,8 +318,14 @@ func (r *report) fetchRows() {
 	targets := map[string]float64{"xz": 1.5, "zstd": 2.0}
 	var d strings.Builder
 	fmt.Fprintf(&d, "## Row 1: cold fetch, storepkg vs Nix's substituter\n\n")
-	fmt.Fprintf(&d, "One closure of %d store paths, %s as NARs (%s), from a local `file://` binary cache into an empty store on %s; %d runs per tool, interleaved, medians (hack/bench-fetch.sh, closure from hack/mkbench-closure.sh).",
-		fr.Paths, mb(fr.NarBytes), fr.Files, fr.RootsFS, fr.Runs)
+	files := fr.Files
+	if _, rest, ok := strings.Cut(files, " in "); ok {
+		files = rest // "370056953 in 7561 files (...)": the bytes are the NAR size's
+	}
+	fmt.Fprintf(&d, "One closure of %d store paths, %s as NARs (%s; real host files: shared libraries, interpreters' libraries, "+
+		"time zones, locales, headers), from a local `file://` binary cache into an empty store on %s; %d runs per tool, interleaved, "+
+		"medians (hack/bench-fetch.sh, closure from hack/mkbench-closure.sh).",
+		fr.Paths, mb(fr.NarBytes), files, fr.RootsFS, fr.Runs)
 	if fr.Busy > 0 {
 		fmt.Fprintf(&d, " %d measurements started on a busy machine.", fr.Busy)
 	}
@@ -401,8 +414,9 @@ func (r *report) podRows() {
 		"%d files, %s (zstd: %s). The container runs the program; the measurement ends when its first line lands in the CRI log file (inotify). "+
 		"storepkg pods name the paths in `storepkg.dev/paths` and run on the placeholder (pause) image; OCI pods are pulled by containerd's CRI "+
 		"(`crictl pull`, as kubelet does after runp) from go-containerregistry's registry on 127.0.0.1 over HTTP, layers zstd-compressed "+
-		"(the same compression class as the zstd binary cache; containerd's default of 3 parallel layer downloads).\n\n",
-		p.Closure.Paths, p.Closure.Files, mb(p.Closure.FileBytes), mb(p.Closure.ZstdBytes))
+		"(the same compression class as the zstd binary cache). Both with their defaults: containerd fetches 3 layers at a time and "+
+		"unpacks them into overlayfs snapshots; the storepkg shim starts substituting at runp, %d NARs at a time on %d cores.\n\n",
+		p.Closure.Paths, p.Closure.Files, mb(p.Closure.FileBytes), mb(p.Closure.ZstdBytes), min(max(2*r.cores(), 4), 16), r.cores())
 	fmt.Fprintf(&d, "| image | layout | layers | compressed | tar |\n|---|---|---:|---:|---:|\n")
 	for _, im := range p.Images {
 		fmt.Fprintf(&d, "| oci-%s | %s | %d | %s | %s |\n", im.Label, im.Layout, im.Layers, mb(im.Bytes), mb(im.Tar))
