@@ -18,13 +18,13 @@ import (
 
 // startImage is the benchmark closure as an OCI image in one layout.
 type startImage struct {
-	Label  string             `json:"label"`
-	Layout string             `json:"layout"`
-	Layers int                `json:"layers"`
-	Bytes  int64              `json:"compressed_bytes"`
-	Tar    int64              `json:"tar_bytes"`
-	ref    string             //
-	layers []*benchtest.Layer //
+	Label  string `json:"label"`
+	Layout string `json:"layout"`
+	Layers int    `json:"layers"`
+	Bytes  int64  `json:"compressed_bytes"`
+	Tar    int64  `json:"tar_bytes"`
+	ref    string
+	layers []*benchtest.Layer
 }
 
 // podsResult is what BenchmarkPods writes to pods.json.
