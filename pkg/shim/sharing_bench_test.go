@@ -465,7 +465,7 @@ func BenchmarkSharing(b *testing.B) {
 		}
 		s.Pass = s.SharedStoredTwice == 0 && s.SharedTransferredTwice == 0 && len(s.Repeated) == 0
 		if !s.Pass {
-			s.Why = fmt.Sprintf("%d of %d shared store paths unpacked more than once (up to %d copies), %d downloaded in more than one layer", s.SharedStoredTwice, res.Shared.Paths, s.MaxCopies, s.SharedTransferredTwice)
+			s.Why = fmt.Sprintf("%d of %d shared store paths unpacked more than once (up to %d copies), %d downloaded in more than one blob", s.SharedStoredTwice, res.Shared.Paths, s.MaxCopies, s.SharedTransferredTwice)
 		}
 		for _, id := range ids {
 			removePod(b, env, id)

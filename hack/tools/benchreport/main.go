@@ -693,8 +693,9 @@ func (r *report) memoryRows() {
 				"the xz/zstd/brotli decoders and TOML on top of runc's shim: more text and pclntab, and the kernel maps a cached binary's pages "+
 				"around every fault, so resident binary pages grow with the binary even where the code never runs: the storepkg-image pod, "+
 				"which never opens the store, already has %s of them); anon memory %s warm and %s after fetching vs %s for runc "+
-				"(after a fetch, what stays is the Go runtime's metadata sized for the fetch's peak heap and SQLite's page caches, not live data: "+
-				"an in-process profile of the same fetch keeps ~1 MiB of live heap after GC). "+
+				"(after a fetch, what stays is not live data: a one-off in-process run of the same fetch kept ~1 MiB of live heap after GC and "+
+				"debug.FreeOSMemory, its remaining anon memory being the Go runtime's own structures sized for the fetch's peak heap; closing "+
+				"the store gave back ~0.1 MiB). "+
 				"Not a cheap fix: opening the store and fetcher lazily is already what the shim does (only for pods that name paths), and "+
 				"GOGC/GOMEMLIMIT would not touch the binary pages. What would close it: keep substitution and the store's database out of the "+
 				"per-pod process (the shim asks a node-level storepkg process, or runs `storepkg fetch` as a short-lived child, for the closure "+
