@@ -108,6 +108,7 @@ imports = []
       Substituters = ["$CACHE_URL"]
       TrustedPublicKeys = ["$PUBLIC_KEY"]
       StoreRoot = "$WORK/store"
+      StatusDir = "$WORK/fetches"   # fetch records for the node agent (none runs in the demo)
       BinaryName = "$(command -v runc)"
       Root = "$WORK/runc"
       SystemdCgroup = false
