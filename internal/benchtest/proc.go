@@ -125,21 +125,3 @@ func Mappings(pid int) ([]Mapping, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].RSS > out[j].RSS })
 	return out, sc.Err()
 }
-
-// PPID returns the parent of process pid.
-func PPID(pid int) (int, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("odd /proc/%d/stat", pid)
-	}
-	fields := strings.Fields(s[i+1:])
-	if len(fields) < 2 {
-		return 0, fmt.Errorf("odd /proc/%d/stat", pid)
-	}
-	return strconv.Atoi(fields[1])
-}
