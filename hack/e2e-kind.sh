@@ -29,6 +29,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 CLUSTER=${CLUSTER:-storepkg-e2e}
 WORK=""
 HTTPD_PID=""
+SLOW_PID=""
 NODES=()
 export NIX_CONFIG=$'experimental-features = nix-command\nsubstituters =\nbuild-users-group =\nsandbox = false'
 
@@ -63,6 +64,7 @@ cleanup() {
   local rc=$?
   set +o errexit
   [[ -n "$HTTPD_PID" ]] && kill "$HTTPD_PID" 2>/dev/null && wait "$HTTPD_PID" 2>/dev/null
+  [[ -n "$SLOW_PID" ]] && kill "$SLOW_PID" 2>/dev/null && wait "$SLOW_PID" 2>/dev/null
   if [[ "${KEEP:-}" == 1 ]]; then
     log "KEEP=1: cluster $CLUSTER left up (kubeconfig ${KUBECONFIG_FILE:-}); cache server stopped"
   else
@@ -101,21 +103,27 @@ build_cache() {
   cp /bin/busybox "$WORK/src/bb/bin/busybox"
   local a
   for a in sh ls cat echo mkdir sleep hostname httpd wget nc; do ln -s busybox "$WORK/src/bb/bin/$a"; done
-  local out
-  out=$(nix-build --store "local?root=$WORK/build" --option sandbox true --no-out-link \
-    --arg busyboxSrc "$WORK/src/bb" "$REPO/hack/e2e/closures.nix" 2>"$WORK/nix-build.log") ||
+  local build=(nix-build --store "local?root=$WORK/build" --option sandbox true --no-out-link
+    --arg busyboxSrc "$WORK/src/bb" "$REPO/hack/e2e/closures.nix")
+  HELLO=$("${build[@]}" -A hello 2>"$WORK/nix-build.log") &&
+    SLEEPY=$("${build[@]}" -A sleepy 2>>"$WORK/nix-build.log") ||
     { cat "$WORK/nix-build.log" >&2; fail "nix-build of hack/e2e/closures.nix"; }
-  # busybox is a source path (builtins.path), not a derivation: nix-build
-  # prints hello only; busybox is in its closure.
-  HELLO=$out
+  # busybox is a source path (builtins.path), not a derivation: it is in
+  # hello's closure.
   BUSYBOX=$(nix-store --store "local?root=$WORK/build" -qR "$HELLO" | grep -- '-busybox$')
-  [[ "$BUSYBOX" == *-busybox && "$HELLO" == *-hello-storepkg ]] || fail "unexpected build outputs: $out"
+  [[ "$BUSYBOX" == *-busybox && "$HELLO" == *-hello-storepkg && "$SLEEPY" == *-sleepy-storepkg ]] ||
+    fail "unexpected build outputs: $BUSYBOX $HELLO $SLEEPY"
   nix key generate-secret --key-name e2e-cache-1 >"$WORK/secret-key"
   PUBLIC_KEY=$(nix key convert-secret-to-public <"$WORK/secret-key")
   nix copy --store "local?root=$WORK/build" \
     --to "file://$WORK/cache?compression=zstd&secret-key=$WORK/secret-key" "$BUSYBOX" "$HELLO" 2>/dev/null
+  # A second cache, the only one with sleepy, answers NAR requests slowly.
+  nix copy --store "local?root=$WORK/build" \
+    --to "file://$WORK/slowcache?compression=zstd&secret-key=$WORK/secret-key" "$SLEEPY" 2>/dev/null
+  (cd "$REPO" && go build -o "$WORK/slowcache-server" ./hack/tools/slowcache)
   log "busybox $BUSYBOX"
   log "hello   $HELLO"
+  log "sleepy  $SLEEPY (slow cache only)"
 }
 
 start_cluster() {
@@ -139,9 +147,12 @@ serve_cache() {
   busybox httpd -f -p "$gw:$port" -h "$WORK/cache" &
   HTTPD_PID=$!
   CACHE_URL="http://$gw:$port"
+  "$WORK/slowcache-server" -dir "$WORK/slowcache" -addr "$gw:$((port + 1))" -nar-delay 8s 2>"$WORK/slowcache.log" &
+  SLOW_PID=$!
+  SLOW_URL="http://$gw:$((port + 1))"
   retry 20 0.2 node_exec "${NODES[0]}" bash -c "exec 3<>/dev/tcp/$gw/$port" ||
     fail "nodes cannot reach the cache at $CACHE_URL"
-  log "cache $CACHE_URL (from the nodes), key $PUBLIC_KEY"
+  log "cache $CACHE_URL, slow cache $SLOW_URL (from the nodes), key $PUBLIC_KEY"
 }
 
 # containerd's config and PID on each node, to compare after install and
@@ -169,7 +180,7 @@ configMapGenerator:
     namespace: storepkg-system
     behavior: replace
     literals:
-      - STOREPKG_SUBSTITUTERS=$CACHE_URL
+      - STOREPKG_SUBSTITUTERS=$CACHE_URL $SLOW_URL
       - STOREPKG_TRUSTED_PUBLIC_KEYS=$PUBLIC_KEY
 EOF
   kubectl apply -k "$WORK/overlays/install"
@@ -257,6 +268,24 @@ check_bad_annotation() {
   grep -q '^StorepkgFetchFailed' <<<"$seen" || fail "the agent posted no StorepkgFetchFailed event; saw: $seen"
 }
 
+check_slow_fetch() {
+  step "A pod whose closure comes slowly: the agent says so in its events"
+  kubectl -n storepkg-examples run sleepy --restart=Never --image=registry.k8s.io/pause:3.10.1 \
+    --image-pull-policy=IfNotPresent \
+    --overrides="{\"metadata\":{\"annotations\":{\"storepkg.dev/paths\":\"$SLEEPY\"}},\"spec\":{\"runtimeClassName\":\"storepkg\"}}" \
+    --command -- sleepy
+  kubectl -n storepkg-examples wait pod/sleepy --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s ||
+    fail "pod sleepy did not run"
+  [[ "$(kubectl -n storepkg-examples logs sleepy)" == "awake after a slow fetch" ]] ||
+    fail "pod sleepy printed: $(kubectl -n storepkg-examples logs sleepy)"
+  local events
+  events=$(kubectl -n storepkg-examples get events --field-selector involvedObject.name=sleepy \
+    -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}')
+  grep -q "^StorepkgFetching: .*$(basename "$SLEEPY")" <<<"$events" ||
+    fail "no StorepkgFetching event naming the path on pod sleepy; events: $events"
+  grep -E '^StorepkgFetch' <<<"$events" | sed 's/^/  /' >&2
+}
+
 check_metrics() {
   step "The agent's metrics"
   local pod metrics m all=""
@@ -335,6 +364,7 @@ main() {
   check_views
   check_service
   check_bad_annotation
+  check_slow_fetch
   check_metrics
   check_clean_nodes
   uninstall_storepkg

@@ -11,6 +11,12 @@ let
   };
 in {
   inherit busybox;
+  # Served only by the e2e's slow cache: its fetch shows in pod events.
+  sleepy = mk "sleepy-storepkg" ''
+    mkdir -p $out/bin
+    printf '#!${busybox}/bin/sh\necho "awake after a slow fetch"\n' > $out/bin/sleepy
+    chmod +x $out/bin/sleepy
+  '';
   hello = mk "hello-storepkg" ''
     mkdir -p $out/bin
     printf '#!${busybox}/bin/sh\necho "Hello from a Nix store path, on $(hostname)"\n' > $out/bin/hello
