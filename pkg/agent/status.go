@@ -246,11 +246,19 @@ func fetchingMessage(r *fetchstatus.Record) string {
 	if r.Paths.Total == 0 {
 		return fmt.Sprintf("looking up the closure of %s in the binary caches", describeRoots(r.Roots))
 	}
-	return fmt.Sprintf("fetching %d paths, %s/%s MB for %s", r.Paths.Total, megabytes(r.Bytes.Done), megabytes(r.Bytes.Total), describeRoots(r.Roots))
+	return fmt.Sprintf("fetching %s, %s/%s MB for %s", countPaths(r.Paths.Total), megabytes(r.Bytes.Done), megabytes(r.Bytes.Total), describeRoots(r.Roots))
+}
+
+// countPaths says "1 path", "2 paths".
+func countPaths(n int) string {
+	if n == 1 {
+		return "1 path"
+	}
+	return fmt.Sprintf("%d paths", n)
 }
 
 func fetchedMessage(r *fetchstatus.Record) string {
-	return fmt.Sprintf("fetched %d paths (%s MB) for %s in %s", r.Paths.Fetched, megabytes(r.Bytes.Done), describeRoots(r.Roots), r.Duration().Round(100*time.Millisecond))
+	return fmt.Sprintf("fetched %s (%s MB) for %s in %s", countPaths(r.Paths.Fetched), megabytes(r.Bytes.Done), describeRoots(r.Roots), r.Duration().Round(100*time.Millisecond))
 }
 
 func failedMessage(r *fetchstatus.Record) string {
