@@ -35,12 +35,8 @@ APT_PACKAGES=(
   busybox-static
 )
 
-missing_packages() {
-  local p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"
-  done
-}
+# shellcheck source=hack/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../apt.sh"
 
 install_apt() {
   local missing
