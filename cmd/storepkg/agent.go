@@ -8,8 +8,6 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"github.com/storepkg/storepkg/pkg/agent"
 	"github.com/storepkg/storepkg/pkg/fetchstatus"
@@ -140,17 +138,12 @@ func kubeEventSink(mode, node string) (agent.EventSink, error) {
 		}
 		return nil, nil
 	}
-	rc, err := rest.InClusterConfig()
+	client, err := kubeClient("") // the pod's service account
 	if err != nil {
 		if required {
 			return nil, fmt.Errorf("--kube-events: %w", err)
 		}
 		return nil, nil
-	}
-	rc.UserAgent = "storepkg-agent/" + node
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	return agent.NewKubeEvents(client, node), nil
 }
