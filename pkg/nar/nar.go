@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 )
 
 const (
@@ -43,50 +44,119 @@ type Sink interface {
 
 // Parse reads one NAR from r, feeding sink, and fails on any deviation
 // from the canonical encoding, including data after the archive's end.
+// It reads r in large chunks (r is consumed to its end anyway); the
+// contents reader handed to Sink.File implements io.WriterTo, writing
+// straight out of the parser's buffer.
 func Parse(r io.Reader, sink Sink) error {
-	p := &parser{r: r, sink: sink}
+	buf := bufPool.Get().(*[]byte)
+	defer bufPool.Put(buf)
+	p := &parser{in: reader{src: r, buf: *buf}, sink: sink}
 	if err := p.expect(magic); err != nil {
 		return err
 	}
 	if err := p.node("", 0); err != nil {
 		return err
 	}
-	var one [1]byte
-	switch n, err := io.ReadFull(r, one[:]); {
-	case n > 0:
-		return fmt.Errorf("%w: trailing data after the archive at offset %d", ErrFormat, p.off)
+	switch err := p.in.fill(); {
+	case p.in.buffered() > 0:
+		return fmt.Errorf("%w: trailing data after the archive at offset %d", ErrFormat, p.in.off)
 	case err != nil && err != io.EOF:
 		return err
 	}
 	return nil
 }
 
+// readBufSize is the parser's buffer: large enough that reading a pipe
+// or a decompressor takes few calls, small enough to stay in a core's
+// cache while the data is hashed and written out.
+const readBufSize = 256 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
+
+// reader buffers the archive stream. Every byte is copied once, from the
+// source into buf; tokens are parsed and file contents written from there.
+type reader struct {
+	src  io.Reader
+	buf  []byte
+	r, w int   // buf[r:w] is read but not yet consumed
+	err  error // the source's error, returned once buf is drained
+	off  int64 // bytes consumed
+}
+
+func (b *reader) buffered() int { return b.w - b.r }
+
+// fill moves the unconsumed bytes (never more than a token's) to the
+// start of buf and reads from the source into the rest. It returns nil
+// if bytes arrived, else the source's error.
+func (b *reader) fill() error {
+	if b.err != nil {
+		return b.err
+	}
+	if b.r > 0 {
+		// Called with at most a token's bytes left: cheap to move.
+		b.w = copy(b.buf, b.buf[b.r:b.w])
+		b.r = 0
+	}
+	for range 100 {
+		n, err := b.src.Read(b.buf[b.w:])
+		if n < 0 || n > len(b.buf)-b.w {
+			panic("nar: reader returned an invalid count")
+		}
+		b.w += n
+		if err != nil {
+			b.err = err
+		}
+		if n > 0 {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	b.err = io.ErrNoProgress
+	return b.err
+}
+
+// next consumes and returns the next n bytes (n <= MaxTargetLen+1),
+// valid until the next call.
+func (b *reader) next(n int) ([]byte, error) {
+	for b.buffered() < n {
+		if err := b.fill(); err != nil {
+			return nil, err
+		}
+	}
+	s := b.buf[b.r : b.r+n]
+	b.r += n
+	b.off += int64(n)
+	return s, nil
+}
+
 type parser struct {
-	r    io.Reader
+	in   reader
 	sink Sink
-	off  int64
-	buf  [8]byte
-	sbuf []byte
 }
 
 func (p *parser) errorf(format string, args ...any) error {
-	return fmt.Errorf("%w at offset %d: %s", ErrFormat, p.off, fmt.Sprintf(format, args...))
+	return fmt.Errorf("%w at offset %d: %s", ErrFormat, p.in.off, fmt.Sprintf(format, args...))
 }
 
-func (p *parser) readFull(b []byte) error {
-	n, err := io.ReadFull(p.r, b)
-	p.off += int64(n)
+func (p *parser) next(n int) ([]byte, error) {
+	b, err := p.in.next(n)
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
-		return p.errorf("unexpected end of archive")
+		// What is left is too short; consume it for the offset.
+		p.in.off += int64(p.in.buffered())
+		p.in.r = p.in.w
+		return nil, p.errorf("unexpected end of archive")
 	}
-	return err
+	return b, err
 }
 
 func (p *parser) readUint64() (uint64, error) {
-	if err := p.readFull(p.buf[:8]); err != nil {
+	b, err := p.next(8)
+	if err != nil {
 		return 0, err
 	}
-	return binary.LittleEndian.Uint64(p.buf[:8]), nil
+	return binary.LittleEndian.Uint64(b), nil
 }
 
 func (p *parser) readPadding(n uint64) error {
@@ -94,47 +164,57 @@ func (p *parser) readPadding(n uint64) error {
 	if pad == 0 {
 		return nil
 	}
-	if err := p.readFull(p.buf[:pad]); err != nil {
+	b, err := p.next(int(pad))
+	if err != nil {
 		return err
 	}
-	for _, b := range p.buf[:pad] {
-		if b != 0 {
+	for _, c := range b {
+		if c != 0 {
 			return p.errorf("non-zero padding")
 		}
 	}
 	return nil
 }
 
-// readString reads a length-prefixed, zero-padded string of at most max bytes.
-func (p *parser) readString(max int, what string) (string, error) {
+// readBytes reads a length-prefixed, zero-padded string of at most max
+// bytes (max <= MaxTargetLen), valid until the next read.
+func (p *parser) readBytes(max int, what string) ([]byte, error) {
 	n, err := p.readUint64()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	if n > uint64(max) {
-		return "", p.errorf("%s of %d bytes exceeds the limit of %d", what, n, max)
+		return nil, p.errorf("%s of %d bytes exceeds the limit of %d", what, n, max)
 	}
-	if cap(p.sbuf) < int(n) {
-		p.sbuf = make([]byte, n)
+	// The string and its padding in one piece.
+	padded := (n + 7) &^ 7
+	b, err := p.next(int(padded))
+	if err != nil {
+		return nil, err
 	}
-	b := p.sbuf[:n]
-	if err := p.readFull(b); err != nil {
-		return "", err
+	for _, c := range b[n:] {
+		if c != 0 {
+			return nil, p.errorf("non-zero padding")
+		}
 	}
-	if err := p.readPadding(n); err != nil {
-		return "", err
-	}
-	return string(b), nil
+	return b[:n], nil
 }
 
-func (p *parser) token() (string, error) { return p.readString(maxTokenLen, "token") }
+// readString is readBytes as a string.
+func (p *parser) readString(max int, what string) (string, error) {
+	b, err := p.readBytes(max, what)
+	return string(b), err
+}
+
+// token reads a syntax token; the bytes are valid until the next read.
+func (p *parser) token() ([]byte, error) { return p.readBytes(maxTokenLen, "token") }
 
 func (p *parser) expect(want string) error {
-	got, err := p.readString(max(len(want), maxTokenLen), "token")
+	got, err := p.readBytes(max(len(want), maxTokenLen), "token")
 	if err != nil {
 		return err
 	}
-	if got != want {
+	if string(got) != want {
 		return p.errorf("expected %q, got %q", want, got)
 	}
 	return nil
@@ -154,7 +234,7 @@ func (p *parser) node(path string, depth int) error {
 	if err != nil {
 		return err
 	}
-	switch typ {
+	switch string(typ) {
 	case "regular":
 		return p.regular(path)
 	case "symlink":
@@ -172,7 +252,7 @@ func (p *parser) regular(path string) error {
 		return err
 	}
 	executable := false
-	if tok == "executable" {
+	if string(tok) == "executable" {
 		if err := p.expect(""); err != nil {
 			return err
 		}
@@ -181,7 +261,7 @@ func (p *parser) regular(path string) error {
 			return err
 		}
 	}
-	if tok != "contents" {
+	if string(tok) != "contents" {
 		return p.errorf("expected \"contents\", got %q", tok)
 	}
 	size, err := p.readUint64()
@@ -191,7 +271,7 @@ func (p *parser) regular(path string) error {
 	if size > 1<<62 {
 		return p.errorf("file size %d is absurd", size)
 	}
-	contents := &countingLimitReader{p: p, n: int64(size)}
+	contents := &contentsReader{p: p, n: int64(size)}
 	if err := p.sink.File(path, executable, int64(size), contents); err != nil {
 		return err
 	}
@@ -237,10 +317,10 @@ func (p *parser) directory(path string, depth int) error {
 		if err != nil {
 			return err
 		}
-		if tok == ")" {
+		if string(tok) == ")" {
 			return p.sink.DirectoryDone(path)
 		}
-		if tok != "entry" {
+		if string(tok) != "entry" {
 			return p.errorf("expected \"entry\" or \")\", got %q", tok)
 		}
 		if err := p.expect("("); err != nil {
@@ -294,25 +374,64 @@ func checkName(name string) error {
 	return nil
 }
 
-// countingLimitReader hands a file's contents to the sink and keeps the
+// contentsReader hands a file's contents to the sink and keeps the
 // parser's offset right.
-type countingLimitReader struct {
+type contentsReader struct {
 	p *parser
 	n int64
 }
 
-func (c *countingLimitReader) Read(b []byte) (int, error) {
+// more makes sure some of the contents are buffered.
+func (c *contentsReader) more() error {
+	in := &c.p.in
+	if in.buffered() > 0 {
+		return nil
+	}
+	err := in.fill()
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return c.p.errorf("unexpected end of archive in file contents")
+	}
+	return err
+}
+
+// chunk consumes up to max buffered bytes of the contents.
+func (c *contentsReader) chunk(max int) []byte {
+	in := &c.p.in
+	k := min(int64(in.buffered()), c.n, int64(max))
+	b := in.buf[in.r : in.r+int(k)]
+	in.r += int(k)
+	in.off += k
+	c.n -= k
+	return b
+}
+
+func (c *contentsReader) Read(b []byte) (int, error) {
 	if c.n <= 0 {
 		return 0, io.EOF
 	}
-	if int64(len(b)) > c.n {
-		b = b[:c.n]
+	if err := c.more(); err != nil {
+		return 0, err
 	}
-	n, err := c.p.r.Read(b)
-	c.n -= int64(n)
-	c.p.off += int64(n)
-	if err == io.EOF && c.n > 0 {
-		err = c.p.errorf("unexpected end of archive in file contents")
+	return copy(b, c.chunk(len(b))), nil
+}
+
+// WriteTo writes the rest of the contents to w straight from the
+// parser's buffer, in chunks as large as the buffer.
+func (c *contentsReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for c.n > 0 {
+		if err := c.more(); err != nil {
+			return total, err
+		}
+		b := c.chunk(len(c.p.in.buf))
+		n, err := w.Write(b)
+		total += int64(n)
+		if err == nil && n < len(b) {
+			err = io.ErrShortWrite
+		}
+		if err != nil {
+			return total, err
+		}
 	}
-	return n, err
+	return total, nil
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/storepkg/storepkg/internal/nartest"
 )
@@ -248,3 +249,52 @@ func (r *recorder) Symlink(path, target string) error {
 	return nil
 }
 func (r *recorder) encode() []byte { return enc(append([]any{"nix-archive-1"}, r.tokens...)...) }
+
+// The parser reads its source in large chunks; it must not depend on how
+// the source splits the stream, nor lose the source's errors.
+func TestParseAnySplit(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789abcdef"), 3*readBufSize/16+5) // spans several buffers
+	n := archive(dir(
+		entry("a", file("x")),
+		entry("big", file(string(big))),
+		entry("c", []any{"(", "type", "symlink", "target", strings.Repeat("t", MaxTargetLen), ")"}),
+		entry("d", dir(entry("e", file("")))),
+	))
+	readers := map[string]func(io.Reader) io.Reader{
+		"whole":    func(r io.Reader) io.Reader { return r },
+		"one byte": iotest.OneByteReader,
+		"half":     iotest.HalfReader,
+		"data+EOF": iotest.DataErrReader,
+	}
+	for name, wrap := range readers {
+		t.Run(name, func(t *testing.T) {
+			rec := &recorder{}
+			if err := Parse(wrap(bytes.NewReader(n)), rec); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(rec.encode(), n) {
+				t.Fatal("parsed archive re-encodes differently")
+			}
+			dst := filepath.Join(t.TempDir(), "out")
+			if err := Unpack(wrap(bytes.NewReader(n)), dst); err != nil {
+				t.Fatal(err)
+			}
+			var back bytes.Buffer
+			if err := Dump(&back, dst); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(back.Bytes(), n) {
+				t.Fatal("unpacked tree dumps differently")
+			}
+		})
+	}
+	// A source error part way, in a token or in file contents, is returned
+	// as it is, not as a format error.
+	boom := errors.New("boom")
+	for _, cut := range []int{5, 100, 40 + readBufSize, len(n) - 3} {
+		r := io.MultiReader(bytes.NewReader(n[:cut]), iotest.ErrReader(boom))
+		if err := Unpack(r, filepath.Join(t.TempDir(), "out")); !errors.Is(err, boom) {
+			t.Errorf("cut at %d: error %v, want %v", cut, err, boom)
+		}
+	}
+}

@@ -1,7 +1,6 @@
 package nar
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"os"
@@ -16,9 +15,6 @@ import (
 // mtime 1, so no second pass over the tree is needed. On error the caller
 // removes dst.
 func Unpack(r io.Reader, dst string) error {
-	if _, ok := r.(io.ByteReader); !ok {
-		r = bufio.NewReaderSize(r, 64<<10)
-	}
 	return Parse(r, &fsSink{root: dst})
 }
 
@@ -62,7 +58,8 @@ func (s *fsSink) File(path string, executable bool, size int64, contents io.Read
 	if err != nil {
 		return fmt.Errorf("unpack: %w", err)
 	}
-	if _, err := io.CopyN(f, contents, size); err != nil {
+	// contents is the parser's reader: WriteTo writes from its buffer.
+	if _, err := io.Copy(f, contents); err != nil {
 		f.Close()
 		return fmt.Errorf("unpack %s: %w", p, err)
 	}
