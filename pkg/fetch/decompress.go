@@ -8,10 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"time"
 
 	"github.com/andybalholm/brotli"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
+	"golang.org/x/sys/unix"
 )
 
 // zstdDecoders are reused across NARs: a decoder's buffers cost more to
@@ -44,7 +46,11 @@ func decompressor(compression string, r io.Reader) (io.Reader, func(), error) {
 		return r, noop, nil
 	case "xz":
 		if p := xzCommand(); p != "" {
-			return execDecoder(p, r)
+			d, err := execDecoder(p, r, nil)
+			if err != nil {
+				return nil, noop, err
+			}
+			return d, d.release, nil
 		}
 		xr, err := xz.NewReader(r)
 		if err != nil {
@@ -86,34 +92,95 @@ var lookupXZ = sync.OnceValue(func() string {
 
 // execDecoder streams r through `xz -dc`. The output is as untrusted as
 // the input: the caller still cuts it at NarSize and checks its hash.
-func execDecoder(path string, r io.Reader) (io.Reader, func(), error) {
+//
+// When the compressed file is local (in, a regular file, from a file://
+// cache), xz reads it itself: no copy through a pipe and no goroutine
+// feeding one. r is then nil, and in's offset (shared with xz) tells how
+// far xz has read.
+func execDecoder(path string, r io.Reader, in *os.File) (*cmdReader, error) {
 	cmd := exec.Command(path, "-dc", "-T1")
-	cmd.Stdin = r
+	if in != nil {
+		cmd.Stdin = in
+	} else {
+		cmd.Stdin = r
+	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
+	// xz's output pipe is ours, not os/exec's: a blocking one that the
+	// runtime's poller never sees. A pipe watched by epoll wakes its
+	// reader on every write, and xz writes 8 KiB at a time.
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("xz: %w", err)
+	}
+	out := os.NewFile(uintptr(fds[0]), "|xz")
+	w := os.NewFile(uintptr(fds[1]), "|xz")
+	// A larger pipe lets xz run on while we hash and write; at most
+	// /proc/sys/fs/pipe-max-size, else the default 64 KiB stays.
+	unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, xzPipeSize)
+	size, err := unix.FcntlInt(uintptr(fds[1]), unix.F_GETPIPE_SZ, 0)
+	if err != nil || size <= 0 {
+		size = 64 << 10
+	}
+	cmd.Stdout = w
+	err = cmd.Start()
+	w.Close()
 	if err != nil {
-		return nil, func() {}, fmt.Errorf("xz: %w", err)
+		out.Close()
+		return nil, fmt.Errorf("xz: %w", err)
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, func() {}, fmt.Errorf("xz: %w", err)
-	}
-	d := &cmdReader{cmd: cmd, out: out, stderr: &stderr}
-	return d, d.release, nil
+	return &cmdReader{cmd: cmd, out: out, stderr: &stderr, batch: min(size/2, xzBatch), last: time.Now()}, nil
 }
 
+const (
+	xzPipeSize = 1 << 20
+	xzBatch    = 256 << 10
+)
+
+// cmdReader reads xz's output in batches: after a read that found less
+// than a batch in the pipe, it sleeps for about the time xz needs to
+// write the rest of one, at the rate it wrote the last. Reading whatever
+// is there instead would cost a wake-up, a context switch and a read per
+// 8 KiB write, on both sides.
 type cmdReader struct {
 	cmd    *exec.Cmd
-	out    io.ReadCloser
+	out    *os.File
 	stderr *bytes.Buffer
 	waited bool
+
+	batch int
+	last  time.Time     // when the last read returned
+	pause time.Duration // before the next read
+
+	onRead func() // if set, called after each read
 }
 
+const (
+	minPause = 200 * time.Microsecond
+	maxPause = 5 * time.Millisecond
+)
+
 func (c *cmdReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if c.pause > 0 {
+		time.Sleep(c.pause)
+	}
 	n, err := c.out.Read(p)
+	now := time.Now()
+	c.pause = 0
+	if want := min(len(p), c.batch); err == nil && n > 0 && n < want {
+		c.pause = min(max(now.Sub(c.last)*time.Duration(want-n)/time.Duration(n), minPause), maxPause)
+	}
+	c.last = now
+	if c.onRead != nil {
+		c.onRead()
+	}
 	if err == io.EOF && !c.waited {
 		// The end of the output is only good if xz says so.
 		c.waited = true
+		c.out.Close()
 		if werr := c.cmd.Wait(); werr != nil {
 			return n, fmt.Errorf("xz: %v: %s", werr, bytes.TrimSpace(c.stderr.Bytes()))
 		}

@@ -1,6 +1,7 @@
 package fetch_test
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -108,21 +109,47 @@ func TestXZDecoders(t *testing.T) {
 			opts := fetch.Options{TrustedKeys: []narinfo.PublicKey{publicKey(t, key)}}
 			root := t.TempDir()
 			opts.Substituters = []string{"file://" + caches["xz"]}
-			if _, err := fetchInto(t, root, opts, fx.Root); err != nil {
+			res, err := fetchInto(t, root, opts, fx.Root)
+			if err != nil {
 				t.Fatal(err)
 			}
 			nixtest.Verify(t, root)
+			// Every compressed byte is counted, also those xz read itself.
+			var want int64
+			for _, p := range res.Fetched {
+				data, _ := os.ReadFile(filepath.Join(caches["xz"], p.HashPart()+".narinfo"))
+				ni, _ := narinfo.ParseBytes(data)
+				want += int64(ni.FileSize)
+			}
+			if res.Downloaded != want || want == 0 {
+				t.Errorf("downloaded %d bytes, the fetched paths' FileSizes add up to %d", res.Downloaded, want)
+			}
+
+			// A compressed file longer than its FileSize (which is not
+			// signed) is refused: the size bounds what is read.
+			longer := copyCache(t, caches["xz"])
+			data, _ := os.ReadFile(filepath.Join(longer, mustPath(t, fx.Root).HashPart()+".narinfo"))
+			ni, _ := narinfo.ParseBytes(data)
+			f, _ := os.OpenFile(filepath.Join(longer, ni.URL), os.O_WRONLY|os.O_APPEND, 0)
+			f.Write(make([]byte, 4)) // stream padding: xz itself accepts it
+			f.Close()
+			opts.Substituters = []string{"file://" + longer}
+			root = t.TempDir()
+			if _, err := fetchInto(t, root, opts, fx.Root); !errors.Is(err, fetch.ErrHashMismatch) || !strings.Contains(err.Error(), "FileSize") {
+				t.Fatalf("xz file longer than FileSize: %v", err)
+			}
+			assertUntouched(t, root, fx.Root)
 
 			corrupt := copyCache(t, caches["xz"])
-			data, _ := os.ReadFile(filepath.Join(corrupt, mustPath(t, fx.Root).HashPart()+".narinfo"))
-			ni, _ := narinfo.ParseBytes(data)
+			data, _ = os.ReadFile(filepath.Join(corrupt, mustPath(t, fx.Root).HashPart()+".narinfo"))
+			ni, _ = narinfo.ParseBytes(data)
 			nar := filepath.Join(corrupt, ni.URL)
 			b, _ := os.ReadFile(nar)
 			b[len(b)/2] ^= 0xff
 			os.WriteFile(nar, b, 0o644)
 			opts.Substituters = []string{"file://" + corrupt}
 			root = t.TempDir()
-			_, err := fetchInto(t, root, opts, fx.Root)
+			_, err = fetchInto(t, root, opts, fx.Root)
 			if err == nil || !strings.Contains(err.Error(), fx.Root) {
 				t.Fatalf("corrupt xz: %v", err)
 			}

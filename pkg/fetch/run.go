@@ -8,6 +8,7 @@ import (
 	"hash"
 	"io"
 	"maps"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -331,13 +332,27 @@ func (r *run) fetchNarOnce(it *item, tmp string) error {
 	if ni.FileSize > 0 {
 		file.limit = int64(ni.FileSize)
 	}
-	d, release, err := decompressor(ni.Compression, file)
-	if err != nil {
+	var d io.Reader
+	var release func()
+	var local *localXZ
+	if f, ok := rc.(*os.File); ok && ni.Compression == "xz" && xzCommand() != "" {
+		if local, err = startLocalXZ(ni, f, file); err != nil {
+			return err
+		}
+	}
+	if local != nil {
+		d, release = local.cmd, local.cmd.release
+	} else if d, release, err = decompressor(ni.Compression, file); err != nil {
 		return fmt.Errorf("%s: %w", ni.URL, err)
 	}
 	defer release()
 	narStream := &countingReader{r: d, h: sha256.New(), limit: int64(ni.NarSize)}
-	if err := nar.Unpack(narStream, tmp); err != nil {
+	err = nar.Unpack(narStream, tmp)
+	if local != nil {
+		// xz has read its input to the end (it exits only then).
+		local.update()
+	}
+	if err != nil {
 		if errors.Is(err, errTooLong) {
 			return fmt.Errorf("%w: NAR is longer than its NarSize %d", ErrHashMismatch, ni.NarSize)
 		}
@@ -364,6 +379,49 @@ func (r *run) fetchNarOnce(it *item, tmp string) error {
 		}
 	}
 	return nil
+}
+
+// localXZ decodes an xz NAR of a local cache: xz reads the file itself,
+// with no pipe and no goroutine between. The file's size is checked
+// against FileSize before, and its offset (shared with xz) counts what xz
+// has read, for progress and for the FileSize check after.
+type localXZ struct {
+	cmd  *cmdReader
+	f    *os.File
+	file *countingReader
+}
+
+// startLocalXZ starts xz on f, or returns nil if f is not a regular file.
+func startLocalXZ(ni *narinfo.NarInfo, f *os.File, file *countingReader) (*localXZ, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", ni.URL, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, nil
+	}
+	if ni.FileSize > 0 && fi.Size() != int64(ni.FileSize) {
+		return nil, fmt.Errorf("%w: %s has %d bytes, FileSize says %d", ErrHashMismatch, ni.URL, fi.Size(), ni.FileSize)
+	}
+	l := &localXZ{f: f, file: file}
+	if l.cmd, err = execDecoder(xzCommand(), nil, f); err != nil {
+		return nil, fmt.Errorf("%s: %w", ni.URL, err)
+	}
+	l.cmd.onRead = l.update
+	return l, nil
+}
+
+// update counts the bytes xz has read by now.
+func (l *localXZ) update() {
+	off, err := l.f.Seek(0, io.SeekCurrent)
+	if err != nil || off <= l.file.n {
+		return
+	}
+	n := off - l.file.n
+	l.file.n = off
+	if l.file.onRead != nil {
+		l.file.onRead(int(n))
+	}
 }
 
 var errTooLong = errors.New("stream longer than announced")
