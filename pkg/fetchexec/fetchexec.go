@@ -1,0 +1,303 @@
+// Package fetchexec runs a closure substitution in a child process,
+// `storepkg fetch --json`, and reads what it reports.
+//
+// The shim runs once per pod and lives as long as the pod; the fetcher,
+// its decoders and the store's SQLite database are needed for the seconds
+// a closure takes to become valid. Running them in a short-lived child
+// keeps their code pages and the fetch's peak heap out of every pod's
+// shim, the way containerd rather than the runc shim pulls images.
+//
+// The child writes one JSON object per line on stdout: progress reports
+// while it works, then exactly one result or error. Its stderr is its log.
+// This package knows nothing of the fetcher or the store: it is the
+// contract, the shim's side of it, and the encoder the CLI uses.
+package fetchexec
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/storepkg/storepkg/pkg/storepath"
+)
+
+// Failure kinds, as pkg/fetch's ErrorKind names them, plus
+// KindInvalidArgument for a request the child refused before fetching.
+const (
+	KindNotFound        = "not_found"
+	KindUntrusted       = "untrusted"
+	KindHashMismatch    = "hash_mismatch"
+	KindTimeout         = "timeout"
+	KindCanceled        = "canceled"
+	KindOther           = "other"
+	KindInvalidArgument = "invalid_argument"
+)
+
+// Progress is the child's running count.
+type Progress struct {
+	PathsTotal        int              `json:"pathsTotal"` // paths to download (not those already valid)
+	PathsDone         int              `json:"pathsDone"`
+	PathsFetched      int              `json:"pathsFetched"` // downloaded by this child
+	BytesTotal        int64            `json:"bytesTotal"`   // compressed bytes
+	BytesDone         int64            `json:"bytesDone"`
+	CacheBytes        map[string]int64 `json:"cacheBytes,omitempty"` // compressed bytes read, by cache URL
+	SignatureRefusals int              `json:"signatureRefusals,omitempty"`
+	HashRefusals      int              `json:"hashRefusals,omitempty"`
+}
+
+// Result is a completed substitution: the whole closure is valid.
+type Result struct {
+	Closure    []storepath.Path `json:"closure"` // sorted
+	Fetched    []storepath.Path `json:"fetched"` // downloaded by this child
+	Downloaded int64            `json:"downloaded"`
+	CacheBytes map[string]int64 `json:"cacheBytes,omitempty"`
+}
+
+// Failure is the child's error. Message is what the user reads (path,
+// cache and cause); Kind classifies it.
+type Failure struct {
+	Message string `json:"message"`
+	Kind    string `json:"kind"`
+	Path    string `json:"path,omitempty"`  // the store path that could not be fetched
+	Cache   string `json:"cache,omitempty"` // the cache at fault, if one is
+}
+
+func (f *Failure) Error() string { return f.Message }
+
+// check refuses a result naming anything but store paths: the shim
+// mounts what it names.
+func (res *Result) check() error {
+	for _, list := range [][]storepath.Path{res.Closure, res.Fetched} {
+		for _, p := range list {
+			if _, err := storepath.ParseBase(string(p)); err != nil {
+				return err
+			}
+		}
+	}
+	if len(res.Closure) == 0 {
+		return errors.New("empty closure")
+	}
+	return nil
+}
+
+// report is one line of the child's stdout.
+type report struct {
+	Progress *Progress `json:"progress,omitempty"`
+	Result   *Result   `json:"result,omitempty"`
+	Error    *Failure  `json:"error,omitempty"`
+}
+
+// Reporter is the child's side: it writes the reports, safely from
+// several goroutines.
+type Reporter struct {
+	mu  sync.Mutex
+	enc *json.Encoder
+}
+
+func NewReporter(w io.Writer) *Reporter { return &Reporter{enc: json.NewEncoder(w)} }
+
+func (r *Reporter) write(rep *report) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.enc.Encode(rep)
+}
+
+func (r *Reporter) Progress(p Progress) error { return r.write(&report{Progress: &p}) }
+func (r *Reporter) Result(res *Result) error  { return r.write(&report{Result: res}) }
+func (r *Reporter) Fail(f *Failure) error     { return r.write(&report{Error: f}) }
+
+// GCRoot is a permanent GC root the child makes before it downloads
+// anything: gcroots/storepkg/<Name> -> Path.
+type GCRoot struct {
+	Name string
+	Path storepath.Path
+}
+
+// Request is one substitution.
+type Request struct {
+	Binary            string // the storepkg CLI
+	StoreRoot         string // the store is <StoreRoot>/nix/store
+	Substituters      []string
+	TrustedPublicKeys []string
+	NetrcFile         string
+	MaxJobs           int
+	Timeout           time.Duration // the child's own deadline; 0: none
+	Paths             []storepath.Path
+	GCRoots           []GCRoot
+
+	Progress func(Progress) // called for each progress report
+	Log      func(string)   // called for each line the child logs
+
+	// Start starts the child and returns how to wait for its exit, for a
+	// caller that reaps its children itself (containerd's shim reaper
+	// would otherwise take the exit status from os/exec). nil: os/exec.
+	Start func(*exec.Cmd) (wait func() error, err error)
+}
+
+// Args is the child's command line after the binary.
+func (r Request) Args() []string {
+	args := []string{"fetch", "--json", "--root", r.StoreRoot}
+	for _, s := range r.Substituters {
+		args = append(args, "--substituter", s)
+	}
+	for _, k := range r.TrustedPublicKeys {
+		args = append(args, "--trusted-public-key", k)
+	}
+	if r.NetrcFile != "" {
+		args = append(args, "--netrc-file", r.NetrcFile)
+	}
+	if r.MaxJobs > 0 {
+		args = append(args, "--max-jobs", strconv.Itoa(r.MaxJobs))
+	}
+	if r.Timeout > 0 {
+		args = append(args, "--timeout", r.Timeout.String())
+	}
+	for _, g := range r.GCRoots {
+		args = append(args, "--gc-root", g.Name+"="+g.Path.Absolute())
+	}
+	args = append(args, "--")
+	for _, p := range r.Paths {
+		args = append(args, p.Absolute())
+	}
+	return args
+}
+
+// stopGrace is how long a cancelled child has to stop after SIGTERM (it
+// removes what it was installing) before it is killed.
+const stopGrace = 10 * time.Second
+
+// Run starts the child and waits for its result. A cancelled ctx sends
+// the child SIGTERM; the child also gets SIGTERM if this process dies.
+// The error is a *Failure when the child reported one.
+func Run(ctx context.Context, r Request) (*Result, error) {
+	if r.Binary == "" {
+		return nil, errors.New("fetchexec: no storepkg binary given")
+	}
+	cmd := exec.CommandContext(ctx, r.Binary, r.Args()...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = stopGrace
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	// Our own pipes, not StdoutPipe: the wait may return (a reaper's)
+	// before the last report is read, and must not close them.
+	stdout, outW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer stdout.Close()
+	stderr, errW, err := os.Pipe()
+	if err != nil {
+		outW.Close()
+		return nil, err
+	}
+	defer stderr.Close()
+	cmd.Stdout, cmd.Stderr = outW, errW
+	start := r.Start
+	if start == nil {
+		start = func(cmd *exec.Cmd) (func() error, error) { return cmd.Wait, cmd.Start() }
+	}
+	wait, err := start(cmd)
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		return nil, fmt.Errorf("starting %s: %w", r.Binary, err)
+	}
+	waitDone := make(chan error, 1)
+	go func() { waitDone <- wait() }()
+
+	var (
+		logDone = make(chan struct{})
+		lastLog []string // the child's last lines, for an error without a report
+	)
+	go func() {
+		defer close(logDone)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 0, 4096), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if r.Log != nil {
+				r.Log(line)
+			}
+			lastLog = append(lastLog, line)
+			if len(lastLog) > 5 {
+				lastLog = lastLog[1:]
+			}
+		}
+		io.Copy(io.Discard, stderr)
+	}()
+
+	var (
+		res      *Result
+		failure  *Failure
+		protoErr error
+	)
+	dec := json.NewDecoder(bufio.NewReaderSize(stdout, 64<<10))
+	for {
+		var rep report
+		if err := dec.Decode(&rep); err != nil {
+			if !errors.Is(err, io.EOF) {
+				protoErr = fmt.Errorf("reading the report of %s fetch: %w", r.Binary, err)
+			}
+			break
+		}
+		switch {
+		case rep.Progress != nil:
+			if r.Progress != nil {
+				r.Progress(*rep.Progress)
+			}
+		case rep.Result != nil:
+			if err := rep.Result.check(); err != nil {
+				protoErr = fmt.Errorf("the result of %s fetch: %w", r.Binary, err)
+				continue
+			}
+			res = rep.Result
+		case rep.Error != nil:
+			failure = rep.Error
+		}
+	}
+	io.Copy(io.Discard, stdout)
+	<-logDone
+	waitErr := <-waitDone
+
+	switch {
+	case failure != nil:
+		return nil, failure
+	case res != nil && waitErr == nil && protoErr == nil:
+		return res, nil
+	case ctx.Err() != nil:
+		kind := KindCanceled
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			kind = KindTimeout
+		}
+		return nil, &Failure{Kind: kind, Message: fmt.Sprintf("substituting %s: %v", describe(r.Paths), ctx.Err())}
+	}
+	msg := fmt.Sprintf("%s fetch of %s ended without a result", r.Binary, describe(r.Paths))
+	if waitErr != nil {
+		msg += ": " + waitErr.Error()
+	} else if protoErr != nil {
+		msg += ": " + protoErr.Error()
+	}
+	if len(lastLog) > 0 {
+		msg += " (its last log: " + strings.Join(lastLog, " | ") + ")"
+	}
+	return nil, &Failure{Kind: KindOther, Message: msg}
+}
+
+func describe(paths []storepath.Path) string {
+	switch len(paths) {
+	case 0:
+		return "no paths"
+	case 1:
+		return paths[0].Absolute()
+	}
+	return fmt.Sprintf("%s and %d more", paths[0].Absolute(), len(paths)-1)
+}

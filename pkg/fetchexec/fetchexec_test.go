@@ -1,0 +1,224 @@
+package fetchexec_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/storepkg/storepkg/internal/nixtest"
+	"github.com/storepkg/storepkg/pkg/fetchexec"
+	"github.com/storepkg/storepkg/pkg/storepath"
+)
+
+var cli struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// storepkgCLI builds cmd/storepkg, the child fetchexec runs.
+func storepkgCLI(t *testing.T) string {
+	t.Helper()
+	cli.once.Do(func() {
+		dir, err := os.MkdirTemp("", "fetchexec-cli-")
+		if err != nil {
+			cli.err = err
+			return
+		}
+		cli.path = filepath.Join(dir, "storepkg")
+		if out, err := exec.Command("go", "build", "-o", cli.path, "github.com/storepkg/storepkg/cmd/storepkg").CombinedOutput(); err != nil {
+			cli.err = errors.New("go build cmd/storepkg: " + err.Error() + "\n" + string(out))
+		}
+	})
+	if cli.err != nil {
+		t.Fatal(cli.err)
+	}
+	return cli.path
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if cli.path != "" {
+		os.RemoveAll(filepath.Dir(cli.path))
+	}
+	os.Exit(code)
+}
+
+type fixture struct {
+	fx    *nixtest.Fixture
+	key   nixtest.Key
+	cache string
+	root  storepath.Path
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	nixtest.Require(t, "nix", "nix-build", "nix-store")
+	dir := t.TempDir()
+	f := &fixture{fx: nixtest.BuildClosure(t, dir), key: nixtest.GenerateKey(t, dir, "fetchexec-test-1"), cache: filepath.Join(dir, "cache")}
+	f.fx.WriteCache(t, f.cache, "zstd", f.key)
+	var err error
+	if f.root, err = storepath.Parse(f.fx.Root); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestRunRealCLI: the real storepkg CLI substitutes a Nix-built closure
+// from a signed cache over HTTP, makes the GC roots, reports progress and
+// the closure; Nix agrees with the store it wrote.
+func TestRunRealCLI(t *testing.T) {
+	f := newFixture(t)
+	url := nixtest.Serve(t, f.cache, nil)
+	storeRoot := t.TempDir()
+	var (
+		mu       sync.Mutex
+		progress []fetchexec.Progress
+		logged   []string
+	)
+	req := fetchexec.Request{
+		Binary:            storepkgCLI(t),
+		StoreRoot:         storeRoot,
+		Substituters:      []string{url},
+		TrustedPublicKeys: []string{f.key.Public},
+		Timeout:           time.Minute,
+		Paths:             []storepath.Path{f.root},
+		GCRoots:           []fetchexec.GCRoot{{Name: "pod-1-" + f.root.HashPart(), Path: f.root}},
+		Progress:          func(p fetchexec.Progress) { mu.Lock(); progress = append(progress, p); mu.Unlock() },
+		Log:               func(l string) { mu.Lock(); logged = append(logged, l); mu.Unlock() },
+	}
+	res, err := fetchexec.Run(context.Background(), req)
+	if err != nil {
+		t.Fatalf("Run: %v\nchild log: %s", err, strings.Join(logged, "\n"))
+	}
+	var got []string
+	for _, p := range res.Closure {
+		got = append(got, p.Absolute())
+	}
+	want := slices.Clone(f.fx.Closure)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("closure:\n got %v\nwant %v", got, want)
+	}
+	if len(res.Fetched) != len(want) || res.Downloaded <= 0 || res.CacheBytes[url] != res.Downloaded {
+		t.Errorf("fetched %d of %d, downloaded %d, by cache %v", len(res.Fetched), len(want), res.Downloaded, res.CacheBytes)
+	}
+	if len(progress) == 0 {
+		t.Error("no progress reported")
+	} else if last := progress[len(progress)-1]; last.PathsDone != last.PathsTotal || last.PathsTotal != len(want) {
+		t.Errorf("last progress %+v, want all %d paths done", last, len(want))
+	}
+	link := filepath.Join(storeRoot, "nix/var/nix/gcroots/storepkg", "pod-1-"+f.root.HashPart())
+	if target, err := os.Readlink(link); err != nil || target != f.fx.Root {
+		t.Errorf("GC root %s -> %q, %v", link, target, err)
+	}
+	nixtest.Verify(t, storeRoot)
+
+	// Warm: nothing to fetch, the same closure.
+	req.Progress, req.Log = nil, nil
+	res2, err := fetchexec.Run(context.Background(), req)
+	if err != nil || len(res2.Fetched) != 0 || !slices.Equal(res2.Closure, res.Closure) {
+		t.Errorf("warm run: %+v, %v", res2, err)
+	}
+}
+
+// TestRunFailures: the child's errors arrive as Failures with their kind
+// and the path at fault; a cancelled run stops the child, which leaves
+// no partial store path.
+func TestRunFailures(t *testing.T) {
+	f := newFixture(t)
+	bin := storepkgCLI(t)
+	url := nixtest.Serve(t, f.cache, nil)
+	missing := storepath.Path("00000000000000000000000000000000-not-in-any-cache")
+	run := func(req fetchexec.Request) *fetchexec.Failure {
+		t.Helper()
+		req.Binary, req.StoreRoot = bin, t.TempDir()
+		res, err := fetchexec.Run(context.Background(), req)
+		var fail *fetchexec.Failure
+		if !errors.As(err, &fail) {
+			t.Fatalf("Run: %+v, %v; want a *Failure", res, err)
+		}
+		return fail
+	}
+
+	fail := run(fetchexec.Request{Substituters: []string{url}, TrustedPublicKeys: []string{f.key.Public}, Paths: []storepath.Path{missing}})
+	if fail.Kind != fetchexec.KindNotFound || fail.Path != missing.Absolute() || !strings.Contains(fail.Message, "not found") {
+		t.Errorf("missing path: %+v", fail)
+	}
+	stranger := nixtest.GenerateKey(t, t.TempDir(), "stranger-1")
+	fail = run(fetchexec.Request{Substituters: []string{url}, TrustedPublicKeys: []string{stranger.Public}, Paths: []storepath.Path{f.root}})
+	if fail.Kind != fetchexec.KindUntrusted || !strings.Contains(fail.Message, "no trusted signature") {
+		t.Errorf("untrusted: %+v", fail)
+	}
+	fail = run(fetchexec.Request{Substituters: []string{url}, TrustedPublicKeys: []string{"nocolon"}, Paths: []storepath.Path{f.root}})
+	if fail.Kind != fetchexec.KindInvalidArgument || !strings.Contains(fail.Message, "--trusted-public-key") {
+		t.Errorf("bad key: %+v", fail)
+	}
+
+	// Cancelled while NARs are held back by the cache: the child gets
+	// SIGTERM, stops, and the store has no partial path.
+	slow := nixtest.Serve(t, f.cache, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasPrefix(r.URL.Path, "/nar/") {
+				time.Sleep(3 * time.Second)
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	storeRoot := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	started := make(chan struct{}, 1)
+	req := fetchexec.Request{
+		Binary: bin, StoreRoot: storeRoot, Substituters: []string{slow}, TrustedPublicKeys: []string{f.key.Public},
+		Paths: []storepath.Path{f.root},
+		Progress: func(fetchexec.Progress) {
+			select {
+			case started <- struct{}{}:
+			default:
+			}
+		},
+	}
+	go func() { <-started; cancel() }()
+	begin := time.Now()
+	_, err := fetchexec.Run(ctx, req)
+	var cf *fetchexec.Failure
+	if !errors.As(err, &cf) || cf.Kind != fetchexec.KindCanceled {
+		t.Errorf("cancelled run: %v (%+v), want kind %s", err, cf, fetchexec.KindCanceled)
+	}
+	if d := time.Since(begin); d > 2500*time.Millisecond {
+		t.Errorf("cancelled run took %v: the child did not stop on SIGTERM", d)
+	}
+	for _, e := range nixtest.StoreEntries(t, storeRoot) {
+		if !strings.HasSuffix(e, ".lock") && !strings.HasPrefix(e, ".") {
+			out, err := nixtest.Cmd("nix-store", "--store", nixtest.StoreURI(storeRoot), "--check-validity", "/nix/store/"+e).CombinedOutput()
+			if err != nil {
+				t.Errorf("left in the store after cancel, not valid: %s (%s)", e, strings.TrimSpace(string(out)))
+			}
+		}
+	}
+}
+
+// TestRunBrokenChild: a child that exits without a report, or writes
+// something else, is an error that says so (real programs standing in
+// for a crashed or wrong storepkg binary).
+func TestRunBrokenChild(t *testing.T) {
+	p := storepath.Path("7wfya0ry0kysw5wi5xqx0h1jmmc6ghc3-hello-2.12.1")
+	for _, c := range []struct{ bin, want string }{
+		{"/bin/false", "ended without a result: exit status 1"},
+		{"/bin/echo", "ended without a result: reading the report"},
+		{"/nonexistent/storepkg", "starting /nonexistent/storepkg"},
+	} {
+		_, err := fetchexec.Run(context.Background(), fetchexec.Request{Binary: c.bin, StoreRoot: "/", Paths: []storepath.Path{p}})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.bin, err, c.want)
+		}
+	}
+}
