@@ -123,6 +123,13 @@ func (c *Cache) NarInfo(ctx context.Context, p storepath.Path) (*narinfo.NarInfo
 	return ni, nil
 }
 
+// local reports whether the cache is a directory here (file://): reading
+// it costs next to nothing next to decoding what it holds.
+func (c *Cache) local() bool {
+	_, ok := c.t.(fileTransport)
+	return ok
+}
+
 func (c *Cache) retryPolicy() RetryPolicy {
 	if ht, ok := c.t.(*httpTransport); ok {
 		return ht.retry

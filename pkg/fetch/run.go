@@ -9,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -65,7 +66,7 @@ func newRun(ctx context.Context, f *Fetcher) *run {
 	return &run{
 		f: f, ctx: ctx, cancel: cancel,
 		caches:      f.cachesInOrder(ctx),
-		jobs:        newSlots(f.opts.MaxJobs),
+		jobs:        newSlots(f.opts.MaxJobs, runtime.GOMAXPROCS(0)),
 		events:      make(chan event, 64),
 		validBefore: map[storepath.Path]bool{},
 	}
@@ -115,6 +116,11 @@ func (r *run) resolve(roots []storepath.Path) {
 	}
 	lookups := make(chan struct{}, r.f.opts.LookupJobs)
 	for len(level) > 0 && r.ctx.Err() == nil {
+		// The paths of this level queue for download slots as their
+		// lookups end; hold the slots until all have (or for maxHold at
+		// most, for a slow lookup), so that the largest start first.
+		r.jobs.hold()
+		holding := time.AfterFunc(maxHold, r.jobs.resume)
 		var wg sync.WaitGroup
 		for _, it := range level {
 			wg.Add(1)
@@ -130,6 +136,8 @@ func (r *run) resolve(roots []storepath.Path) {
 			}()
 		}
 		wg.Wait()
+		holding.Stop()
+		r.jobs.resume()
 		if r.ctx.Err() != nil {
 			return
 		}
@@ -229,6 +237,16 @@ func (r *run) lookup(it *item) error {
 	return &PathError{Path: it.path, NeededBy: it.neededBy, Err: fmt.Errorf("no cache could provide it (%s)", strings.Join(reasons, "; "))}
 }
 
+// maxHold bounds how long the resolver holds the download slots while it
+// looks up one level of the closure.
+const maxHold = 100 * time.Millisecond
+
+// bigNAR is the compressed size from which a NAR of a local cache counts
+// as big for the slots (about 50 ms of a core to decode with xz): at most
+// one big NAR per core is decoded at a time. For remote caches, where the
+// network may be what limits a download, every slot may take a big NAR.
+const bigNAR = 1 << 20
+
 func (r *run) startDownload(it *item) {
 	r.mu.Lock()
 	r.progress.PathsTotal++
@@ -240,43 +258,76 @@ func (r *run) startDownload(it *item) {
 	r.mu.Unlock()
 	r.report()
 	r.downloads.Add(1)
+	// Lock and queue now, while the resolver holds the slots, unless
+	// another holder has the lock: then download waits for it, without a
+	// slot.
+	lock, ok, err := r.f.store.LockPath(r.ctx, it.path, false)
+	if err != nil {
+		r.downloads.Done()
+		r.fail(err)
+		return
+	}
+	var w *waiter
+	if ok {
+		if w, err = r.queue(it, lock); err != nil || w == nil {
+			r.downloads.Done()
+			if err != nil {
+				r.fail(err)
+			}
+			return
+		}
+	}
 	go func() {
 		defer r.downloads.Done()
-		if err := r.download(it); err != nil {
+		if err := r.download(it, lock, w); err != nil {
 			r.fail(err)
 		}
 	}()
 }
 
-// download takes the path's lock (waiting without a download slot if
-// another process has it), and unless that process made the path valid,
-// unpacks the NAR under a temporary name and hands it to the registrar.
-func (r *run) download(it *item) error {
-	lock, _, err := r.f.store.LockPath(r.ctx, it.path, true)
-	if err != nil {
-		return err
-	}
+// queue checks, under it's lock, whether another process made it valid
+// meanwhile: then the lock is released and the path is done (nil waiter).
+// Else it's NAR joins the queue for a download slot.
+func (r *run) queue(it *item, lock *store.PathLock) (*waiter, error) {
 	valid, err := r.f.store.ValidSubset(r.ctx, []storepath.Path{it.path})
 	if err != nil {
 		lock.Unlock()
-		return err
+		return nil, err
 	}
 	if valid[it.path] {
 		lock.Unlock()
 		r.events <- event{it: it}
 		r.pathDone(false)
-		return nil
+		return nil, nil
 	}
 	size := int64(it.ni.FileSize)
 	if size == 0 {
 		size = int64(it.ni.NarSize)
 	}
-	if err := r.jobs.acquire(r.ctx, size); err != nil {
+	return r.jobs.enqueue(size, it.cache.local() && size >= bigNAR), nil
+}
+
+// download unpacks it's NAR under a temporary name and hands it to the
+// registrar. lock and w are it's lock and place in the queue for a slot,
+// if startDownload got them; else download takes the lock (waiting
+// without a download slot while another process has it) and, unless that
+// process made the path valid, queues.
+func (r *run) download(it *item, lock *store.PathLock, w *waiter) error {
+	if lock == nil {
+		var err error
+		if lock, _, err = r.f.store.LockPath(r.ctx, it.path, true); err != nil {
+			return err
+		}
+		if w, err = r.queue(it, lock); err != nil || w == nil {
+			return err
+		}
+	}
+	if err := r.jobs.wait(r.ctx, w); err != nil {
 		lock.Unlock()
 		return err
 	}
 	tmp, err := r.fetchNar(it)
-	r.jobs.release()
+	r.jobs.release(w)
 	if err != nil {
 		lock.Unlock()
 		if r.ctx.Err() != nil {
