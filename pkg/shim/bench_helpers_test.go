@@ -96,18 +96,10 @@ type podSpec struct {
 	command     []string
 }
 
-// podRun is one started pod and how long each step took, in ms.
+// podRun is one started pod and how long each step took.
 type podRun struct {
-	PodID string  `json:"-"`
-	Runp  float64 `json:"runp_ms"`
-	Pull  float64 `json:"pull_ms,omitempty"`
-	// Create is crictl create, Start crictl start (for storepkg: the
-	// wait for the closure), Output from start's return to the line.
-	Create float64 `json:"create_ms"`
-	Start  float64 `json:"start_ms"`
-	Output float64 `json:"output_ms"`
-	Total  float64 `json:"total_ms"` // crictl runp to the first output line
-	Busy   bool    `json:"busy,omitempty"`
+	benchtest.PodRun
+	PodID string
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -14,15 +14,6 @@ import (
 	"github.com/storepkg/storepkg/pkg/narinfo"
 )
 
-// startRow is one row of BenchmarkStart.
-type startRow struct {
-	Name     string    `json:"name"`
-	Paths    int       `json:"paths,omitempty"` // closure size (storepkg rows)
-	MedianMS float64   `json:"median_ms"`
-	Samples  []float64 `json:"samples_ms"`
-	Busy     int       `json:"busy_samples,omitempty"`
-}
-
 // BenchmarkStart (row 4 of `make bench`) measures crictl create+start of
 // one container in a running pod, warm (closure already in the node
 // store, image present), for plain runc and for storepkg with synthetic
@@ -59,7 +50,7 @@ func BenchmarkStart(b *testing.B) {
 	})
 
 	type row struct {
-		startRow
+		benchtest.StartRow
 		handler     string
 		annotations map[string]string
 		image       string
@@ -67,11 +58,11 @@ func BenchmarkStart(b *testing.B) {
 		pod         map[string]any
 	}
 	rows := []*row{
-		{startRow: startRow{Name: "runc"}, handler: critest.HandlerRunc, image: critest.BusyboxImage},
-		{startRow: startRow{Name: "storepkg-image"}, handler: critest.HandlerStorepkg, image: critest.BusyboxImage},
+		{StartRow: benchtest.StartRow{Name: "runc"}, handler: critest.HandlerRunc, image: critest.BusyboxImage},
+		{StartRow: benchtest.StartRow{Name: "storepkg-image"}, handler: critest.HandlerStorepkg, image: critest.BusyboxImage},
 	}
 	for _, n := range sizes {
-		rows = append(rows, &row{startRow: startRow{Name: fmt.Sprintf("storepkg-paths-%d", n), Paths: n + 2},
+		rows = append(rows, &row{StartRow: benchtest.StartRow{Name: fmt.Sprintf("storepkg-paths-%d", n), Paths: n + 2},
 			handler: critest.HandlerStorepkg, annotations: paths(roots[n], fixture.fx.Tools), image: critest.PauseImage})
 	}
 	attempt := 0
@@ -108,15 +99,11 @@ func BenchmarkStart(b *testing.B) {
 			env.Rm(b, id)
 		}
 	}
-	result := struct {
-		Rows []startRow        `json:"rows"`
-		Runs int               `json:"runs"`
-		Load map[string]string `json:"load"`
-	}{Runs: runs, Load: map[string]string{"end": benchtest.LoadAvg()}}
+	result := benchtest.StartResult{Runs: runs, Load: map[string]string{"end": benchtest.LoadAvg()}}
 	for _, r := range rows {
 		r.MedianMS = benchtest.Median(r.Samples)
 		b.ReportMetric(r.MedianMS, "ms-"+r.Name)
-		result.Rows = append(result.Rows, r.startRow)
+		result.Rows = append(result.Rows, r.StartRow)
 		env.StopPod(b, r.podID)
 		env.RmPod(b, r.podID)
 	}

@@ -16,35 +16,12 @@ import (
 	"github.com/storepkg/storepkg/internal/critest"
 )
 
-// startImage is the benchmark closure as an OCI image in one layout.
+// startImage is the benchmark closure as an OCI image in one layout,
+// with what the benchmark needs to push, pull and remove it.
 type startImage struct {
-	Label  string `json:"label"`
-	Layout string `json:"layout"`
-	Layers int    `json:"layers"`
-	Bytes  int64  `json:"compressed_bytes"`
-	Tar    int64  `json:"tar_bytes"`
+	benchtest.PodsImage
 	ref    string
 	layers []*benchtest.Layer
-}
-
-// podsResult is what BenchmarkPods writes to pods.json.
-type podsResult struct {
-	Closure struct {
-		Paths     int   `json:"paths"`
-		NarBytes  int64 `json:"nar_bytes"`
-		ZstdBytes int64 `json:"zstd_bytes"`
-		FileBytes int64 `json:"file_bytes"`
-		Files     int   `json:"files"`
-	} `json:"closure"`
-	Images    []startImage                  `json:"images"`
-	Cold      map[string][]podRun           `json:"cold"`
-	ColdBytes map[string][]int64            `json:"cold_bytes_served"`
-	Warm      map[string][]podRun           `json:"warm"`
-	Memory    *memoryResult                 `json:"memory,omitempty"`
-	Medians   map[string]float64            `json:"medians_ms"`
-	Load      map[string]string             `json:"load"`
-	Variants  map[string]string             `json:"variants"`
-	Phases    map[string]map[string]float64 `json:"median_phases_ms"`
 }
 
 // BenchmarkPods: rows 2, 3 and 6 of `make bench`, one containerd, the
@@ -66,7 +43,7 @@ func BenchmarkPods(b *testing.B) {
 	setup(b)
 	bc := loadBenchClosure(b)
 	fx := fixture.fx
-	res := &podsResult{Cold: map[string][]podRun{}, ColdBytes: map[string][]int64{}, Warm: map[string][]podRun{},
+	res := &benchtest.PodsResult{Cold: map[string][]benchtest.PodRun{}, ColdBytes: map[string][]int64{}, Warm: map[string][]benchtest.PodRun{},
 		Medians: map[string]float64{}, Load: map[string]string{"start": benchtest.LoadAvg()},
 		Variants: map[string]string{}, Phases: map[string]map[string]float64{}}
 	closure, err := bc.cache.Closure(bc.root, fx.Hello, fx.Tools)
@@ -112,7 +89,9 @@ func BenchmarkPods(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	res.Images = images
+	for _, img := range images {
+		res.Images = append(res.Images, img.PodsImage)
+	}
 
 	slim := buildSlimShim(b, tmp)
 	env := critest.Start(b, critest.Options{
@@ -188,7 +167,7 @@ func BenchmarkPods(b *testing.B) {
 				s := specs[(i+k)%len(specs)]
 				snapshots := snapshotCount(env)
 				r, served := run(b, s, fmt.Sprintf("cold-%s-%d", s.label, i))
-				res.Cold[s.label] = append(res.Cold[s.label], r)
+				res.Cold[s.label] = append(res.Cold[s.label], r.PodRun)
 				res.ColdBytes[s.label] = append(res.ColdBytes[s.label], served)
 				if s.handler == critest.HandlerStorepkg {
 					wipeStore(b, env)
@@ -223,7 +202,7 @@ func BenchmarkPods(b *testing.B) {
 			for k := range warmSpecs {
 				s := warmSpecs[(i+k)%len(warmSpecs)]
 				r, _ := run(b, s, fmt.Sprintf("warm-%s-%d", s.label, i))
-				res.Warm[s.label] = append(res.Warm[s.label], r)
+				res.Warm[s.label] = append(res.Warm[s.label], r.PodRun)
 			}
 		}
 		for label, rs := range res.Warm {
@@ -245,7 +224,7 @@ func BenchmarkPods(b *testing.B) {
 	benchtest.WriteResult(b, "pods", res)
 }
 
-func medianTotal(rs []podRun) float64 {
+func medianTotal(rs []benchtest.PodRun) float64 {
 	xs := make([]float64, len(rs))
 	for i, r := range rs {
 		xs[i] = r.Total
@@ -253,11 +232,11 @@ func medianTotal(rs []podRun) float64 {
 	return benchtest.Median(xs)
 }
 
-func medianPhases(rs []podRun) map[string]float64 {
-	get := map[string]func(podRun) float64{
-		"runp": func(r podRun) float64 { return r.Runp }, "pull": func(r podRun) float64 { return r.Pull },
-		"create": func(r podRun) float64 { return r.Create }, "start": func(r podRun) float64 { return r.Start },
-		"output": func(r podRun) float64 { return r.Output }, "total": func(r podRun) float64 { return r.Total },
+func medianPhases(rs []benchtest.PodRun) map[string]float64 {
+	get := map[string]func(benchtest.PodRun) float64{
+		"runp": func(r benchtest.PodRun) float64 { return r.Runp }, "pull": func(r benchtest.PodRun) float64 { return r.Pull },
+		"create": func(r benchtest.PodRun) float64 { return r.Create }, "start": func(r benchtest.PodRun) float64 { return r.Start },
+		"output": func(r benchtest.PodRun) float64 { return r.Output }, "total": func(r benchtest.PodRun) float64 { return r.Total },
 	}
 	out := map[string]float64{}
 	for name, f := range get {
@@ -295,7 +274,7 @@ func startImages(b *testing.B, bc *benchClosure, closure []string, ls *benchtest
 	layered := popularityLayers(b, bc, closure, 100)
 
 	mk := func(label, layout string, groups [][]string, dates []time.Time) startImage {
-		img := startImage{Label: label, Layout: layout}
+		img := startImage{PodsImage: benchtest.PodsImage{Label: label, Layout: layout}}
 		for i, g := range groups {
 			l, err := ls.Layer(bc.storePaths(g), dates[i])
 			if err != nil {
@@ -373,24 +352,6 @@ func popularityLayers(b *testing.B, bc *benchClosure, closure []string, max int)
 	return groups
 }
 
-// memoryResult is row 6.
-type memoryResult struct {
-	// Kinds: storepkg-cold (the shim fetched the closure), storepkg-warm
-	// (closure already present), runc (same files from the image),
-	// storepkg-image (a storepkg shim serving a plain image pod).
-	Rounds   []map[string]memSample         `json:"rounds"`
-	Median   map[string]benchtest.Mem       `json:"median_steady"`
-	Early    map[string]benchtest.Mem       `json:"median_early"`
-	Mappings map[string][]benchtest.Mapping `json:"mappings_steady"`
-	Binaries map[string]int64               `json:"binary_bytes"`
-	SettleS  float64                        `json:"settle_s"`
-}
-
-type memSample struct {
-	Early  benchtest.Mem `json:"early"`
-	Steady benchtest.Mem `json:"steady"`
-}
-
 // measureShimMemory runs rounds of five pods side by side: a storepkg
 // pod whose shim fetches the closure into an empty store, a second one
 // with the closure present, a runc pod of the same files from the image,
@@ -400,14 +361,14 @@ type memSample struct {
 // reads each shim's memory 2 s after they all run (early) and again once
 // every shim has passed its first 30 s debug.FreeOSMemory tick (steady:
 // what a long-running pod costs).
-func measureShimMemory(b *testing.B, env *critest.Env, sp, runc podSpec, images []startImage) *memoryResult {
+func measureShimMemory(b *testing.B, env *critest.Env, sp, runc podSpec, images []startImage) *benchtest.MemoryResult {
 	b.Helper()
 	rounds := 3
 	if n := benchtest.Runs(3); n < rounds {
 		rounds = n
 	}
 	const settle = 32 * time.Second
-	res := &memoryResult{Median: map[string]benchtest.Mem{}, Early: map[string]benchtest.Mem{},
+	res := &benchtest.MemoryResult{Median: map[string]benchtest.Mem{}, Early: map[string]benchtest.Mem{},
 		Mappings: map[string][]benchtest.Mapping{}, Binaries: map[string]int64{}, SettleS: settle.Seconds()}
 	runc.pull = true // a no-op when the warm runs left the image
 	plain := podSpec{label: "storepkg-image", handler: critest.HandlerStorepkg, image: critest.BusyboxImage, command: []string{"sh", "-c", "echo hello from $0; exec sleep 3600"}}
@@ -451,9 +412,9 @@ func measureShimMemory(b *testing.B, env *critest.Env, sp, runc podSpec, images 
 		early := sample()
 		time.Sleep(time.Until(lastStart.Add(settle)))
 		steady := sample()
-		r := map[string]memSample{}
+		r := map[string]benchtest.MemSample{}
 		for kind := range pids {
-			r[kind] = memSample{Early: early[kind], Steady: steady[kind]}
+			r[kind] = benchtest.MemSample{Early: early[kind], Steady: steady[kind]}
 			b.Logf("round %d %s (pid %d): early RSS %.1f MiB, steady RSS %.1f MiB (anon %.1f, file+shmem %.1f), Pss %.1f MiB",
 				round, kind, pids[kind], mib(early[kind].RSS), mib(steady[kind].RSS), mib(steady[kind].RSSAnon), mib(steady[kind].RSSFile+steady[kind].RSSShmem), mib(steady[kind].PSS))
 		}

@@ -23,15 +23,11 @@ import (
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
-// sharingApp is one of the ten workloads of the sharing row: its own code
-// (a store path of real Go sources) on a base, a language runtime and the
-// libraries its Dockerfile would install.
+// sharingApp is one of the ten workloads of the sharing row, with its
+// own code: a store path of real Go sources.
 type sharingApp struct {
-	Name    string   `json:"name"`
-	Base    string   `json:"base"`              // base image build: "jan" or "mar"
-	Runtime string   `json:"runtime,omitempty"` // runtime image it is FROM, e.g. "python@1"
-	Extras  []string `json:"installs"`          // store path names its Dockerfile installs
-	gosrc   []string // GOROOT/src dirs: the app's code
+	benchtest.SharingApp
+	gosrc []string // GOROOT/src dirs: the app's code
 }
 
 // The base image every app starts from (a Debian-slim-like set), built
@@ -52,67 +48,18 @@ var (
 		"perl@1":   {"perl-5.36.0", time.Date(2025, 1, 22, 0, 0, 0, 0, time.UTC)},
 	}
 	sharingApps = []sharingApp{
-		{Name: "shop-api", Base: "jan", Runtime: "python@1", Extras: []string{"libssl-3", "libsqlite3-0.8.6"}, gosrc: []string{"net/http"}},
-		{Name: "auth-api", Base: "jan", Runtime: "python@1", Extras: []string{"libssl-3"}, gosrc: []string{"crypto/tls", "crypto/x509"}},
-		{Name: "etl-worker", Base: "jan", Runtime: "python@2", Extras: []string{"libyaml-0-2.0.9"}, gosrc: []string{"encoding"}},
-		{Name: "report-cron", Base: "jan", Runtime: "perl@1", Extras: []string{"glibc-locales"}, gosrc: []string{"text"}},
-		{Name: "git-mirror", Base: "jan", Extras: []string{"git-2.39.5", "libcurl-nss-4.8.0"}, gosrc: []string{"archive"}},
-		{Name: "notebook", Base: "jan", Runtime: "python@1", Extras: []string{"perl-5.36.0"}, gosrc: []string{"go/ast", "go/parser", "go/printer"}},
-		{Name: "query-jit", Base: "jan", Extras: []string{"llvm-15-lib"}, gosrc: []string{"database"}},
-		{Name: "i18n-svc", Base: "mar", Extras: []string{"icu4c-72.1", "libssl-3"}, gosrc: []string{"html", "unicode"}},
-		{Name: "ops-shell", Base: "mar", Extras: []string{"vim-9.0"}, gosrc: []string{"os"}},
-		{Name: "static-site", Base: "mar", gosrc: []string{"image"}},
+		{SharingApp: benchtest.SharingApp{Name: "shop-api", Base: "jan", Runtime: "python@1", Extras: []string{"libssl-3", "libsqlite3-0.8.6"}}, gosrc: []string{"net/http"}},
+		{SharingApp: benchtest.SharingApp{Name: "auth-api", Base: "jan", Runtime: "python@1", Extras: []string{"libssl-3"}}, gosrc: []string{"crypto/tls", "crypto/x509"}},
+		{SharingApp: benchtest.SharingApp{Name: "etl-worker", Base: "jan", Runtime: "python@2", Extras: []string{"libyaml-0-2.0.9"}}, gosrc: []string{"encoding"}},
+		{SharingApp: benchtest.SharingApp{Name: "report-cron", Base: "jan", Runtime: "perl@1", Extras: []string{"glibc-locales"}}, gosrc: []string{"text"}},
+		{SharingApp: benchtest.SharingApp{Name: "git-mirror", Base: "jan", Extras: []string{"git-2.39.5", "libcurl-nss-4.8.0"}}, gosrc: []string{"archive"}},
+		{SharingApp: benchtest.SharingApp{Name: "notebook", Base: "jan", Runtime: "python@1", Extras: []string{"perl-5.36.0"}}, gosrc: []string{"go/ast", "go/parser", "go/printer"}},
+		{SharingApp: benchtest.SharingApp{Name: "query-jit", Base: "jan", Extras: []string{"llvm-15-lib"}}, gosrc: []string{"database"}},
+		{SharingApp: benchtest.SharingApp{Name: "i18n-svc", Base: "mar", Extras: []string{"icu4c-72.1", "libssl-3"}}, gosrc: []string{"html", "unicode"}},
+		{SharingApp: benchtest.SharingApp{Name: "ops-shell", Base: "mar", Extras: []string{"vim-9.0"}}, gosrc: []string{"os"}},
+		{SharingApp: benchtest.SharingApp{Name: "static-site", Base: "mar"}, gosrc: []string{"image"}},
 	}
 )
-
-// sharingResult is what BenchmarkSharing writes to sharing.json.
-type sharingResult struct {
-	Apps  []sharingAppResult `json:"apps"`
-	Union struct {
-		Paths     int   `json:"paths"`
-		FileBytes int64 `json:"file_bytes"`
-		ZstdBytes int64 `json:"zstd_bytes"`
-	} `json:"union"`
-	Shared struct {
-		Paths     int   `json:"paths"` // in two or more closures
-		FileBytes int64 `json:"file_bytes"`
-	} `json:"shared"`
-	SumOfClosures struct {
-		FileBytes int64 `json:"file_bytes"` // without any sharing
-	} `json:"sum_of_closures"`
-	// In how many of the ten closures some well-known paths are.
-	ClosuresWith map[string]int    `json:"closures_with"`
-	Storepkg     sharingSide       `json:"storepkg"`
-	OCI          sharingSide       `json:"oci"`
-	Load         map[string]string `json:"load"`
-}
-
-type sharingAppResult struct {
-	sharingApp
-	Paths     int      `json:"closure_paths"`
-	FileBytes int64    `json:"closure_file_bytes"`
-	Layers    []string `json:"layers"` // "label digest12 size"
-	ImageZstd int64    `json:"image_compressed_bytes"`
-}
-
-type sharingSide struct {
-	ServedBytes  int64            `json:"served_bytes"`     // everything the cache or registry sent
-	PayloadBytes int64            `json:"payload_bytes"`    // NARs, or layer blobs
-	Requests     int              `json:"payload_requests"` // NAR or blob GETs
-	Repeated     []string         `json:"repeated,omitempty"`
-	DiskBytes    int64            `json:"disk_bytes"` // regular-file bytes added on the node
-	DiskDetail   map[string]int64 `json:"disk_detail"`
-	AllRunningMS float64          `json:"all_running_ms"`
-	// Store paths of the union stored, and transferred, more than once,
-	// and the bytes of the extra copies.
-	SharedStoredTwice      int      `json:"shared_paths_stored_more_than_once"`
-	SharedTransferredTwice int      `json:"shared_paths_transferred_more_than_once"`
-	ExtraCopyBytes         int64    `json:"extra_copy_file_bytes"`
-	MaxCopies              int      `json:"max_copies"`
-	MostCopies             []string `json:"most_copies,omitempty"` // "name copies extra-bytes", most extra bytes first
-	Pass                   bool     `json:"every_shared_path_once"`
-	Why                    string   `json:"why,omitempty"`
-}
 
 // BenchmarkSharing: row 5 of `make bench`. Ten pods whose closures
 // overlap as real software does (one libc, libssl, python and perl
@@ -127,7 +74,7 @@ func BenchmarkSharing(b *testing.B) {
 	setup(b)
 	bc := loadBenchClosure(b)
 	tmp := b.TempDir()
-	res := &sharingResult{Load: map[string]string{"start": benchtest.LoadAvg()}}
+	res := &benchtest.SharingResult{Load: map[string]string{"start": benchtest.LoadAvg()}}
 
 	// The apps' own store paths, in a cache of their own.
 	_, priv, _ := ed25519.GenerateKey(nil)
@@ -258,7 +205,7 @@ func BenchmarkSharing(b *testing.B) {
 			groups = append(groups, group{"RUN install " + strings.Join(a.Extras, " "), deps, appDate})
 		}
 		groups = append(groups, group{"COPY app", []string{top}, appDate})
-		ar := sharingAppResult{sharingApp: a, Paths: len(closures[i])}
+		ar := benchtest.SharingAppResult{SharingApp: a.SharingApp, Paths: len(closures[i])}
 		for _, p := range closures[i] {
 			ar.FileBytes += sizeOf(p)
 		}

@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/storepkg/storepkg/internal/benchtest"
 )
 
 type envInfo struct {
@@ -65,113 +67,6 @@ type fetchResult struct {
 	Compressions map[string]fetchComp `json:"compressions"`
 }
 
-type podRun struct {
-	Total float64 `json:"total_ms"`
-	Busy  bool    `json:"busy"`
-}
-
-type mem struct {
-	RSS      int64 `json:"rss"`
-	RSSAnon  int64 `json:"rss_anon"`
-	RSSFile  int64 `json:"rss_file"`
-	RSSShmem int64 `json:"rss_shmem"`
-	PSS      int64 `json:"pss"`
-	PSSAnon  int64 `json:"pss_anon"`
-}
-
-type mapping struct {
-	Name string `json:"name"`
-	RSS  int64  `json:"rss"`
-}
-
-type podsResult struct {
-	Closure struct {
-		Paths     int   `json:"paths"`
-		NarBytes  int64 `json:"nar_bytes"`
-		ZstdBytes int64 `json:"zstd_bytes"`
-		FileBytes int64 `json:"file_bytes"`
-		Files     int   `json:"files"`
-	} `json:"closure"`
-	Images []struct {
-		Label  string `json:"label"`
-		Layout string `json:"layout"`
-		Layers int    `json:"layers"`
-		Bytes  int64  `json:"compressed_bytes"`
-		Tar    int64  `json:"tar_bytes"`
-	} `json:"images"`
-	Cold      map[string][]podRun           `json:"cold"`
-	ColdBytes map[string][]int64            `json:"cold_bytes_served"`
-	Warm      map[string][]podRun           `json:"warm"`
-	Medians   map[string]float64            `json:"medians_ms"`
-	Phases    map[string]map[string]float64 `json:"median_phases_ms"`
-	Variants  map[string]string             `json:"variants"`
-	Load      map[string]string             `json:"load"`
-	Memory    *struct {
-		Median   map[string]mem       `json:"median_steady"`
-		Early    map[string]mem       `json:"median_early"`
-		Mappings map[string][]mapping `json:"mappings_steady"`
-		Binaries map[string]int64     `json:"binary_bytes"`
-		SettleS  float64              `json:"settle_s"`
-		Rounds   []map[string]any     `json:"rounds"`
-	} `json:"memory"`
-}
-
-type startResult struct {
-	Rows []struct {
-		Name   string    `json:"name"`
-		Paths  int       `json:"paths"`
-		Median float64   `json:"median_ms"`
-		Samp   []float64 `json:"samples_ms"`
-		Busy   int       `json:"busy_samples"`
-	} `json:"rows"`
-	Runs int `json:"runs"`
-}
-
-type sharingSide struct {
-	Served       int64            `json:"served_bytes"`
-	Payload      int64            `json:"payload_bytes"`
-	Requests     int              `json:"payload_requests"`
-	Repeated     []string         `json:"repeated"`
-	Disk         int64            `json:"disk_bytes"`
-	DiskDetail   map[string]int64 `json:"disk_detail"`
-	AllRunningMS float64          `json:"all_running_ms"`
-	StoredTwice  int              `json:"shared_paths_stored_more_than_once"`
-	XferTwice    int              `json:"shared_paths_transferred_more_than_once"`
-	ExtraBytes   int64            `json:"extra_copy_file_bytes"`
-	MaxCopies    int              `json:"max_copies"`
-	MostCopies   []string         `json:"most_copies"`
-	Pass         bool             `json:"every_shared_path_once"`
-	Why          string           `json:"why"`
-}
-
-type sharingResult struct {
-	Apps []struct {
-		Name      string   `json:"name"`
-		Base      string   `json:"base"`
-		Runtime   string   `json:"runtime"`
-		Installs  []string `json:"installs"`
-		Paths     int      `json:"closure_paths"`
-		FileBytes int64    `json:"closure_file_bytes"`
-		Layers    []string `json:"layers"`
-		ImageZstd int64    `json:"image_compressed_bytes"`
-	} `json:"apps"`
-	Union struct {
-		Paths     int   `json:"paths"`
-		FileBytes int64 `json:"file_bytes"`
-		ZstdBytes int64 `json:"zstd_bytes"`
-	} `json:"union"`
-	Shared struct {
-		Paths     int   `json:"paths"`
-		FileBytes int64 `json:"file_bytes"`
-	} `json:"shared"`
-	SumOfClosures struct {
-		FileBytes int64 `json:"file_bytes"`
-	} `json:"sum_of_closures"`
-	ClosuresWith map[string]int `json:"closures_with"`
-	Storepkg     sharingSide    `json:"storepkg"`
-	OCI          sharingSide    `json:"oci"`
-}
-
 func main() {
 	in := flag.String("in", "", "directory with the JSON results")
 	out := flag.String("o", "", "write the report here (also printed)")
@@ -216,9 +111,9 @@ func load(path string, v any) error {
 type report struct {
 	env     *envInfo
 	fetch   *fetchResult
-	pods    *podsResult
-	start   *startResult
-	sharing *sharingResult
+	pods    *benchtest.PodsResult
+	start   *benchtest.StartResult
+	sharing *benchtest.SharingResult
 
 	summary []string // table rows
 	notes   []string // why missed, what would close it
@@ -433,7 +328,7 @@ func (r *report) podRows() {
 	for _, im := range p.Images {
 		fmt.Fprintf(&d, "| oci-%s | %s | %d | %s | %s |\n", im.Label, im.Layout, im.Layers, mb(im.Bytes), mb(im.Tar))
 	}
-	phaseTable := func(kind string, runs map[string][]podRun) {
+	phaseTable := func(kind string, runs map[string][]benchtest.PodRun) {
 		fmt.Fprintf(&d, "\n| %s | runp | pull | create | start | to output | **total (median)** | runs | bytes served |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n", kind)
 		for _, label := range sortedKeys(runs) {
 			ph := p.Phases[kind+"/"+label]
@@ -538,18 +433,18 @@ func (r *report) startRows() {
 	fmt.Fprintf(&d, "| row | paths | median ms | vs runc | vs 10 paths |\n|---|---:|---:|---:|---:|\n")
 	ms := map[string]float64{}
 	for _, row := range s.Rows {
-		ms[row.Name] = row.Median
+		ms[row.Name] = row.MedianMS
 	}
 	for _, row := range s.Rows {
 		vs10 := ""
 		if strings.HasPrefix(row.Name, "storepkg-paths-") {
-			vs10 = fmt.Sprintf("%+.0f ms", row.Median-ms["storepkg-paths-10"])
+			vs10 = fmt.Sprintf("%+.0f ms", row.MedianMS-ms["storepkg-paths-10"])
 		}
 		paths := ""
 		if row.Paths > 0 {
 			paths = fmt.Sprint(row.Paths)
 		}
-		fmt.Fprintf(&d, "| %s | %s | %.1f | %.2fx | %s |\n", row.Name, paths, row.Median, row.Median/ms["runc"], vs10)
+		fmt.Fprintf(&d, "| %s | %s | %.1f | %.2fx | %s |\n", row.Name, paths, row.MedianMS, row.MedianMS/ms["runc"], vs10)
 	}
 	if a, ok := ms["storepkg-paths-3000"]; ok {
 		diff := a - ms["storepkg-paths-10"]
@@ -589,10 +484,10 @@ func (r *report) sharingRows() {
 		"shared as a registry shares them; layers built separately differ in their files' dates, as real builds do. zstd layers, zstd NARs.\n\n")
 	fmt.Fprintf(&d, "| app | base | FROM runtime | installs | closure paths | closure files | image layers (label digest compressed bytes) |\n|---|---|---|---|---:|---:|---|\n")
 	for _, a := range s.Apps {
-		fmt.Fprintf(&d, "| %s | %s | %s | %s | %d | %s | %s |\n", a.Name, a.Base, a.Runtime, strings.Join(a.Installs, ", "), a.Paths, mb(a.FileBytes), strings.Join(a.Layers, "; "))
+		fmt.Fprintf(&d, "| %s | %s | %s | %s | %d | %s | %s |\n", a.Name, a.Base, a.Runtime, strings.Join(a.Extras, ", "), a.Paths, mb(a.FileBytes), strings.Join(a.Layers, "; "))
 	}
 	fmt.Fprintf(&d, "\n| | transferred (server count) | payload GETs | on the node | node detail | shared paths kept more than once | all 10 running | every shared path once |\n|---|---:|---:|---:|---|---:|---:|---|\n")
-	side := func(name string, x sharingSide) {
+	side := func(name string, x benchtest.SharingSide) {
 		var det []string
 		for _, k := range sortedKeys(x.DiskDetail) {
 			det = append(det, fmt.Sprintf("%s %s", k, mb(x.DiskDetail[k])))
@@ -601,8 +496,8 @@ func (r *report) sharingRows() {
 		if !x.Pass {
 			verdict = "MISS: " + x.Why
 		}
-		fmt.Fprintf(&d, "| %s | %s | %d | %s | %s | %d (max %d copies, %s extra) | %.1f s | %s |\n", name, mb(x.Served), x.Requests, mb(x.Disk),
-			strings.Join(det, ", "), x.StoredTwice, x.MaxCopies, mb(x.ExtraBytes), x.AllRunningMS/1000, verdict)
+		fmt.Fprintf(&d, "| %s | %s | %d | %s | %s | %d (max %d copies, %s extra) | %.1f s | %s |\n", name, mb(x.ServedBytes), x.Requests, mb(x.DiskBytes),
+			strings.Join(det, ", "), x.SharedStoredTwice, x.MaxCopies, mb(x.ExtraCopyBytes), x.AllRunningMS/1000, verdict)
 	}
 	side("storepkg", s.Storepkg)
 	side("OCI (containerd, overlayfs)", s.OCI)
@@ -621,9 +516,9 @@ func (r *report) sharingRows() {
 	fmt.Fprintf(&d, "\nTransferred: bytes the binary cache's or the registry's HTTP server wrote (NARs and narinfos; blobs and manifests). "+
 		"On the node: regular-file bytes added under the storepkg store root (one walk, so the store views' hard links count once) and "+
 		"containerd's root (content store keeps the compressed layers, the snapshotter the unpacked files).\n")
-	r.row("5", "sharing, 10 pods: transferred / on disk", fmt.Sprintf("%s / %s", mb(s.Storepkg.Served), mb(s.Storepkg.Disk)),
-		fmt.Sprintf("OCI %s / %s", mb(s.OCI.Served), mb(s.OCI.Disk)),
-		fmt.Sprintf("%.2fx / %.2fx less", float64(s.OCI.Served)/float64(s.Storepkg.Served), float64(s.OCI.Disk)/float64(s.Storepkg.Disk)),
+	r.row("5", "sharing, 10 pods: transferred / on disk", fmt.Sprintf("%s / %s", mb(s.Storepkg.ServedBytes), mb(s.Storepkg.DiskBytes)),
+		fmt.Sprintf("OCI %s / %s", mb(s.OCI.ServedBytes), mb(s.OCI.DiskBytes)),
+		fmt.Sprintf("%.2fx / %.2fx less", float64(s.OCI.ServedBytes)/float64(s.Storepkg.ServedBytes), float64(s.OCI.DiskBytes)/float64(s.Storepkg.DiskBytes)),
 		"every shared path stored and transferred once", s.Storepkg.Pass)
 	if !s.Storepkg.Pass {
 		r.note("Row 5, sharing", "storepkg: "+s.Storepkg.Why)
@@ -707,7 +602,7 @@ func (r *report) memoryRows() {
 }
 
 // slimNote reports the measured stand-in for the slim shim, if any.
-func slimNote(median map[string]mem, runc mem) string {
+func slimNote(median map[string]benchtest.Mem, runc benchtest.Mem) string {
 	x, ok := median["runc+mount"]
 	if !ok {
 		return ""
