@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -10,6 +13,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/storepkg/storepkg/pkg/fetch"
+	"github.com/storepkg/storepkg/pkg/fetchexec"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/store"
 	"github.com/storepkg/storepkg/pkg/storepath"
@@ -22,6 +26,9 @@ func newFetchCommand() *cobra.Command {
 		keys         []string
 		netrcFile    string
 		maxJobs      int
+		gcRoots      []string
+		timeout      time.Duration
+		jsonReport   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "fetch [flags] PATH...",
@@ -29,51 +36,63 @@ func newFetchCommand() *cobra.Command {
 		Long: `fetch makes the closure of the given store paths valid in the Nix store
 under --root, downloading missing paths from the substituters (in priority
 order) and accepting only paths signed by a trusted public key. It exits 0
-once the whole closure is valid.`,
+once the whole closure is valid.
+
+With --json it reports progress and then its result or error as JSON lines
+on stdout (pkg/fetchexec): the shim runs it so that per-pod shims never
+hold the fetcher, the decoders or the store's database.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			paths, err := parsePaths(args)
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			var rep *fetchexec.Reporter
+			if jsonReport {
+				rep = fetchexec.NewReporter(os.Stdout)
+			}
+			f, st, roots, paths, err := setupFetch(ctx, root, substituters, keys, netrcFile, maxJobs, gcRoots, args)
 			if err != nil {
-				return err
-			}
-			opts := fetch.Options{Substituters: substituters, MaxJobs: maxJobs}
-			if len(opts.Substituters) == 0 {
-				opts.Substituters = []string{fetch.DefaultSubstituter}
-				if len(keys) == 0 {
-					keys = []string{fetch.DefaultPublicKey}
+				if rep != nil {
+					rep.Fail(&fetchexec.Failure{Message: err.Error(), Kind: fetchexec.KindInvalidArgument})
 				}
-			}
-			for _, k := range keys {
-				pk, err := narinfo.ParsePublicKey(k)
-				if err != nil {
-					return err
-				}
-				opts.TrustedKeys = append(opts.TrustedKeys, pk)
-			}
-			if netrcFile != "" {
-				if opts.Netrc, err = fetch.ParseNetrc(netrcFile); err != nil {
-					return err
-				}
-			}
-			var bar *progressBar
-			if term.IsTerminal(int(os.Stderr.Fd())) {
-				bar = newProgressBar()
-				opts.Progress = bar.update
-			}
-			st, err := store.Open(ctx, root)
-			if err != nil {
 				return err
 			}
 			defer st.Close()
-			f, err := fetch.New(st, opts)
+			for _, g := range roots {
+				if err := st.AddGCRoot(ctx, g.Name, g.Path); err != nil {
+					if rep != nil {
+						rep.Fail(&fetchexec.Failure{Message: err.Error(), Kind: fetchexec.KindOther})
+					}
+					return err
+				}
+			}
+			var (
+				res *fetch.Result
+				bar *progressBar
+			)
+			switch {
+			case rep != nil:
+				jp := newJSONProgress(rep)
+				res, err = f.FetchProgress(ctx, paths, jp.update)
+				jp.flush()
+			default:
+				if term.IsTerminal(int(os.Stderr.Fd())) {
+					bar = newProgressBar()
+				}
+				res, err = f.FetchProgress(ctx, paths, bar.updateFunc())
+				bar.finish()
+			}
 			if err != nil {
+				if rep != nil {
+					rep.Fail(fetchFailure(err))
+				}
 				return err
 			}
-			res, err := f.Fetch(ctx, paths)
-			bar.finish()
-			if err != nil {
-				return err
+			if rep != nil {
+				return rep.Result(&fetchexec.Result{Closure: res.Closure, Fetched: res.Fetched, Downloaded: res.Downloaded, CacheBytes: res.CacheBytes})
 			}
 			if bar != nil {
 				fmt.Fprintf(os.Stderr, "%d paths valid, %d fetched (%s)\n", len(res.Closure), len(res.Fetched), humanBytes(res.Downloaded))
@@ -86,7 +105,108 @@ once the whole closure is valid.`,
 	cmd.Flags().StringArrayVar(&keys, "trusted-public-key", nil, "trusted signing key NAME:BASE64, repeatable")
 	cmd.Flags().StringVar(&netrcFile, "netrc-file", "", "credentials for private caches (curl netrc; login \"bearer\" sends a bearer token)")
 	cmd.Flags().IntVar(&maxJobs, "max-jobs", 0, "parallel NAR downloads (default: 2 per CPU, 4 to 16)")
+	cmd.Flags().StringArrayVar(&gcRoots, "gc-root", nil, "NAME=PATH: make PATH a GC root gcroots/storepkg/NAME before fetching, repeatable")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long (0: never)")
+	cmd.Flags().BoolVar(&jsonReport, "json", false, "report progress and the result or error as JSON lines on stdout")
 	return cmd
+}
+
+// setupFetch checks the command line and opens the store and the fetcher.
+func setupFetch(ctx context.Context, root string, substituters, keys []string, netrcFile string, maxJobs int, gcRoots, args []string) (*fetch.Fetcher, *store.Store, []fetchexec.GCRoot, []storepath.Path, error) {
+	paths, err := parsePaths(args)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	var roots []fetchexec.GCRoot
+	for _, g := range gcRoots {
+		name, abs, ok := strings.Cut(g, "=")
+		if !ok || name == "" {
+			return nil, nil, nil, nil, fmt.Errorf("--gc-root %q: want NAME=PATH", g)
+		}
+		p, err := storepath.Parse(abs)
+		if err != nil {
+			return nil, nil, nil, nil, fmt.Errorf("--gc-root %q: %w", g, err)
+		}
+		roots = append(roots, fetchexec.GCRoot{Name: name, Path: p})
+	}
+	opts := fetch.Options{Substituters: substituters, MaxJobs: maxJobs}
+	if len(opts.Substituters) == 0 {
+		opts.Substituters = []string{fetch.DefaultSubstituter}
+		if len(keys) == 0 {
+			keys = []string{fetch.DefaultPublicKey}
+		}
+	}
+	for _, k := range keys {
+		pk, err := narinfo.ParsePublicKey(k)
+		if err != nil {
+			return nil, nil, nil, nil, fmt.Errorf("--trusted-public-key: %w", err)
+		}
+		opts.TrustedKeys = append(opts.TrustedKeys, pk)
+	}
+	if netrcFile != "" {
+		if opts.Netrc, err = fetch.ParseNetrc(netrcFile); err != nil {
+			return nil, nil, nil, nil, fmt.Errorf("--netrc-file: %w", err)
+		}
+	}
+	st, err := store.Open(ctx, root)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	f, err := fetch.New(st, opts)
+	if err != nil {
+		st.Close()
+		return nil, nil, nil, nil, err
+	}
+	return f, st, roots, paths, nil
+}
+
+// fetchFailure is a fetch error as fetchexec reports it.
+func fetchFailure(err error) *fetchexec.Failure {
+	f := &fetchexec.Failure{Message: err.Error(), Kind: fetch.ErrorKind(err)}
+	var pe *fetch.PathError
+	if errors.As(err, &pe) {
+		f.Path, f.Cache = pe.Path.Absolute(), pe.Cache
+	}
+	return f
+}
+
+// jsonProgressInterval bounds how often --json reports progress: the
+// shim rewrites its status record once a second.
+const jsonProgressInterval = 250 * time.Millisecond
+
+type jsonProgress struct {
+	rep     *fetchexec.Reporter
+	mu      sync.Mutex
+	last    time.Time
+	pending *fetchexec.Progress
+}
+
+func newJSONProgress(rep *fetchexec.Reporter) *jsonProgress { return &jsonProgress{rep: rep} }
+
+func (j *jsonProgress) update(p fetch.Progress) {
+	fp := fetchexec.Progress{
+		PathsTotal: p.PathsTotal, PathsDone: p.PathsDone, PathsFetched: p.PathsFetched,
+		BytesTotal: p.BytesTotal, BytesDone: p.BytesDone, CacheBytes: p.CacheBytes,
+		SignatureRefusals: p.SignatureRefusals, HashRefusals: p.HashRefusals,
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if time.Since(j.last) < jsonProgressInterval {
+		j.pending = &fp
+		return
+	}
+	j.last, j.pending = time.Now(), nil
+	j.rep.Progress(fp)
+}
+
+// flush reports the last progress held back, before the result.
+func (j *jsonProgress) flush() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.pending != nil {
+		j.rep.Progress(*j.pending)
+		j.pending = nil
+	}
 }
 
 func parsePaths(args []string) ([]storepath.Path, error) {
@@ -110,6 +230,14 @@ type progressBar struct {
 }
 
 func newProgressBar() *progressBar { return &progressBar{start: time.Now()} }
+
+// updateFunc is the fetcher's progress callback; nil without a bar.
+func (b *progressBar) updateFunc() func(fetch.Progress) {
+	if b == nil {
+		return nil
+	}
+	return b.update
+}
 
 func (b *progressBar) update(p fetch.Progress) {
 	b.mu.Lock()

@@ -8,14 +8,19 @@ import (
 	"time"
 )
 
-// ShimPackage is the import path of our shim.
-const ShimPackage = "github.com/storepkg/storepkg/cmd/containerd-shim-storepkg-v1"
+// ShimPackage is the import path of our shim, CLIPackage of the storepkg
+// CLI, which the shim runs beside it to substitute closures.
+const (
+	ShimPackage = "github.com/storepkg/storepkg/cmd/containerd-shim-storepkg-v1"
+	CLIPackage  = "github.com/storepkg/storepkg/cmd/storepkg"
+)
 
 // BuildShim returns an absolute path of containerd-shim-storepkg-v1 for
-// Options.ShimPath: $STOREPKG_SHIM when set (a prebuilt binary, e.g.
-// bin/containerd-shim-storepkg-v1 after `make build`), else ShimPackage
-// built with `go build` into a temporary directory of the test. It must
-// run inside the module (as `go test` does).
+// Options.ShimPath, with the storepkg CLI beside it: $STOREPKG_SHIM when
+// set (a prebuilt binary, e.g. bin/containerd-shim-storepkg-v1 after
+// `make build`), else ShimPackage and CLIPackage built with `go build`
+// into a temporary directory of the test. It must run inside the module
+// (as `go test` does).
 func BuildShim(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("STOREPKG_SHIM"); p != "" {
@@ -23,13 +28,17 @@ func BuildShim(t testing.TB) string {
 		if err != nil || !isExecutable(abs) {
 			t.Fatalf("critest: STOREPKG_SHIM=%s is not an executable file", p)
 		}
+		if cli := filepath.Join(filepath.Dir(abs), "storepkg"); !isExecutable(cli) {
+			t.Fatalf("critest: STOREPKG_SHIM=%s has no storepkg CLI beside it (%s), which it runs to fetch", p, cli)
+		}
 		return abs
 	}
-	out := filepath.Join(t.TempDir(), StorepkgShimBinary)
+	dir := t.TempDir()
+	out := filepath.Join(dir, StorepkgShimBinary)
 	started := time.Now()
-	cmd := exec.Command("go", "build", "-o", out, ShimPackage)
+	cmd := exec.Command("go", "build", "-o", dir+"/", ShimPackage, CLIPackage)
 	if output, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("critest: go build %s: %v\n%s", ShimPackage, err, output)
+		t.Fatalf("critest: go build %s %s: %v\n%s", ShimPackage, CLIPackage, err, output)
 	}
 	t.Logf("critest: built %s in %v", StorepkgShimBinary, time.Since(started).Round(time.Millisecond))
 	return out

@@ -17,7 +17,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -39,26 +38,10 @@ import (
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
-var cli struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// storepkgCLI builds cmd/storepkg once per test binary.
+// storepkgCLI is cmd/storepkg, built beside the shim by setup.
 func storepkgCLI(t *testing.T) string {
 	t.Helper()
-	cli.once.Do(func() {
-		cli.path = filepath.Join(fixture.dir, "storepkg")
-		out, err := exec.Command("go", "build", "-o", cli.path, "github.com/storepkg/storepkg/cmd/storepkg").CombinedOutput()
-		if err != nil {
-			cli.err = fmt.Errorf("go build cmd/storepkg: %v\n%s", err, out)
-		}
-	})
-	if cli.err != nil {
-		t.Fatal(cli.err)
-	}
-	return cli.path
+	return filepath.Join(fixture.dir, "storepkg")
 }
 
 // countingCache serves a cache directory on 127.0.0.1, counting the NAR

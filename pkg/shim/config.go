@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -15,8 +17,9 @@ import (
 	"github.com/pelletier/go-toml/v2"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/storepkg/storepkg/pkg/fetch"
+	"github.com/storepkg/storepkg/pkg/fetchexec"
 	"github.com/storepkg/storepkg/pkg/narinfo"
+	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
 // Config is the runtime's `options` table in containerd's config: our
@@ -29,6 +32,7 @@ type Config struct {
 	MaxJobs           int
 	FetchTimeout      string // a Go duration; how long one closure may take in all; default 30m
 	StatusDir         string // fetch status records for the node agent; default /run/storepkg/fetches, "-" for none
+	FetchBinary       string // the storepkg CLI that substitutes closures; default: storepkg beside the shim, else in PATH
 
 	// runc's own options, translated to its type (never passed raw).
 	BinaryName    string
@@ -90,13 +94,9 @@ func parseOptions(opts *anypb.Any) (*Config, error) {
 	return cfg.withDefaults(), nil
 }
 
+// withDefaults fills in the shim's defaults. Without Substituters the
+// fetch child uses its own default cache and key (cache.nixos.org).
 func (c *Config) withDefaults() *Config {
-	if len(c.Substituters) == 0 {
-		c.Substituters = []string{fetch.DefaultSubstituter}
-		if len(c.TrustedPublicKeys) == 0 {
-			c.TrustedPublicKeys = []string{fetch.DefaultPublicKey}
-		}
-	}
 	if c.StoreRoot == "" {
 		c.StoreRoot = "/"
 	}
@@ -117,25 +117,64 @@ func (c *Config) runcOptions() (*anypb.Any, error) {
 	return a, nil
 }
 
-// fetchOptions builds the fetcher's options.
-func (c *Config) fetchOptions() (fetch.Options, error) {
-	o := fetch.Options{Substituters: c.Substituters, MaxJobs: c.MaxJobs}
+// checkFetch refuses settings the fetch child would refuse, so the error
+// names the config key and arrives as InvalidArgument.
+func (c *Config) checkFetch() error {
 	for _, k := range c.TrustedPublicKeys {
-		pk, err := narinfo.ParsePublicKey(k)
-		if err != nil {
-			return o, fmt.Errorf("storepkg config TrustedPublicKeys: %v: %w", err, errdefs.ErrInvalidArgument)
+		if _, err := narinfo.ParsePublicKey(k); err != nil {
+			return fmt.Errorf("storepkg config TrustedPublicKeys: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
-		o.TrustedKeys = append(o.TrustedKeys, pk)
 	}
 	if c.NetrcFile != "" {
-		n, err := fetch.ParseNetrc(c.NetrcFile)
-		if err != nil {
-			return o, fmt.Errorf("storepkg config NetrcFile: %v: %w", err, errdefs.ErrInvalidArgument)
+		if _, err := os.Stat(c.NetrcFile); err != nil {
+			return fmt.Errorf("storepkg config NetrcFile: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
-		o.Netrc = n
 	}
-	return o, nil
+	return nil
 }
+
+// fetchRequest is the fetch child's request for paths, with these GC roots.
+func (c *Config) fetchRequest(binary string, paths []storepath.Path, roots []fetchexec.GCRoot) fetchexec.Request {
+	return fetchexec.Request{
+		Binary:            binary,
+		StoreRoot:         c.StoreRoot,
+		Substituters:      c.Substituters,
+		TrustedPublicKeys: c.TrustedPublicKeys,
+		NetrcFile:         c.NetrcFile,
+		MaxJobs:           c.MaxJobs,
+		Timeout:           c.fetchTimeout(),
+		Paths:             paths,
+		GCRoots:           roots,
+	}
+}
+
+// fetchBinary finds the storepkg CLI: FetchBinary, else storepkg in the
+// shim's own directory (where node install puts both), else in PATH.
+func (c *Config) fetchBinary() (string, error) {
+	if c.FetchBinary != "" {
+		if _, err := os.Stat(c.FetchBinary); err != nil {
+			return "", fmt.Errorf("storepkg config FetchBinary: %v: %w", err, errdefs.ErrInvalidArgument)
+		}
+		return c.FetchBinary, nil
+	}
+	var tried []string
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), fetchBinaryName)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return p, nil
+		}
+		tried = append(tried, filepath.Dir(self))
+	}
+	if p, err := exec.LookPath(fetchBinaryName); err == nil {
+		return p, nil
+	}
+	tried = append(tried, "PATH")
+	return "", fmt.Errorf("storepkg: the storepkg CLI, which substitutes closures, is in none of %s (install it beside the shim or set FetchBinary): %w",
+		strings.Join(tried, ", "), errdefs.ErrFailedPrecondition)
+}
+
+// fetchBinaryName is the CLI node install puts beside the shim.
+const fetchBinaryName = "storepkg"
 
 func (c *Config) fetchTimeout() time.Duration {
 	if d, err := time.ParseDuration(c.FetchTimeout); err == nil && d > 0 {

@@ -13,7 +13,8 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/storepkg/storepkg/pkg/fetch"
+	"github.com/storepkg/storepkg/pkg/fetchexec"
+	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
 func anyOf(t *testing.T, v any) *anypb.Any {
@@ -42,8 +43,17 @@ SystemdCgroup = true
 	if cfg.StoreRoot != "/var/lib/storepkg" || len(cfg.Substituters) != 2 || cfg.MaxJobs != 8 {
 		t.Errorf("config: %+v", cfg)
 	}
-	if _, err := cfg.fetchOptions(); err != nil {
-		t.Errorf("fetch options: %v", err)
+	if err := cfg.checkFetch(); err != nil {
+		t.Errorf("fetch settings: %v", err)
+	}
+	// The fetch child gets the node's settings on its command line.
+	p, _ := storepath.Parse("/nix/store/7wfya0ry0kysw5wi5xqx0h1jmmc6ghc3-hello-2.12.1")
+	args := strings.Join(cfg.fetchRequest("storepkg", []storepath.Path{p}, []fetchexec.GCRoot{{Name: "pod-7wfya", Path: p}}).Args(), " ")
+	want := "fetch --json --root /var/lib/storepkg --substituter http://127.0.0.1:5000 --substituter https://cache.nixos.org " +
+		"--trusted-public-key test-1:4mM2NTiDBkPaT+Ya0Ym0/qDpfdY+vpFJX5CiVIOKbck= --max-jobs 8 --timeout 30m0s " +
+		"--gc-root pod-7wfya=" + p.Absolute() + " -- " + p.Absolute()
+	if args != want {
+		t.Errorf("fetch child args:\n got %s\nwant %s", args, want)
 	}
 	// runc gets its own options type, with its keys translated.
 	a, err := cfg.runcOptions()
@@ -70,15 +80,19 @@ SystemdCgroup = true
 
 func TestConfigDefaultsAndErrors(t *testing.T) {
 	cfg, err := parseOptions(nil)
-	if err != nil || cfg.Substituters[0] != fetch.DefaultSubstituter || cfg.TrustedPublicKeys[0] != fetch.DefaultPublicKey || cfg.StoreRoot != "/" {
+	if err != nil || len(cfg.Substituters) != 0 || cfg.StoreRoot != "/" {
 		t.Errorf("defaults: %+v, %v", cfg, err)
+	}
+	// No substituters: the child's own default cache and key apply.
+	if args := strings.Join(cfg.fetchRequest("storepkg", nil, nil).Args(), " "); strings.Contains(args, "--substituter") || strings.Contains(args, "--trusted-public-key") {
+		t.Errorf("default fetch child args: %s", args)
 	}
 	_, err = parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte(`Substituter = "typo"`)}))
 	if err == nil || !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "Substituter") {
 		t.Errorf("unknown key: %v", err)
 	}
 	cfg, _ = parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte(`TrustedPublicKeys = ["nocolon"]`)}))
-	if _, err := cfg.fetchOptions(); err == nil || !strings.Contains(err.Error(), "TrustedPublicKeys") {
+	if err := cfg.checkFetch(); err == nil || !strings.Contains(err.Error(), "TrustedPublicKeys") || !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("bad key: %v", err)
 	}
 }

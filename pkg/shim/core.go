@@ -10,7 +10,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -22,27 +24,32 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/storepkg/storepkg/pkg/fetch"
+	"github.com/storepkg/storepkg/pkg/fetchexec"
 	"github.com/storepkg/storepkg/pkg/mount"
-	"github.com/storepkg/storepkg/pkg/store"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
 // core holds the shim process's storepkg state: one per pod, since
-// containerd runs one shim per sandbox.
+// containerd runs one shim per sandbox. It never opens the store's
+// database nor links the fetcher: closures are substituted by a
+// short-lived `storepkg fetch` child (pkg/fetchexec), so what every pod's
+// shim keeps resident is runc's shim plus the mounts.
 type core struct {
 	mu         sync.Mutex
 	cfg        *Config
-	store      *store.Store
-	fetcher    *fetch.Fetcher
+	fetchBin   string // the storepkg CLI
 	fetches    map[string]*fetchCall
 	containers map[string]*containerState
-	status     *statusReporter // nil: no status records
-	pod        podRef          // the pod this shim serves (status.go)
+	roots      map[string][]string // GC root names by owner (sandbox or container ID)
+	status     *statusReporter     // nil: no status records
+	pod        podRef              // the pod this shim serves (status.go)
+
+	// startChild starts the fetch child where the shim reaps children
+	// itself (task_v3.go); nil: os/exec.
+	startChild func(*exec.Cmd) (wait func() error, err error)
 }
 
 type containerState struct {
-	gcRoots []string
 	pathEnv string // PATH entries of the root paths, for exec
 	rootfs  string // the generated root, removed with the container
 	viewKey string // the shared store view it uses (mount.AcquireView)
@@ -52,41 +59,38 @@ type containerState struct {
 // shim's own context: a create whose caller gives up (kubelet's deadline)
 // stops waiting, the fetch goes on, and the retried create joins it.
 type fetchCall struct {
-	done chan struct{}
-	res  *fetch.Result
-	err  error
+	owner  string // whose GC roots the child made
+	cancel context.CancelFunc
+	done   chan struct{}
+	res    *fetchexec.Result
+	err    error
 }
 
 func newCore() *core {
-	return &core{fetches: map[string]*fetchCall{}, containers: map[string]*containerState{}}
+	return &core{fetches: map[string]*fetchCall{}, containers: map[string]*containerState{}, roots: map[string][]string{}}
 }
 
-// setup opens the store and the fetcher on first use, with the node
-// configuration of the first request that needs them.
+// setup checks the node configuration of the first request that names
+// store paths and finds the fetch child's binary.
 func (c *core) setup(ctx context.Context, cfg *Config) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.fetcher != nil {
+	if c.cfg != nil {
 		return nil
 	}
-	opts, err := cfg.fetchOptions()
+	if err := cfg.checkFetch(); err != nil {
+		return err
+	}
+	bin, err := cfg.fetchBinary()
 	if err != nil {
 		return err
 	}
-	opts.Log = log.G(ctx).WithField("component", "storepkg-fetch")
-	st, err := store.Open(context.WithoutCancel(ctx), cfg.StoreRoot)
-	if err != nil {
-		return fmt.Errorf("storepkg: opening node store at %s: %w", cfg.StoreRoot, err)
-	}
-	f, err := fetch.New(st, opts)
-	if err != nil {
-		st.Close()
-		return fmt.Errorf("storepkg: %v: %w", err, errdefs.ErrInvalidArgument)
-	}
-	c.cfg, c.store, c.fetcher = cfg, st, f
+	c.cfg, c.fetchBin = cfg, bin
 	c.status = newStatusReporter(cfg.StatusDir)
 	return nil
 }
+
+func (c *core) storeDir() string { return filepath.Join(c.cfg.StoreRoot, "nix", "store") }
 
 func fetchKey(paths []storepath.Path) string {
 	s := make([]string, len(paths))
@@ -97,10 +101,23 @@ func fetchKey(paths []storepath.Path) string {
 	return strings.Join(s, " ")
 }
 
+// rootOwner is whose GC roots a fetch for container id makes: the pod's
+// sandbox when known, so a closure stays rooted from the prefetch at
+// runp until the pod is removed, else the container itself.
+func (c *core) rootOwner(id string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pod.sandboxID != "" {
+		return c.pod.sandboxID
+	}
+	return id
+}
+
 // startFetch returns the substitution of paths' closure, starting it
 // unless one is in flight or succeeded. A failed one is retried by the
-// next caller.
-func (c *core) startFetch(ctx context.Context, paths []storepath.Path) *fetchCall {
+// next caller. The child makes a GC root per path, owned by owner,
+// before it downloads anything.
+func (c *core) startFetch(ctx context.Context, owner string, paths []storepath.Path) *fetchCall {
 	key := fetchKey(paths)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -114,15 +131,29 @@ func (c *core) startFetch(ctx context.Context, paths []storepath.Path) *fetchCal
 			return call
 		}
 	}
-	call := &fetchCall{done: make(chan struct{})}
+	roots := make([]fetchexec.GCRoot, len(paths))
+	for i, p := range paths {
+		roots[i] = fetchexec.GCRoot{Name: owner + "-" + p.HashPart(), Path: p}
+		if !slices.Contains(c.roots[owner], roots[i].Name) {
+			c.roots[owner] = append(c.roots[owner], roots[i].Name)
+		}
+	}
+	// The child has its own deadline (FetchTimeout); this one, a little
+	// later, only stops a child that ignores it.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.fetchTimeout()+time.Minute)
+	call := &fetchCall{owner: owner, cancel: cancel, done: make(chan struct{})}
 	c.fetches[key] = call
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.fetchTimeout())
 	status := c.status.newFetchStatus(fctx, c.pod, paths)
+	req := c.cfg.fetchRequest(c.fetchBin, paths, roots)
+	req.Progress = status.progressFunc()
+	req.Start = c.startChild
+	logger := log.G(fctx).WithField("component", "storepkg-fetch")
+	req.Log = func(line string) { logger.Info(line) }
 	go func() {
 		defer cancel()
 		defer close(call.done)
 		start := time.Now()
-		call.res, call.err = c.fetcher.FetchProgress(fctx, paths, status.progressFunc())
+		call.res, call.err = fetchexec.Run(fctx, req)
 		status.finish(call.res, call.err)
 		l := log.G(fctx).WithField("paths", len(paths)).WithField("duration", time.Since(start))
 		if call.err != nil {
@@ -136,7 +167,7 @@ func (c *core) startFetch(ctx context.Context, paths []storepath.Path) *fetchCal
 
 // prefetch starts substituting every closure the pod names, when its
 // sandbox is created, long before kubelet asks for the containers.
-func (c *core) prefetch(ctx context.Context, cfg *Config, pp *podPaths) error {
+func (c *core) prefetch(ctx context.Context, cfg *Config, sandboxID string, pp *podPaths) error {
 	lists := pp.lists()
 	if len(lists) == 0 {
 		return nil
@@ -145,7 +176,7 @@ func (c *core) prefetch(ctx context.Context, cfg *Config, pp *podPaths) error {
 		return err
 	}
 	for _, l := range lists {
-		call := c.startFetch(ctx, l)
+		call := c.startFetch(ctx, c.rootOwner(sandboxID), l)
 		go c.warmView(ctx, call)
 	}
 	return nil
@@ -159,7 +190,7 @@ func (c *core) warmView(ctx context.Context, call *fetchCall) {
 		return
 	}
 	ctx = context.WithoutCancel(ctx)
-	v, err := mount.EnsureView(ctx, c.store.Root(), call.res.Closure)
+	v, err := mount.EnsureView(ctx, c.cfg.StoreRoot, call.res.Closure)
 	if err != nil {
 		if !errors.Is(err, mount.ErrViewUnsupported) {
 			log.G(ctx).WithError(err).Warn("storepkg: building store view after prefetch")
@@ -176,26 +207,15 @@ func (c *core) warmView(ctx context.Context, call *fetchCall) {
 // bundle: the root becomes a generated skeleton with the closure's shared
 // store view mounted read-only at /nix/store (one mount, whatever the
 // closure's size), PATH leads to the root paths' bin directories. The caller
-// then drops the image's rootfs mounts. GC roots are held from before the
-// substitution; on error they are released.
+// then drops the image's rootfs mounts. The closure's GC roots were made
+// by the fetch child before it downloaded anything (usually the pod's
+// prefetch); they go with their owner (containerDeleted).
 func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle string, spec *specs.Spec, paths []storepath.Path) (err error) {
 	if err := c.setup(ctx, cfg); err != nil {
 		return err
 	}
 	state := &containerState{}
-	defer func() {
-		if err != nil {
-			c.releaseRoots(ctx, state.gcRoots)
-		}
-	}()
-	for _, p := range paths {
-		name := id + "-" + p.HashPart()
-		if err := c.store.AddGCRoot(ctx, name, p); err != nil {
-			return err
-		}
-		state.gcRoots = append(state.gcRoots, name)
-	}
-	call := c.startFetch(ctx, paths)
+	call := c.startFetch(ctx, c.rootOwner(id), paths)
 	select {
 	case <-call.done:
 	case <-ctx.Done():
@@ -204,7 +224,7 @@ func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle str
 	if call.err != nil {
 		return fetchError(call.err)
 	}
-	hostStore := c.store.StoreDir()
+	hostStore := c.storeDir()
 	rootfs := filepath.Join(bundle, "rootfs")
 	if spec.Root != nil && spec.Root.Path != "" {
 		rootfs = spec.Root.Path
@@ -243,11 +263,11 @@ func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle str
 // and built by the first; where views cannot be made (the views
 // directory cannot hard-link into the store), one bind per path.
 func (c *core) viewMounts(ctx context.Context, id, bundle string, state *containerState, closure []storepath.Path, specMounts []specs.Mount) ([]specs.Mount, error) {
-	v, err := mount.AcquireView(ctx, c.store.Root(), closure, mount.User{Name: id, Alive: bundle})
+	v, err := mount.AcquireView(ctx, c.cfg.StoreRoot, closure, mount.User{Name: id, Alive: bundle})
 	switch {
 	case errors.Is(err, mount.ErrViewUnsupported):
 		log.G(ctx).WithError(err).Warn("storepkg: no shared store view; mounting each closure path")
-		return mount.Build(state.rootfs, c.store.StoreDir(), closure, specMounts)
+		return mount.Build(state.rootfs, c.storeDir(), closure, specMounts)
 	case err != nil:
 		return nil, err
 	}
@@ -262,13 +282,18 @@ func (c *core) viewMounts(ctx context.Context, id, bundle string, state *contain
 // fetchError gives a substitution failure the errdefs kind CRI reports.
 func fetchError(err error) error {
 	var kind error = errdefs.ErrUnknown
-	switch {
-	case errors.Is(err, fetch.ErrNotFound):
-		kind = errdefs.ErrNotFound
-	case errors.Is(err, fetch.ErrUntrusted), errors.Is(err, fetch.ErrHashMismatch):
-		kind = errdefs.ErrFailedPrecondition
-	case errors.Is(err, context.DeadlineExceeded):
-		kind = errdefs.ErrUnavailable
+	var f *fetchexec.Failure
+	if errors.As(err, &f) {
+		switch f.Kind {
+		case fetchexec.KindNotFound:
+			kind = errdefs.ErrNotFound
+		case fetchexec.KindUntrusted, fetchexec.KindHashMismatch:
+			kind = errdefs.ErrFailedPrecondition
+		case fetchexec.KindTimeout:
+			kind = errdefs.ErrUnavailable
+		case fetchexec.KindInvalidArgument:
+			kind = errdefs.ErrInvalidArgument
+		}
 	}
 	return fmt.Errorf("storepkg: %v: %w", err, kind)
 }
@@ -319,16 +344,33 @@ func (c *core) execEnv(id string, processSpec *anypb.Any) error {
 	return nil
 }
 
-// containerDeleted releases what the container held.
+// containerDeleted releases what the container held, and for the
+// sandbox, the pod's GC roots: its fetches still running are stopped
+// first, so no child makes a root after they are removed.
 func (c *core) containerDeleted(ctx context.Context, id string) {
 	c.mu.Lock()
 	state := c.containers[id]
 	delete(c.containers, id)
+	var owned []*fetchCall
+	for key, call := range c.fetches {
+		if call.owner == id {
+			owned = append(owned, call)
+			delete(c.fetches, key)
+		}
+	}
 	c.mu.Unlock()
 	if state != nil {
-		c.releaseRoots(ctx, state.gcRoots)
 		c.removeView(ctx, id, state)
 	}
+	for _, call := range owned {
+		call.cancel()
+		<-call.done
+	}
+	c.mu.Lock()
+	roots := c.roots[id]
+	delete(c.roots, id)
+	c.mu.Unlock()
+	c.releaseRoots(ctx, roots)
 }
 
 // removeView deletes the skeleton: containerd expects the bundle's rootfs
@@ -338,7 +380,7 @@ func (c *core) containerDeleted(ctx context.Context, id string) {
 // hard links stop holding disk space.
 func (c *core) removeView(ctx context.Context, id string, state *containerState) {
 	if state.viewKey != "" {
-		root := c.store.Root()
+		root := c.cfg.StoreRoot
 		if err := mount.ReleaseView(root, state.viewKey, id); err != nil {
 			log.G(ctx).WithError(err).Warn("storepkg: releasing store view")
 		}
@@ -364,11 +406,38 @@ func (c *core) removeView(ctx context.Context, id string, state *containerState)
 }
 
 func (c *core) releaseRoots(ctx context.Context, names []string) {
+	if len(names) == 0 {
+		return
+	}
+	dir := filepath.Join(c.cfg.StoreRoot, "nix", "var", "nix", "gcroots", "storepkg")
 	for _, n := range names {
-		if err := c.store.RemoveGCRoot(n); err != nil {
+		if err := removeGCRoot(dir, n); err != nil {
 			log.G(ctx).WithError(err).Warn("storepkg: releasing GC root")
 		}
 	}
+}
+
+// removeGCRoot removes the root symlink <dir>/<name> the fetch child made
+// (pkg/store's AddGCRoot); a missing one is fine, anything but a symlink
+// is left alone.
+func removeGCRoot(dir, name string) error {
+	if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
+		return fmt.Errorf("invalid GC root name %q", name)
+	}
+	link := filepath.Join(dir, name)
+	fi, err := os.Lstat(link)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case fi.Mode()&fs.ModeSymlink == 0:
+		return fmt.Errorf("GC root %s is not a symlink; not removing it", link)
+	}
+	if err := os.Remove(link); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 func readSpec(bundle string) (*specs.Spec, error) {

@@ -59,9 +59,10 @@ func setup(t testing.TB) {
 		fixture.cache = filepath.Join(dir, "cache")
 		to := "file://" + fixture.cache + "?compression=zstd&secret-key=" + fixture.key.SecretFile
 		nixtest.Run(t, "nix", "copy", "--store", nixtest.StoreURI(fixture.fx.Store), "--to", to, fixture.fx.Hello, fixture.fx.Tools)
+		// The shim and, beside it, the storepkg CLI it runs to fetch.
 		fixture.shim = filepath.Join(dir, "containerd-shim-storepkg-v1")
-		if out, err := exec.Command("go", "build", "-o", fixture.shim, critest.ShimPackage).CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", critest.ShimPackage, err, out)
+		if out, err := exec.Command("go", "build", "-o", dir+"/", critest.ShimPackage, critest.CLIPackage).CombinedOutput(); err != nil {
+			t.Fatalf("go build %s %s: %v\n%s", critest.ShimPackage, critest.CLIPackage, err, out)
 		}
 		fixture.failed = false
 	})

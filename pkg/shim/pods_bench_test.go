@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"testing"
@@ -93,7 +92,6 @@ func BenchmarkPods(b *testing.B) {
 		res.Images = append(res.Images, img.PodsImage)
 	}
 
-	slim := buildSlimShim(b, tmp)
 	env := critest.Start(b, critest.Options{
 		ShimPath: fixture.shim,
 		StorepkgOptions: map[string]any{
@@ -102,18 +100,6 @@ func BenchmarkPods(b *testing.B) {
 		},
 		RegistryHosts: map[string]string{reg.Host: reg.URL},
 		CrictlTimeout: 5 * time.Minute,
-		// A third runtime for the memory row: runc's shim plus what a
-		// storepkg shim without in-process substitution would link.
-		Config: func(c map[string]any) {
-			runc := critest.RuntimeConfig(c, critest.HandlerRunc)
-			slimRuntime := map[string]any{}
-			for k, v := range runc {
-				slimRuntime[k] = v
-			}
-			slimRuntime["runtime_path"] = slim
-			runtimes := c["plugins"].(map[string]any)["io.containerd.cri.v1.runtime"].(map[string]any)["containerd"].(map[string]any)["runtimes"].(map[string]any)
-			runtimes[handlerSlim] = slimRuntime
-		},
 	})
 
 	hello := fx.Hello + "/bin/hello-dyn"
@@ -355,10 +341,7 @@ func popularityLayers(b *testing.B, bc *benchClosure, closure []string, max int)
 // measureShimMemory runs rounds of five pods side by side: a storepkg
 // pod whose shim fetches the closure into an empty store, a second one
 // with the closure present, a runc pod of the same files from the image,
-// a storepkg pod of a plain image, and that runc pod again under
-// hack/tools/benchshim-slim (runc's shim plus pkg/mount and TOML: what a
-// storepkg shim that left substitution to another process would link);
-// reads each shim's memory 2 s after they all run (early) and again once
+// and a storepkg pod of a plain image; reads each shim's memory 2 s after they all run (early) and again once
 // every shim has passed its first 30 s debug.FreeOSMemory tick (steady:
 // what a long-running pod costs).
 func measureShimMemory(b *testing.B, env *critest.Env, sp, runc podSpec, images []startImage) *benchtest.MemoryResult {
@@ -372,12 +355,10 @@ func measureShimMemory(b *testing.B, env *critest.Env, sp, runc podSpec, images 
 		Mappings: map[string][]benchtest.Mapping{}, Binaries: map[string]int64{}, SettleS: settle.Seconds()}
 	runc.pull = true // a no-op when the warm runs left the image
 	plain := podSpec{label: "storepkg-image", handler: critest.HandlerStorepkg, image: critest.BusyboxImage, command: []string{"sh", "-c", "echo hello from $0; exec sleep 3600"}}
-	slim := runc
-	slim.handler = handlerSlim
 	kinds := []struct {
 		kind string
 		spec podSpec
-	}{{"storepkg-cold", sp}, {"storepkg-warm", sp}, {"runc", runc}, {"storepkg-image", plain}, {"runc+mount", slim}}
+	}{{"storepkg-cold", sp}, {"storepkg-warm", sp}, {"runc", runc}, {"storepkg-image", plain}}
 	for round := 0; round < rounds; round++ {
 		wipeStore(b, env)
 		pods := map[string]string{}
@@ -458,18 +439,3 @@ func measureShimMemory(b *testing.B, env *critest.Env, sp, runc podSpec, images 
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
-
-// handlerSlim is the runtime handler of hack/tools/benchshim-slim.
-const handlerSlim = "runc-plus-mount"
-
-// buildSlimShim builds hack/tools/benchshim-slim into dir, as the test
-// builds the storepkg shim (same go, same CGO_ENABLED).
-func buildSlimShim(b *testing.B, dir string) string {
-	b.Helper()
-	out := filepath.Join(dir, "containerd-shim-benchslim-v2")
-	cmd := exec.Command("go", "build", "-o", out, "github.com/storepkg/storepkg/hack/tools/benchshim-slim")
-	if output, err := cmd.CombinedOutput(); err != nil {
-		b.Fatalf("go build benchshim-slim: %v\n%s", err, output)
-	}
-	return out
-}

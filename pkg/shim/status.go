@@ -15,7 +15,7 @@ import (
 
 	"github.com/containerd/log"
 
-	"github.com/storepkg/storepkg/pkg/fetch"
+	"github.com/storepkg/storepkg/pkg/fetchexec"
 	"github.com/storepkg/storepkg/pkg/fetchstatus"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
@@ -136,15 +136,15 @@ func (r *statusReporter) newFetchStatus(ctx context.Context, pod podRef, paths [
 	return s
 }
 
-// progressFunc returns the callback for fetch.FetchProgress.
-func (s *fetchStatus) progressFunc() func(fetch.Progress) {
+// progressFunc returns the callback for the fetch child's progress.
+func (s *fetchStatus) progressFunc() func(fetchexec.Progress) {
 	if s == nil {
 		return nil
 	}
 	return s.progress
 }
 
-func (s *fetchStatus) progress(p fetch.Progress) {
+func (s *fetchStatus) progress(p fetchexec.Progress) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.rec.Paths.Total, s.rec.Paths.Done, s.rec.Paths.Fetched = p.PathsTotal, p.PathsDone, p.PathsFetched
@@ -175,7 +175,7 @@ func (s *fetchStatus) loop() {
 }
 
 // finish writes the final record.
-func (s *fetchStatus) finish(res *fetch.Result, err error) {
+func (s *fetchStatus) finish(res *fetchexec.Result, err error) {
 	if s == nil {
 		return
 	}
@@ -187,10 +187,10 @@ func (s *fetchStatus) finish(res *fetch.Result, err error) {
 	s.rec.End = now
 	if err != nil {
 		s.rec.State = fetchstatus.Failed
-		f := &fetchstatus.Failure{Message: err.Error(), Kind: fetch.ErrorKind(err)}
-		var pe *fetch.PathError
-		if errors.As(err, &pe) {
-			f.Path, f.Cache = pe.Path.Absolute(), pe.Cache
+		f := &fetchstatus.Failure{Message: err.Error(), Kind: fetchexec.KindOther}
+		var fe *fetchexec.Failure
+		if errors.As(err, &fe) {
+			f.Kind, f.Path, f.Cache = fe.Kind, fe.Path, fe.Cache
 		}
 		s.rec.Error = f
 	} else {

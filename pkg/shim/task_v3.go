@@ -5,12 +5,15 @@ package shim
 
 import (
 	"context"
+	"fmt"
+	"os/exec"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/task"
 	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
 	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/containerd/v2/pkg/shutdown"
+	"github.com/containerd/containerd/v2/pkg/sys/reaper"
 	"github.com/containerd/containerd/v2/plugins"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -40,9 +43,31 @@ func Register() {
 			if err != nil {
 				return nil, err
 			}
-			return &service{TTRPCTaskService: runc, core: newCore()}, nil
+			c := newCore()
+			c.startChild = startReaped
+			return &service{TTRPCTaskService: runc, core: c}, nil
 		},
 	})
+}
+
+// startReaped starts a child of the shim through containerd's reaper,
+// which reaps every child of the shim: os/exec's own wait would find its
+// exit status taken.
+func startReaped(cmd *exec.Cmd) (func() error, error) {
+	ec, err := reaper.Default.Start(cmd)
+	if err != nil {
+		return nil, err
+	}
+	return func() error {
+		status, err := reaper.Default.Wait(cmd, ec)
+		if err != nil {
+			return err
+		}
+		if status != 0 {
+			return fmt.Errorf("exit status %d", status)
+		}
+		return nil
+	}, nil
 }
 
 // service is runc's task service with storepkg's create, exec and delete.
@@ -90,7 +115,7 @@ func (s *service) prepareCreate(ctx context.Context, r *taskAPI.CreateTaskReques
 		// The sandbox runs as it is; a bad annotation is reported by the
 		// create of each container it concerns, by name.
 		if err == nil {
-			err = s.core.prefetch(ctx, cfg, pp)
+			err = s.core.prefetch(ctx, cfg, r.ID, pp)
 		}
 		if err != nil {
 			log.G(ctx).WithError(err).Warn("storepkg: prefetch not started")

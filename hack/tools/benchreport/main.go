@@ -535,17 +535,17 @@ func (r *report) memoryRows() {
 	m := r.pods.Memory
 	var d strings.Builder
 	fmt.Fprintf(&d, "## Row 6: memory of the shim serving a pod\n\n")
-	fmt.Fprintf(&d, "Each round runs five pods side by side: a storepkg pod whose shim fetched the closure of rows 2-3 into an empty store (storepkg-cold), "+
-		"a second storepkg pod on the same closure (storepkg-warm), a runc pod of the same files from the Dockerfile-style image (runc), a storepkg pod "+
-		"of a plain image (storepkg-image: store and fetcher never opened), and the runc pod again under hack/tools/benchshim-slim (runc+mount: "+
-		"containerd's runc shim linked with pkg/mount and the TOML parser, what a storepkg shim would link if substitution and the store's "+
-		"database lived outside the per-pod process). All shims are static builds (CGO_ENABLED=0), as install-deps builds "+
+	fmt.Fprintf(&d, "Each round runs four pods side by side: a storepkg pod whose shim fetched the closure of rows 2-3 into an empty store (storepkg-cold), "+
+		"a second storepkg pod on the same closure (storepkg-warm), a runc pod of the same files from the Dockerfile-style image (runc), and a storepkg pod "+
+		"of a plain image (storepkg-image: no store path, no fetch). The shim substitutes closures in a `storepkg fetch` child that exits once the closure "+
+		"is valid (pkg/fetchexec): the fetcher, the decoders and the store's SQLite are never in the per-pod process; the child's peak RSS is row 1's "+
+		"storepkg fetch figure, held for the seconds of the fetch only. All shims are static builds (CGO_ENABLED=0), as install-deps builds "+
 		"containerd-shim-runc-v2 and the installer image ships storepkg's. The shim of each pod is found as the parent of the sandbox process "+
 		"(PID from `init.pid` in containerd's state dir). Memory from /proc/PID/status and smaps_rollup, %d rounds, medians, read %.0f s after the "+
 		"last pod started (every shim has passed its first 30 s `debug.FreeOSMemory`); early = 2 s after all run.\n\n", len(m.Rounds), m.SettleS)
 	fmt.Fprintf(&d, "| shim | VmRSS | anon (heap, stacks, runtime) | binary and other files | Pss | early VmRSS | vs runc (VmRSS) |\n|---|---:|---:|---:|---:|---:|---:|\n")
 	runc := m.Median["runc"]
-	for _, k := range []string{"runc", "storepkg-warm", "storepkg-cold", "storepkg-image", "runc+mount"} {
+	for _, k := range []string{"runc", "storepkg-warm", "storepkg-cold", "storepkg-image"} {
 		x, ok := m.Median[k]
 		if !ok {
 			continue
@@ -582,33 +582,15 @@ func (r *report) memoryRows() {
 	r.row("6", "shim memory (VmRSS, steady)", fmt.Sprintf("%s (%s); warm %s", mib(worst), worstKind, mib(m.Median["storepkg-warm"].RSS)),
 		fmt.Sprintf("runc shim %s", mib(runc.RSS)), fmt.Sprintf("%.2fx", ratio), "within 20% of the runc shim", met)
 	if !met {
-		w, c, img := m.Median["storepkg-warm"], m.Median["storepkg-cold"], m.Median["storepkg-image"]
+		w, c := m.Median["storepkg-warm"], m.Median["storepkg-cold"]
 		r.note(fmt.Sprintf("Row 6, shim memory: %.2fx the runc shim, target 1.2x", ratio), fmt.Sprintf(
-			"what the storepkg shim holds beyond runc's, by kind: binary pages %s vs %s (the shim links the fetcher, modernc's SQLite, "+
-				"the xz/zstd/brotli decoders and TOML on top of runc's shim: more text and pclntab, and the kernel maps a cached binary's pages "+
-				"around every fault, so resident binary pages grow with the binary even where the code never runs: the storepkg-image pod, "+
-				"which never opens the store, already has %s of them); anon memory %s warm and %s after fetching vs %s for runc "+
-				"(after a fetch, what stays is not live data: a one-off in-process run of the same fetch kept ~1 MiB of live heap after GC and "+
-				"debug.FreeOSMemory, its remaining anon memory being the Go runtime's own structures sized for the fetch's peak heap; closing "+
-				"the store gave back ~0.1 MiB). "+
-				"Not a cheap fix: opening the store and fetcher lazily is already what the shim does (only for pods that name paths), and "+
-				"GOGC/GOMEMLIMIT would not touch the binary pages. What would close it: keep substitution and the store's database out of the "+
-				"per-pod process (the shim asks a node-level storepkg process, or runs `storepkg fetch` as a short-lived child, for the closure "+
-				"and its GC roots, as containerd rather than the runc shim pulls images); the shim then links only runc's shim, pkg/mount and its "+
-				"config parsing.%s",
-			mib(w.RSS-w.RSSAnon), mib(runc.RSS-runc.RSSAnon), mib(img.RSS-img.RSSAnon), mib(w.RSSAnon), mib(c.RSSAnon), mib(runc.RSSAnon), slimNote(m.Median, runc)))
+			"what the storepkg shim holds beyond runc's, by kind: binary and other file pages %s warm, %s cold vs %s for runc; "+
+				"anon memory (heap, stacks, Go runtime) %s warm and %s after fetching vs %s. The shim links runc's shim, pkg/mount, its "+
+				"config parsing and the fetch child's protocol only; look for what else was linked in (`go version -m`, "+
+				"`go list -deps ./cmd/containerd-shim-storepkg-v1`) or what stays on the heap after a fetch.",
+			mib(w.RSS-w.RSSAnon), mib(c.RSS-c.RSSAnon), mib(runc.RSS-runc.RSSAnon), mib(w.RSSAnon), mib(c.RSSAnon), mib(runc.RSSAnon)))
 	}
 	r.details = append(r.details, d.String())
-}
-
-// slimNote reports the measured stand-in for the slim shim, if any.
-func slimNote(median map[string]benchtest.Mem, runc benchtest.Mem) string {
-	x, ok := median["runc+mount"]
-	if !ok {
-		return ""
-	}
-	return fmt.Sprintf(" Measured here: runc's shim with pkg/mount and the TOML parser linked (runc+mount) serves the same pod in %s, %.2fx the runc shim.",
-		mib(x.RSS), float64(x.RSS)/float64(runc.RSS))
 }
 
 func sortedKeys[V any](m map[string]V) []string {
