@@ -49,6 +49,17 @@ type trackedRecord struct {
 	rec        *fetchstatus.Record
 	slowPosted time.Time // last StorepkgFetching event
 	slowMsg    string
+	running    bool // counted in fetches_in_progress by the last poll
+}
+
+// settle takes a record the last poll counted as running out of the
+// gauge before its completion is counted, so no scrape sees a fetch both
+// finished and in progress.
+func (w *statusWatcher) settle(t *trackedRecord) {
+	if t.running {
+		w.a.metrics.fetchesRunning.Dec()
+		t.running = false
+	}
 }
 
 func newStatusWatcher(a *Agent) *statusWatcher {
@@ -107,13 +118,16 @@ func (w *statusWatcher) poll(ctx context.Context, now time.Time) {
 				expired.Error = &fetchstatus.Failure{Kind: fetchstatus.KindAborted,
 					Message: fmt.Sprintf("fetching the closure of %s stopped: %s", describeRoots(rec.Roots), why)}
 				t.rec = &expired
+				w.settle(t)
 				w.complete(id, file, t, now)
 				continue
 			}
 			running++
+			t.running = true
 			w.progressEvent(id, t, now)
 			continue
 		}
+		w.settle(t)
 		w.complete(id, file, t, now)
 	}
 	for id := range w.tracked {

@@ -424,9 +424,21 @@ func TestStatusRecordsAndMetrics(t *testing.T) {
 	if r := running[0]; r.Paths.Done >= len(slowAll) {
 		t.Fatalf("slow fetch already done: %+v", r.Paths)
 	}
-	t.Logf("killing shim %d mid-fetch: %+v %+v", shimPID, running[0].Paths, running[0].Bytes)
+	child := fetchChild(env.StoreRoot)
+	if child == 0 {
+		t.Fatal("no storepkg fetch child during the slow fetch")
+	}
+	t.Logf("killing shim %d mid-fetch (fetch child %d): %+v %+v", shimPID, child, running[0].Paths, running[0].Bytes)
 	if err := syscall.Kill(shimPID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
+	}
+	// The child goes with its shim (parent-death signal): nobody would
+	// wait for its result.
+	for deadline := time.Now().Add(15 * time.Second); processAlive(child); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Errorf("fetch child %d still runs 15 s after its shim was killed", child)
+			break
+		}
 	}
 	m = a.waitMetrics(t, "the aborted fetch", func(m metricstest.Families) bool {
 		return m.Get("storepkg_fetch_failures_total", "reason", "aborted") == 1
@@ -445,6 +457,16 @@ func TestStatusRecordsAndMetrics(t *testing.T) {
 	a.stop(t)
 	env.StopPod(t, okPodID)
 	env.RmPod(t, okPodID)
+}
+
+// processAlive says whether pid runs (a zombie does not).
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	_, rest, _ := strings.Cut(string(b), ") ")
+	return !strings.HasPrefix(rest, "Z") && !strings.HasPrefix(rest, "X")
 }
 
 // recordingSink is client-go's fake clientset behind the agent's
