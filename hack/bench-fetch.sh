@@ -280,7 +280,7 @@ tool_row() {
   local tool="$1" comp="$2"
   local cells=("${comp}" "${LABEL[${tool}]}"
     "$(stat_of "${tool}" "${comp}" best time)" "$(stat_of "${tool}" "${comp}" median time)"
-    "$(stat_of "${tool}" "${comp}" max rss)")
+    "$(cpu_of "${tool}" "${comp}")" "$(stat_of "${tool}" "${comp}" max rss)")
   if [[ "${tool}" == storepkg ]]; then
     local nm sm
     nm=$(stat_of nix "${comp}" median time)
@@ -313,8 +313,8 @@ report() {
     echo "Warning: ${BUSY_RUNS} measurements ran on a busy machine."
   fi
   echo
-  echo "| compression | tool | best s | median s | peak RSS MB | nix/storepkg best | nix/storepkg median | nix -j auto/storepkg median | target (median) |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
+  echo "| compression | tool | best s | median s | CPU s (median) | peak RSS MB | nix/storepkg best | nix/storepkg median | nix -j auto/storepkg median | target (median) |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
   local comp tool
   for comp in ${COMPRESSIONS}; do
     for tool in nix nix_par storepkg; do
@@ -322,8 +322,8 @@ report() {
         tool_row "${tool}" "${comp}"
       fi
     done
-    echo "| ${comp} | decode limit: \`${DECOMPRESS[${comp}]}\` on $(nproc) cores, all NARs | $(cut -d' ' -f1 "${SAMPLES}/limit-${comp}") | | | | | | |"
-    echo "| ${comp} | \`${DECOMPRESS[${comp}]}\`, largest NAR alone | $(cat "${SAMPLES}/largest-${comp}") | | | | | | |"
+    echo "| ${comp} | decode limit: \`${DECOMPRESS[${comp}]}\` on $(nproc) cores, all NARs | $(cut -d' ' -f1 "${SAMPLES}/limit-${comp}") | | $(cut -d' ' -f2 "${SAMPLES}/limit-${comp}") | | | | | |"
+    echo "| ${comp} | \`${DECOMPRESS[${comp}]}\`, largest NAR alone | $(cat "${SAMPLES}/largest-${comp}") | | | | | | | |"
   done
   echo
 }
