@@ -26,6 +26,7 @@ type item struct {
 	path     storepath.Path
 	neededBy storepath.Path
 	ni       *narinfo.NarInfo
+	tmp      string // where it is unpacked (store.PrepareInstall), once queued
 	cache    *Cache
 }
 
@@ -287,19 +288,21 @@ func (r *run) startDownload(it *item) {
 
 // queue checks, under it's lock, whether another process made it valid
 // meanwhile: then the lock is released and the path is done (nil waiter).
-// Else it's NAR joins the queue for a download slot.
+// Else it clears what an earlier attempt may have left, and it's NAR
+// joins the queue for a download slot.
 func (r *run) queue(it *item, lock *store.PathLock) (*waiter, error) {
-	valid, err := r.f.store.ValidSubset(r.ctx, []storepath.Path{it.path})
-	if err != nil {
-		lock.Unlock()
-		return nil, err
-	}
-	if valid[it.path] {
+	tmp, err := r.f.store.PrepareInstall(r.ctx, it.path)
+	if errors.Is(err, store.ErrAlreadyValid) {
 		lock.Unlock()
 		r.events <- event{it: it}
 		r.pathDone(false)
 		return nil, nil
 	}
+	if err != nil {
+		lock.Unlock()
+		return nil, err
+	}
+	it.tmp = tmp
 	size := int64(it.ni.FileSize)
 	if size == 0 {
 		size = int64(it.ni.NarSize)
@@ -339,15 +342,13 @@ func (r *run) download(it *item, lock *store.PathLock, w *waiter) error {
 	return nil
 }
 
-// fetchNar downloads and unpacks it's NAR, retrying transient failures
-// from the start. It returns the temporary directory holding the verified tree.
+// fetchNar downloads and unpacks it's NAR into it.tmp, retrying
+// transient failures from the start. It returns the temporary directory
+// holding the verified tree.
 func (r *run) fetchNar(it *item) (string, error) {
-	tmp, err := r.f.store.PrepareInstall(r.ctx, it.path)
-	if err != nil {
-		return "", err
-	}
+	tmp := it.tmp
 	policy := it.cache.retryPolicy()
-	_, err = retry(r.ctx, policy, func() (struct{}, error) {
+	_, err := retry(r.ctx, policy, func() (struct{}, error) {
 		err := r.fetchNarOnce(it, tmp)
 		if err != nil {
 			if rmErr := store.RemoveTree(tmp); rmErr != nil {
