@@ -87,6 +87,15 @@ retry() {
   return 1
 }
 
+# serves_storepkg NODE: 0 if containerd's CRI on NODE lists the storepkg
+# runtime, 1 if not, 2 if crictl fails. The whole output is read first:
+# a `| grep -q` that closes the pipe early fails the pipeline under pipefail.
+serves_storepkg() {
+  local info
+  info=$(node_exec "$1" crictl info) || return 2
+  grep -q '"storepkg"' <<<"$info"
+}
+
 prepare() {
   step "Installing what the e2e needs"
   "$REPO/hack/install-deps.sh" >/dev/null
@@ -193,7 +202,7 @@ EOF
     before=$(cat "$WORK/$n.pid.before")
     after=$(node_exec "$n" systemctl show containerd -p MainPID --value)
     [[ "$after" != 0 && "$after" != "$before" ]] || fail "$n: containerd was not restarted by systemd (MainPID $before -> $after)"
-    node_exec "$n" crictl info | grep -q '"storepkg"' || fail "$n: containerd's CRI has no storepkg runtime"
+    retry 10 1 serves_storepkg "$n" || fail "$n: containerd's CRI has no storepkg runtime"
     log "$n: containerd restarted through systemd (MainPID $before -> $after), runtime storepkg served"
   done
   kubectl -n storepkg-system logs ds/storepkg-node -c install | sed 's/^/  install: /' >&2
@@ -334,10 +343,12 @@ uninstall_storepkg() {
     >"$WORK/overlays/uninstall/kustomization.yaml"
   kubectl apply -k "$WORK/overlays/uninstall"
   kubectl -n storepkg-system rollout status ds/storepkg-uninstall --timeout=180s || fail "uninstall DaemonSet not ready"
-  local n
+  local n rc
   for n in "${NODES[@]}"; do
     retry 30 1 bash -c "docker exec $n crictl info >/dev/null 2>&1" || fail "$n: containerd does not answer after uninstall"
-    node_exec "$n" crictl info | grep -q '"storepkg"' && fail "$n: containerd still serves the storepkg runtime"
+    rc=0
+    serves_storepkg "$n" || rc=$?
+    [[ $rc == 1 ]] || fail "$n: containerd still serves the storepkg runtime (or crictl info failed: status $rc)"
     node_exec "$n" cat /etc/containerd/config.toml | cmp -s - "$WORK/$n.config.before" ||
       fail "$n: /etc/containerd/config.toml differs from before install"
     node_exec "$n" test -e /opt/storepkg && fail "$n: /opt/storepkg left"
