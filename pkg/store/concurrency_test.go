@@ -146,9 +146,14 @@ func TestConcurrentWithNixGC(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			defer writers.Done()
-			// Until the collector has run a few times over our writes.
+			// Until the collector has run a few times over our writes,
+			// or for 20 s: on a loaded machine Nix, retrying after
+			// SQLITE_BUSY, may finish few collections while we write;
+			// once we stop it finishes (the test then needs one run
+			// that deleted something).
 			var took time.Duration
-			for i := 0; gcRuns.Load() < 3; i++ {
+			begin := time.Now()
+			for i := 0; gcRuns.Load() < 3 && time.Since(begin) < 20*time.Second; i++ {
 				// Pause between batches, as an installer does, for long
 				// enough that we hold the write lock a minority of the
 				// time (slow under -race). Nix 2.8 begins its
