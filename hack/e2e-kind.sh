@@ -324,6 +324,8 @@ check_clean_nodes() {
       fail "$n: store mounts left: $(node_exec "$n" grep ' /nix/store/' /proc/1/mountinfo | head -3)"
     retry 30 1 bash -c "[ -z \"\$(docker exec $n ls -A /nix/var/nix/gcroots/storepkg 2>/dev/null)\" ]" ||
       fail "$n: GC roots left: $(node_exec "$n" ls /nix/var/nix/gcroots/storepkg)"
+    retry 10 1 bash -c "[ -z \"\$(docker exec $n ls -A /nix/var/storepkg/owners 2>/dev/null)\" ]" ||
+      fail "$n: GC root owner records left: $(node_exec "$n" ls /nix/var/storepkg/owners)"
     # Real Nix checks the node's store: every path valid and intact.
     rm -rf "$WORK/nodestore"
     mkdir -p "$WORK/nodestore"

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/storepkg/storepkg/pkg/gcowner"
 	"github.com/storepkg/storepkg/pkg/mount"
 	"github.com/storepkg/storepkg/pkg/store"
 )
@@ -59,6 +60,19 @@ days: 7d, 1d12h).`,
 				return err
 			}
 			defer st.Close()
+			// Roots of shims that are gone (killed, or from before a
+			// reboot) would pin their pods' closures for good.
+			swept, err := gcowner.Sweep(root, dryRun)
+			if err != nil {
+				return err
+			}
+			if len(swept.Owners) > 0 {
+				verb := "removed"
+				if dryRun {
+					verb = "would remove (the list below still counts them as roots)"
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s %d GC roots of %d shims that are gone\n", verb, len(swept.Roots), len(swept.Owners))
+			}
 			// Containers' store views hard-link store files: remove the
 			// unused ones first, so that the paths the collector deletes
 			// free their space.

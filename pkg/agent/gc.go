@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/storepkg/storepkg/pkg/gcowner"
+
 	"context"
 	"fmt"
 	"math"
@@ -76,6 +78,19 @@ func (a *Agent) gcLoop(ctx context.Context) {
 	}
 }
 
+// sweepRoots removes the GC roots of shims that are gone (killed, or
+// from before a reboot): they would pin their pods' closures for good.
+func (a *Agent) sweepRoots() {
+	res, err := gcowner.Sweep(a.cfg.StoreRoot, false)
+	if err != nil {
+		a.log.WithError(err).Warn("sweeping the GC roots of gone shims")
+		return
+	}
+	if len(res.Owners) > 0 {
+		a.log.WithField("owners", res.Owners).WithField("roots", len(res.Roots)).Info("removed the GC roots of shims that are gone")
+	}
+}
+
 // checkUsage measures the store's filesystem and collects garbage if it
 // is over the high threshold.
 func (a *Agent) checkUsage(ctx context.Context) GCRun {
@@ -94,6 +109,7 @@ func (a *Agent) checkUsage(ctx context.Context) GCRun {
 		return run
 	}
 	a.setFilesystemGauges(run.Size, run.Available)
+	a.sweepRoots()
 	run.UsagePercent, run.MaxFreed = bytesToFree(run.Size, run.Available, a.cfg.HighPercent, a.cfg.LowPercent)
 	if run.UsagePercent < a.cfg.HighPercent || run.MaxFreed == 0 {
 		a.log.WithField("usagePercent", round2(run.UsagePercent)).Debug("store filesystem below the high threshold")

@@ -33,6 +33,7 @@ import (
 	"github.com/storepkg/storepkg/internal/tmpfstest"
 	"github.com/storepkg/storepkg/pkg/agent"
 	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/gcowner"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/store"
 	"github.com/storepkg/storepkg/pkg/storepath"
@@ -451,6 +452,28 @@ func TestStatusRecordsAndMetrics(t *testing.T) {
 	}
 	if left := readRecords(t, statusDir); len(left) != 0 {
 		t.Errorf("records left after the shim died: %+v", left)
+	}
+	// The dead shim's GC roots stay until a collector sweeps them (the
+	// agent does so every interval; here storepkg gc): the running pod's
+	// roots are kept.
+	rootsDir := gcowner.RootsDir(env.StoreRoot)
+	deadRoot := filepath.Join(rootsDir, gcowner.RootName(slowPodID, slowRoot))
+	helloPath, err := storepath.Parse(fx.Hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	liveRoot := filepath.Join(rootsDir, gcowner.RootName(okPodID, helloPath))
+	if _, err := os.Lstat(deadRoot); err != nil {
+		t.Errorf("the killed shim's root: %v", err)
+	}
+	if out, err := exec.Command(storepkgCLI(t), "gc", "--root", env.StoreRoot).CombinedOutput(); err != nil || !strings.Contains(string(out), "removed 1 GC roots of 1 shims that are gone") {
+		t.Errorf("storepkg gc: %v\n%s", err, out)
+	}
+	if _, err := os.Lstat(deadRoot); !os.IsNotExist(err) {
+		t.Errorf("the killed shim's root survived storepkg gc: %v", err)
+	}
+	if _, err := os.Lstat(liveRoot); err != nil {
+		t.Errorf("the running pod's root: %v", err)
 	}
 	env.CrictlErr("stopp", slowPodID)
 	env.CrictlErr("rmp", slowPodID)

@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +24,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/storepkg/storepkg/pkg/fetchexec"
+	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/gcowner"
 	"github.com/storepkg/storepkg/pkg/mount"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
@@ -131,9 +132,16 @@ func (c *core) startFetch(ctx context.Context, owner string, paths []storepath.P
 			return call
 		}
 	}
+	if _, ok := c.roots[owner]; !ok {
+		// Name this shim as the roots' holder first: if it dies without
+		// removing them, collectors drop them (pkg/gcowner).
+		if err := gcowner.Write(c.cfg.StoreRoot, owner, fetchstatus.Self()); err != nil {
+			log.G(ctx).WithError(err).Warn("storepkg: recording the GC roots' owner")
+		}
+	}
 	roots := make([]fetchexec.GCRoot, len(paths))
 	for i, p := range paths {
-		roots[i] = fetchexec.GCRoot{Name: owner + "-" + p.HashPart(), Path: p}
+		roots[i] = fetchexec.GCRoot{Name: gcowner.RootName(owner, p), Path: p}
 		if !slices.Contains(c.roots[owner], roots[i].Name) {
 			c.roots[owner] = append(c.roots[owner], roots[i].Name)
 		}
@@ -367,10 +375,15 @@ func (c *core) containerDeleted(ctx context.Context, id string) {
 		<-call.done
 	}
 	c.mu.Lock()
-	roots := c.roots[id]
+	roots, holder := c.roots[id]
 	delete(c.roots, id)
 	c.mu.Unlock()
 	c.releaseRoots(ctx, roots)
+	if holder {
+		if err := gcowner.Remove(c.cfg.StoreRoot, id); err != nil {
+			log.G(ctx).WithError(err).Warn("storepkg: removing the GC roots' owner record")
+		}
+	}
 }
 
 // removeView deletes the skeleton: containerd expects the bundle's rootfs
@@ -409,35 +422,11 @@ func (c *core) releaseRoots(ctx context.Context, names []string) {
 	if len(names) == 0 {
 		return
 	}
-	dir := filepath.Join(c.cfg.StoreRoot, "nix", "var", "nix", "gcroots", "storepkg")
 	for _, n := range names {
-		if err := removeGCRoot(dir, n); err != nil {
+		if err := gcowner.RemoveRoot(c.cfg.StoreRoot, n); err != nil {
 			log.G(ctx).WithError(err).Warn("storepkg: releasing GC root")
 		}
 	}
-}
-
-// removeGCRoot removes the root symlink <dir>/<name> the fetch child made
-// (pkg/store's AddGCRoot); a missing one is fine, anything but a symlink
-// is left alone.
-func removeGCRoot(dir, name string) error {
-	if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
-		return fmt.Errorf("invalid GC root name %q", name)
-	}
-	link := filepath.Join(dir, name)
-	fi, err := os.Lstat(link)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil
-	case err != nil:
-		return err
-	case fi.Mode()&fs.ModeSymlink == 0:
-		return fmt.Errorf("GC root %s is not a symlink; not removing it", link)
-	}
-	if err := os.Remove(link); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	return nil
 }
 
 func readSpec(bundle string) (*specs.Spec, error) {

@@ -193,6 +193,9 @@ func TestContainerLifecycle(t *testing.T) {
 	if entries, _ := os.ReadDir(roots); len(entries) != 0 {
 		t.Errorf("GC roots left after rm: %v", entries)
 	}
+	if entries, _ := os.ReadDir(filepath.Join(env.StoreRoot, "nix/var/storepkg/owners")); len(entries) != 0 {
+		t.Errorf("GC root owner records left after rm: %v", entries)
+	}
 	out, err := nixtest.Cmd("nix-store", append([]string{"--store", nixtest.StoreURI(env.StoreRoot), "--check-validity"}, fx.Closure...)...).CombinedOutput()
 	if err != nil {
 		t.Errorf("store paths no longer valid after rm: %v\n%s", err, out)
@@ -410,6 +413,9 @@ func TestPodRemovedDuringFetch(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(roots); len(entries) != 0 {
 		t.Errorf("GC roots left: %v", entries)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(env.StoreRoot, "nix/var/storepkg/owners")); len(entries) != 0 {
+		t.Errorf("GC root owner records left: %v", entries)
 	}
 	for _, e := range nixtest.StoreEntries(t, env.StoreRoot) {
 		if strings.HasPrefix(e, ".") || strings.HasSuffix(e, ".lock") {
