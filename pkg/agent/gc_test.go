@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -14,6 +15,8 @@ import (
 	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/internal/tmpfstest"
 	"github.com/storepkg/storepkg/pkg/fetch"
+	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/gcowner"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/store"
 	"github.com/storepkg/storepkg/pkg/storepath"
@@ -275,4 +278,43 @@ func TestGCUnderDiskPressure(t *testing.T) {
 		t.Errorf("store_filesystem_usage_ratio %v after collecting", got)
 	}
 	nixtest.Verify(t, root)
+}
+
+// TestSweepsRootsOfGoneShims: the agent's loop removes the GC roots of a
+// shim that no longer runs (its owner record names a reaped process) and
+// keeps those of a running one, below the GC threshold too.
+func TestSweepsRootsOfGoneShims(t *testing.T) {
+	root := t.TempDir()
+	st, err := store.Open(context.Background(), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	p := storepath.Path("7wfya0ry0kysw5wi5xqx0h1jmmc6ghc3-hello-2.12.1")
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	self := fetchstatus.Self()
+	for owner, w := range map[string]fetchstatus.Writer{
+		"running-sandbox": self,
+		"killed-sandbox":  {PID: gone.Process.Pid, PIDNamespace: self.PIDNamespace},
+	} {
+		if err := gcowner.Write(root, owner, w); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(gcowner.RootsDir(root), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(p.Absolute(), filepath.Join(gcowner.RootsDir(root), gcowner.RootName(owner, p))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runAgent(t, root, Config{HighPercent: 100, LowPercent: 99}, 1)
+	if _, err := os.Lstat(filepath.Join(gcowner.RootsDir(root), gcowner.RootName("killed-sandbox", p))); !os.IsNotExist(err) {
+		t.Errorf("the gone shim's root is still there: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(gcowner.RootsDir(root), gcowner.RootName("running-sandbox", p))); err != nil {
+		t.Errorf("the running shim's root: %v", err)
+	}
 }
