@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 
-	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/manager"
 	containerdshim "github.com/containerd/containerd/v2/pkg/shim"
 
 	"github.com/storepkg/storepkg/pkg/shim"
@@ -14,5 +13,5 @@ import (
 
 func main() {
 	shim.Register()
-	containerdshim.RunShim(context.Background(), manager.NewShimManager("io.containerd.storepkg.v1"))
+	containerdshim.RunShim(context.Background(), shim.NewManager("io.containerd.storepkg.v1"))
 }

@@ -1,7 +1,7 @@
 package shim
 
 // The containerd-version-specific part: containerd 2.x speaks the task
-// API v3 to shims. Support for 1.7 (task API v2) belongs here too.
+// API v3 to shims; containerd 1.7's task API v2 is in task_v2.go.
 
 import (
 	"context"
@@ -78,6 +78,7 @@ type service struct {
 
 func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 	taskAPI.RegisterTTRPCTaskService(server, s)
+	registerV2(server, s)
 	return nil
 }
 
