@@ -42,6 +42,7 @@ func (e *Env) cleanup(t testing.TB) {
 	} else if len(leftover) > 0 {
 		t.Logf("critest: killed leftover processes: %s", strings.Join(leftover, "; "))
 	}
+	note("remove shim sockets", e.removeShimSockets17())
 	note("remove cgroups", e.removeCgroups())
 	note("unmount", e.unmountAll())
 	note("release network", e.netLock.release())
@@ -74,6 +75,7 @@ func (e *Env) removePods() error {
 	}
 	var errs []error
 	for _, id := range strings.Fields(out) {
+		e.notePod(id)
 		if _, err := e.CrictlErr("stopp", id); err != nil {
 			errs = append(errs, err)
 		}

@@ -15,26 +15,11 @@ import (
 // containerd 2.3 migrates on load). Everything containerd would otherwise
 // keep in a machine-wide place points into the Env's directory.
 func (e *Env) containerdConfig(opts Options) (map[string]any, error) {
-	storepkgOptions, err := e.storepkgOptions(opts)
+	storepkg, err := e.storepkgRuntime(opts)
 	if err != nil {
 		return nil, err
 	}
-	level := "info"
-	if opts.Debug || os.Getenv("STOREPKG_CRITEST_DEBUG") == "1" {
-		level = "debug"
-	}
-	storepkg := map[string]any{
-		"runtime_type":    StorepkgRuntimeType,
-		"pod_annotations": []string{"storepkg.dev/*"},
-		"sandboxer":       "podsandbox",
-	}
-	if opts.ShimPath != "" {
-		if !filepath.IsAbs(opts.ShimPath) {
-			return nil, fmt.Errorf("ShimPath %q is not absolute", opts.ShimPath)
-		}
-		storepkg["runtime_path"] = opts.ShimPath
-	}
-	storepkg["options"] = storepkgOptions
+	level := e.logLevel(opts)
 	shimEnv := opts.ShimEnv
 	if shimEnv == nil {
 		shimEnv = []string{}
@@ -127,6 +112,38 @@ func (e *Env) containerdConfig(opts Options) (map[string]any, error) {
 		opts.Config(cfg)
 	}
 	return cfg, nil
+}
+
+// logLevel is containerd's log level: debug when asked for.
+func (e *Env) logLevel(opts Options) string {
+	if opts.Debug || os.Getenv("STOREPKG_CRITEST_DEBUG") == "1" {
+		return "debug"
+	}
+	return "info"
+}
+
+// storepkgRuntime returns the storepkg runtime's table, the same in both
+// configuration versions (sandboxer is ignored by containerd 1.7).
+func (e *Env) storepkgRuntime(opts Options) (map[string]any, error) {
+	storepkgOptions, err := e.storepkgOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	storepkg := map[string]any{
+		"runtime_type":    StorepkgRuntimeType,
+		"pod_annotations": []string{"storepkg.dev/*"},
+	}
+	if opts.Containerd != Containerd17Version {
+		storepkg["sandboxer"] = "podsandbox"
+	}
+	if opts.ShimPath != "" {
+		if !filepath.IsAbs(opts.ShimPath) {
+			return nil, fmt.Errorf("ShimPath %q is not absolute", opts.ShimPath)
+		}
+		storepkg["runtime_path"] = opts.ShimPath
+	}
+	storepkg["options"] = storepkgOptions
+	return storepkg, nil
 }
 
 // writeRegistryHosts writes Dir/certs.d/<host>/hosts.toml for each host:
@@ -254,12 +271,16 @@ func criReady(info string) bool {
 }
 
 // RuntimeConfig returns the table of a runtime handler in a containerd
-// configuration, for Options.Config to change, e.g.
+// configuration (version 3, or version 2 for containerd 1.7), for
+// Options.Config to change, e.g.
 //
 //	Config: func(c map[string]any) { delete(critest.RuntimeConfig(c, critest.HandlerStorepkg), "options") }
 func RuntimeConfig(config map[string]any, handler string) map[string]any {
 	plugins, _ := config["plugins"].(map[string]any)
 	runtime, _ := plugins["io.containerd.cri.v1.runtime"].(map[string]any)
+	if runtime == nil {
+		runtime, _ = plugins["io.containerd.grpc.v1.cri"].(map[string]any)
+	}
 	containerd, _ := runtime["containerd"].(map[string]any)
 	runtimes, _ := containerd["runtimes"].(map[string]any)
 	table, _ := runtimes[handler].(map[string]any)

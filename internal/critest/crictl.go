@@ -87,7 +87,11 @@ func (e *Env) RunPodSandboxErr(handler string, pod any) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return e.crictlID("runp", "--runtime", handler, podFile)
+	id, err := e.crictlID("runp", "--runtime", handler, podFile)
+	if id != "" {
+		e.notePod(id)
+	}
+	return id, err
 }
 
 // CreateContainer creates a container in a pod from a ContainerConfig

@@ -37,6 +37,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -67,6 +68,14 @@ const Namespace = "k8s.io"
 
 // Options configure an Env.
 type Options struct {
+	// Containerd selects the containerd to run: "" or ContainerdVersion
+	// (configuration version 3), or Containerd17Version (configuration
+	// version 2, plugin io.containerd.grpc.v1.cri). Under containerd 1.7
+	// only the storepkg handler is configured, and it is also the default
+	// runtime: the runc shim built beside containerd 2 answers `start` in
+	// a form 1.7 refuses. ShimEnv is not supported there (1.7 has no
+	// setting for it).
+	Containerd string
 	// ShimPath is the absolute path of containerd-shim-storepkg-v1, set as the
 	// storepkg runtime's runtime_path. Empty: containerd finds the shim on
 	// its PATH (see ExtraPath).
@@ -94,7 +103,8 @@ type Options struct {
 	// CrictlTimeout bounds each crictl request; default 60s.
 	CrictlTimeout time.Duration
 	// Config, if set, may change the containerd configuration before it is
-	// written (keys as in containerd's config version 3).
+	// written (keys as in containerd's config version 3; version 2 under
+	// containerd 1.7).
 	Config func(config map[string]any)
 	// RegistryHosts maps registry hosts of image references ("127.0.0.1:5000")
 	// to the URL CRI pulls them from over plain HTTP ("http://127.0.0.1:5000"):
@@ -139,6 +149,10 @@ type Env struct {
 	cmd           *exec.Cmd
 	exited        chan struct{}
 	netLock       *netLock
+	containerd17  bool
+
+	mu     sync.Mutex
+	podIDs map[string]bool // every pod run through RunPodSandbox
 }
 
 // Network is the private CNI bridge network of an Env.
@@ -159,6 +173,20 @@ func Require(t testing.TB) {
 			t.Fatalf("critest: %v", err)
 		}
 		t.Skipf("critest: %v", err)
+	}
+}
+
+// Require17 is Require for an Env with Options.Containerd
+// Containerd17Version: it also needs containerd 1.7 built by
+// hack/install-deps.sh (the test skips without it only outside CI).
+func Require17(t testing.TB) {
+	t.Helper()
+	Require(t)
+	if !isExecutable(containerd17Bin()) {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("critest: containerd %s not built at %s", Containerd17Version, containerd17Bin())
+		}
+		t.Skipf("critest: containerd %s not built at %s (hack/install-deps.sh builds it)", Containerd17Version, containerd17Bin())
 	}
 }
 
@@ -184,7 +212,11 @@ func check() error {
 // t.Cleanup; a failure shows containerd's log.
 func Start(t testing.TB, opts Options) *Env {
 	t.Helper()
-	Require(t)
+	if opts.Containerd == Containerd17Version {
+		Require17(t)
+	} else {
+		Require(t)
+	}
 	started := time.Now()
 	sweepStale(t)
 	e, err := newEnv(opts)
@@ -209,6 +241,16 @@ func newEnv(opts Options) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
+	switch opts.Containerd {
+	case "", ContainerdVersion:
+	case Containerd17Version:
+		tl.containerd = containerd17Bin()
+		if len(opts.ShimEnv) > 0 {
+			return nil, fmt.Errorf("ShimEnv is not supported with containerd %s", opts.Containerd)
+		}
+	default:
+		return nil, fmt.Errorf("Containerd %q: want %s or %s", opts.Containerd, ContainerdVersion, Containerd17Version)
+	}
 	dir, err := os.MkdirTemp(shortTempDir(), "critest-")
 	if err != nil {
 		return nil, err
@@ -230,6 +272,7 @@ func newEnv(opts Options) (*Env, error) {
 		tools:         tl,
 		crictlConfig:  filepath.Join(dir, "crictl.yaml"),
 		crictlTimeout: opts.CrictlTimeout,
+		containerd17:  opts.Containerd == Containerd17Version,
 	}
 	if err := e.writeOwner(); err != nil {
 		return e, err
@@ -293,7 +336,12 @@ func (e *Env) start(opts Options) error {
 	if err := e.writeCNIConfig(); err != nil {
 		return err
 	}
-	cfg, err := e.containerdConfig(opts)
+	var cfg map[string]any
+	if opts.Containerd == Containerd17Version {
+		cfg, err = e.containerd17Config(opts)
+	} else {
+		cfg, err = e.containerdConfig(opts)
+	}
 	if err != nil {
 		return err
 	}

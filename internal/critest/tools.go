@@ -11,7 +11,16 @@ import (
 const (
 	ContainerdVersion = "v2.3.4"
 	CrictlVersion     = "v1.34.0"
+	// Containerd17Version is the containerd 1.7 that Options.Containerd
+	// may select (hack/install-deps.sh builds only its daemon: ctr and
+	// crictl are the ones above).
+	Containerd17Version = "v1.7.35"
 )
+
+// containerd17Bin is where hack/install-deps.sh puts containerd 1.7.
+func containerd17Bin() string {
+	return filepath.Join(toolsDir(), "containerd-"+Containerd17Version, "containerd")
+}
 
 // CNIBinDirs are searched, in order, for the CNI plugins (Debian's
 // containernetworking-plugins installs them in /usr/lib/cni).
