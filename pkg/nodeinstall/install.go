@@ -74,10 +74,6 @@ func (in *Installer) Install(ctx context.Context) error {
 	if err := in.waitReady(ctx, plan.Detection); err != nil {
 		return err
 	}
-	if d := plan.Detection; d.ContainerdMajor == 1 {
-		in.printf("%s\n", shimProtocolNote(d.ContainerdVersion))
-		return nil
-	}
 	if in.Label != nil {
 		if err := in.Label(ctx, true); err != nil {
 			return fmt.Errorf("label %s=true: %w", ReadyLabel, err)
@@ -85,15 +81,6 @@ func (in *Installer) Install(ctx context.Context) error {
 		in.printf("labelled the node %s=true\n", ReadyLabel)
 	}
 	return nil
-}
-
-// shimProtocolNote says why a containerd 1.x node is configured but not
-// labelled ready.
-func shimProtocolNote(version string) string {
-	return fmt.Sprintf("containerd %s starts shims with the 1.x protocol (JSON bootstrap, task API v2); "+
-		"containerd-shim-storepkg-v1 is built on containerd 2's shim framework (protobuf bootstrap, task API v3) "+
-		"and does not start under containerd 1.x yet. The runtime is configured, but the node is not labelled %s=true, "+
-		"so no storepkg pod is scheduled here; upgrade containerd to 2.x and run install again", version, ReadyLabel)
 }
 
 // Uninstall takes storepkg off the node: the label first (so no new pods
