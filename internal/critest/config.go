@@ -11,6 +11,34 @@ import (
 	"github.com/pelletier/go-toml/v2"
 )
 
+// baseConfig is the top of every containerd config of an Env, before its
+// plugins: its own directories and sockets, no machine-wide imports, and
+// plugins the tests never use off (fewer plugins, fewer warnings).
+func (e *Env) baseConfig(version int, level string, moreDisabled ...string) map[string]any {
+	disabled := append([]string{
+		"io.containerd.snapshotter.v1.btrfs",
+		"io.containerd.snapshotter.v1.zfs",
+		"io.containerd.snapshotter.v1.devmapper",
+		"io.containerd.snapshotter.v1.aufs",
+		"io.containerd.snapshotter.v1.blockfile",
+		"io.containerd.tracing.processor.v1.otlp",
+		"io.containerd.internal.v1.tracing",
+	}, moreDisabled...)
+	return map[string]any{
+		"version": version,
+		"root":    e.Root,
+		"state":   e.StateDir,
+		"temp":    filepath.Join(e.Dir, "tmp"),
+		// No /etc/containerd/conf.d/*.toml of the machine.
+		"imports":          []string{},
+		"disabled_plugins": disabled,
+		"oom_score":        0,
+		"grpc":             map[string]any{"address": e.Socket},
+		"ttrpc":            map[string]any{"address": e.TTRPCSocket},
+		"debug":            map[string]any{"level": level},
+	}
+}
+
 // containerdConfig returns containerd's configuration (version 3, which
 // containerd 2.3 migrates on load). Everything containerd would otherwise
 // keep in a machine-wide place points into the Env's directory.
@@ -25,78 +53,56 @@ func (e *Env) containerdConfig(opts Options) (map[string]any, error) {
 		shimEnv = []string{}
 	}
 
-	cfg := map[string]any{
-		"version": 3,
-		"root":    e.Root,
-		"state":   e.StateDir,
-		"temp":    filepath.Join(e.Dir, "tmp"),
-		// No /etc/containerd/conf.d/*.toml of the machine.
-		"imports": []string{},
-		// Snapshotters the tests never use: fewer plugins, fewer warnings.
-		"disabled_plugins": []string{
-			"io.containerd.snapshotter.v1.btrfs",
-			"io.containerd.snapshotter.v1.zfs",
-			"io.containerd.snapshotter.v1.devmapper",
-			"io.containerd.snapshotter.v1.aufs",
-			"io.containerd.snapshotter.v1.blockfile",
-			"io.containerd.snapshotter.v1.erofs",
-			"io.containerd.tracing.processor.v1.otlp",
-			"io.containerd.internal.v1.tracing",
+	cfg := e.baseConfig(3, level, "io.containerd.snapshotter.v1.erofs")
+	cfg["plugins"] = map[string]any{
+		// containerd's own scratch dir, else /opt/containerd.
+		"io.containerd.internal.v1.opt": map[string]any{"path": filepath.Join(e.Dir, "opt")},
+		"io.containerd.image-verifier.v1.bindir": map[string]any{
+			"bin_dir": filepath.Join(e.Dir, "image-verifier"),
 		},
-		"oom_score": 0,
-		"grpc":      map[string]any{"address": e.Socket},
-		"ttrpc":     map[string]any{"address": e.TTRPCSocket},
-		"debug":     map[string]any{"level": level},
-		"plugins": map[string]any{
-			// containerd's own scratch dir, else /opt/containerd.
-			"io.containerd.internal.v1.opt": map[string]any{"path": filepath.Join(e.Dir, "opt")},
-			"io.containerd.image-verifier.v1.bindir": map[string]any{
-				"bin_dir": filepath.Join(e.Dir, "image-verifier"),
-			},
-			"io.containerd.nri.v1.nri": map[string]any{"disable": true},
-			// Else every containerd of the machine shares /run/containerd/s.
-			"io.containerd.shim.v1.manager": map[string]any{
-				"socket_dir": e.ShimSocketDir,
-				"env":        shimEnv,
-			},
-			"io.containerd.grpc.v1.cri": map[string]any{
-				"disable_tcp_service":   true,
-				"stream_server_address": "127.0.0.1",
-				"stream_server_port":    "0",
-			},
-			"io.containerd.cri.v1.images": map[string]any{
-				"snapshotter":   "overlayfs",
-				"pinned_images": map[string]any{"sandbox": PauseImage},
-				"registry":      map[string]any{"config_path": ""},
-			},
-			"io.containerd.cri.v1.runtime": map[string]any{
-				// No CAP_SYS_RESOURCE here: CRI's -998 for the sandbox would
-				// make runc fail ("can't get final child's PID from pipe").
-				"restrict_oom_score_adj":       true,
-				"netns_mounts_under_state_dir": true,
-				// No CDI specs of the machine (/etc/cdi, /var/run/cdi).
-				"cdi_spec_dirs": []string{},
-				"containerd": map[string]any{
-					"default_runtime_name": HandlerRunc,
-					"runtimes": map[string]any{
-						HandlerRunc: map[string]any{
-							"runtime_type": "io.containerd.runc.v2",
-							"runtime_path": e.tools.shimRunc,
-							"sandboxer":    "podsandbox",
-							"options": map[string]any{
-								"BinaryName":    e.tools.runc,
-								"Root":          e.RuncRoot,
-								"SystemdCgroup": false,
-							},
+		"io.containerd.nri.v1.nri": map[string]any{"disable": true},
+		// Else every containerd of the machine shares /run/containerd/s.
+		"io.containerd.shim.v1.manager": map[string]any{
+			"socket_dir": e.ShimSocketDir,
+			"env":        shimEnv,
+		},
+		"io.containerd.grpc.v1.cri": map[string]any{
+			"disable_tcp_service":   true,
+			"stream_server_address": "127.0.0.1",
+			"stream_server_port":    "0",
+		},
+		"io.containerd.cri.v1.images": map[string]any{
+			"snapshotter":   "overlayfs",
+			"pinned_images": map[string]any{"sandbox": PauseImage},
+			"registry":      map[string]any{"config_path": ""},
+		},
+		"io.containerd.cri.v1.runtime": map[string]any{
+			// No CAP_SYS_RESOURCE here: CRI's -998 for the sandbox would
+			// make runc fail ("can't get final child's PID from pipe").
+			"restrict_oom_score_adj":       true,
+			"netns_mounts_under_state_dir": true,
+			// No CDI specs of the machine (/etc/cdi, /var/run/cdi).
+			"cdi_spec_dirs": []string{},
+			"containerd": map[string]any{
+				"default_runtime_name": HandlerRunc,
+				"runtimes": map[string]any{
+					HandlerRunc: map[string]any{
+						"runtime_type": "io.containerd.runc.v2",
+						"runtime_path": e.tools.shimRunc,
+						"sandboxer":    "podsandbox",
+						"options": map[string]any{
+							"BinaryName":    e.tools.runc,
+							"Root":          e.RuncRoot,
+							"SystemdCgroup": false,
 						},
-						HandlerStorepkg: storepkg,
 					},
+					HandlerStorepkg: storepkg,
 				},
-				"cni": map[string]any{
-					"bin_dirs":     []string{e.tools.cniBinDir},
-					"conf_dir":     e.cniConfDir(),
-					"max_conf_num": 1,
-				},
+			},
+			"cni": map[string]any{
+				"bin_dirs":     []string{e.tools.cniBinDir},
+				"conf_dir":     e.cniConfDir(),
+				"max_conf_num": 1,
 			},
 		},
 	}

@@ -27,53 +27,34 @@ func (e *Env) containerd17Config(opts Options) (map[string]any, error) {
 		}
 		registry["config_path"] = dir
 	}
-	cfg := map[string]any{
-		"version": 2,
-		"root":    e.Root,
-		"state":   e.StateDir,
-		"temp":    filepath.Join(e.Dir, "tmp"),
-		"imports": []string{},
-		"disabled_plugins": []string{
-			"io.containerd.snapshotter.v1.btrfs",
-			"io.containerd.snapshotter.v1.zfs",
-			"io.containerd.snapshotter.v1.devmapper",
-			"io.containerd.snapshotter.v1.aufs",
-			"io.containerd.snapshotter.v1.blockfile",
-			"io.containerd.tracing.processor.v1.otlp",
-			"io.containerd.internal.v1.tracing",
-		},
-		"oom_score": 0,
-		"grpc":      map[string]any{"address": e.Socket},
-		"ttrpc":     map[string]any{"address": e.TTRPCSocket},
-		"debug":     map[string]any{"level": e.logLevel(opts)},
-		"plugins": map[string]any{
-			"io.containerd.internal.v1.opt": map[string]any{"path": filepath.Join(e.Dir, "opt")},
-			"io.containerd.nri.v1.nri":      map[string]any{"disable": true},
-			"io.containerd.grpc.v1.cri": map[string]any{
-				"disable_tcp_service":          true,
-				"stream_server_address":        "127.0.0.1",
-				"stream_server_port":           "0",
-				"sandbox_image":                PauseImage,
-				"restrict_oom_score_adj":       true,
-				"netns_mounts_under_state_dir": true,
-				"enable_cdi":                   false,
-				"cdi_spec_dirs":                []string{},
-				"registry":                     registry,
-				"containerd": map[string]any{
-					"snapshotter": "overlayfs",
-					// The runc shim of containerd 2 cannot serve 1.7: the
-					// storepkg shim is the only runtime (and runs containers
-					// without store paths unchanged).
-					"default_runtime_name": HandlerStorepkg,
-					"runtimes": map[string]any{
-						HandlerStorepkg: storepkg,
-					},
+	cfg := e.baseConfig(2, e.logLevel(opts))
+	cfg["plugins"] = map[string]any{
+		"io.containerd.internal.v1.opt": map[string]any{"path": filepath.Join(e.Dir, "opt")},
+		"io.containerd.nri.v1.nri":      map[string]any{"disable": true},
+		"io.containerd.grpc.v1.cri": map[string]any{
+			"disable_tcp_service":          true,
+			"stream_server_address":        "127.0.0.1",
+			"stream_server_port":           "0",
+			"sandbox_image":                PauseImage,
+			"restrict_oom_score_adj":       true,
+			"netns_mounts_under_state_dir": true,
+			"enable_cdi":                   false,
+			"cdi_spec_dirs":                []string{},
+			"registry":                     registry,
+			"containerd": map[string]any{
+				"snapshotter": "overlayfs",
+				// The runc shim of containerd 2 cannot serve 1.7: the
+				// storepkg shim is the only runtime (and runs containers
+				// without store paths unchanged).
+				"default_runtime_name": HandlerStorepkg,
+				"runtimes": map[string]any{
+					HandlerStorepkg: storepkg,
 				},
-				"cni": map[string]any{
-					"bin_dir":      e.tools.cniBinDir,
-					"conf_dir":     e.cniConfDir(),
-					"max_conf_num": 1,
-				},
+			},
+			"cni": map[string]any{
+				"bin_dir":      e.tools.cniBinDir,
+				"conf_dir":     e.cniConfDir(),
+				"max_conf_num": 1,
 			},
 		},
 	}
