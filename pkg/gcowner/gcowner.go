@@ -49,9 +49,11 @@ func ownerOf(name string) (string, bool) {
 	return name[:n], true
 }
 
-func checkOwner(owner string) error {
-	if owner == "" || owner == "." || owner == ".." || strings.ContainsAny(owner, "/\x00") {
-		return fmt.Errorf("gcowner: invalid owner %q", owner)
+// CheckName refuses a root or owner name that is not one plain path
+// element.
+func CheckName(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return fmt.Errorf("invalid GC root name %q", name)
 	}
 	return nil
 }
@@ -59,7 +61,7 @@ func checkOwner(owner string) error {
 // Write records w as the process holding owner's roots (atomically:
 // a dot-file renamed into place).
 func Write(storeRoot, owner string, w fetchstatus.Writer) error {
-	if err := checkOwner(owner); err != nil {
+	if err := CheckName(owner); err != nil {
 		return err
 	}
 	dir := ownersDir(storeRoot)
@@ -83,7 +85,7 @@ func Write(storeRoot, owner string, w fetchstatus.Writer) error {
 
 // Remove deletes owner's record (after its roots); a missing one is fine.
 func Remove(storeRoot, owner string) error {
-	if err := checkOwner(owner); err != nil {
+	if err := CheckName(owner); err != nil {
 		return err
 	}
 	err := os.Remove(filepath.Join(ownersDir(storeRoot), owner+".json"))
@@ -96,7 +98,7 @@ func Remove(storeRoot, owner string) error {
 // RemoveRoot removes the root symlink name; a missing one is fine,
 // anything but a symlink is left alone.
 func RemoveRoot(storeRoot, name string) error {
-	if err := checkOwner(name); err != nil {
+	if err := CheckName(name); err != nil {
 		return err
 	}
 	link := filepath.Join(RootsDir(storeRoot), name)
@@ -105,12 +107,12 @@ func RemoveRoot(storeRoot, name string) error {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil
 	case err != nil:
-		return err
+		return fmt.Errorf("GC root %s: %w", link, err)
 	case fi.Mode()&fs.ModeSymlink == 0:
 		return fmt.Errorf("GC root %s is not a symlink; not removing it", link)
 	}
 	if err := os.Remove(link); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+		return fmt.Errorf("removing GC root %s: %w", link, err)
 	}
 	return nil
 }

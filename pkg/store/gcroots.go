@@ -9,26 +9,17 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 
+	"github.com/storepkg/storepkg/pkg/gcowner"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
-// gcRootsSubdir is our directory under <state>/gcroots. Nix's collector
-// scans gcroots recursively, so roots there count like any other.
-const gcRootsSubdir = "storepkg"
-
 // GCRootPath returns the symlink AddGCRoot(name, …) creates:
-// <root>/nix/var/nix/gcroots/storepkg/<name>.
+// <root>/nix/var/nix/gcroots/storepkg/<name> (gcowner.RootsDir). Nix's
+// collector scans gcroots recursively, so roots there count like any
+// other.
 func (s *Store) GCRootPath(name string) string {
-	return filepath.Join(s.stateDir, "gcroots", gcRootsSubdir, name)
-}
-
-func checkRootName(name string) error {
-	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
-		return fmt.Errorf("store: invalid GC root name %q", name)
-	}
-	return nil
+	return filepath.Join(gcowner.RootsDir(s.root), name)
 }
 
 // AddGCRoot makes p a permanent GC root named name: a symlink
@@ -42,7 +33,7 @@ func checkRootName(name string) error {
 // collector has already read the permanent roots and would not see the
 // new link.
 func (s *Store) AddGCRoot(ctx context.Context, name string, p storepath.Path) error {
-	if err := checkRootName(name); err != nil {
+	if err := gcowner.CheckName(name); err != nil {
 		return err
 	}
 	if err := s.AddTempRoots(ctx, p); err != nil {
@@ -81,22 +72,5 @@ func (s *Store) AddGCRoot(ctx context.Context, name string, p storepath.Path) er
 // RemoveGCRoot removes the root name; removing a missing root is not an
 // error. It refuses to remove anything but a symlink.
 func (s *Store) RemoveGCRoot(name string) error {
-	if err := checkRootName(name); err != nil {
-		return err
-	}
-	link := s.GCRootPath(name)
-	fi, err := os.Lstat(link)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("store: GC root %s: %w", link, err)
-	}
-	if fi.Mode()&fs.ModeSymlink == 0 {
-		return fmt.Errorf("store: GC root %s is not a symlink; not removing it", link)
-	}
-	if err := os.Remove(link); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("store: removing GC root %s: %w", link, err)
-	}
-	return nil
+	return gcowner.RemoveRoot(s.root, name)
 }
