@@ -278,9 +278,9 @@ func Run(ctx context.Context, r Request) (*Result, error) {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			kind = KindTimeout
 		}
-		return nil, &Failure{Kind: kind, Message: fmt.Sprintf("substituting %s: %v", describe(r.Paths), ctx.Err())}
+		return nil, &Failure{Kind: kind, Message: fmt.Sprintf("substituting %s: %v", Describe(r.Paths), ctx.Err())}
 	}
-	msg := fmt.Sprintf("%s fetch of %s ended without a result", r.Binary, describe(r.Paths))
+	msg := fmt.Sprintf("%s fetch of %s ended without a result", r.Binary, Describe(r.Paths))
 	if waitErr != nil {
 		msg += ": " + waitErr.Error()
 	} else if protoErr != nil {
@@ -292,7 +292,8 @@ func Run(ctx context.Context, r Request) (*Result, error) {
 	return nil, &Failure{Kind: KindOther, Message: msg}
 }
 
-func describe(paths []storepath.Path) string {
+// Describe names paths for messages: the first, and how many more.
+func Describe(paths []storepath.Path) string {
 	switch len(paths) {
 	case 0:
 		return "no paths"

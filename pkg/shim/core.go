@@ -227,20 +227,13 @@ func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle str
 	select {
 	case <-call.done:
 	case <-ctx.Done():
-		return fmt.Errorf("storepkg: waiting for the closure of %s (substitution continues for a retry): %w", describe(paths), ctx.Err())
+		return fmt.Errorf("storepkg: waiting for the closure of %s (substitution continues for a retry): %w", fetchexec.Describe(paths), ctx.Err())
 	}
 	if call.err != nil {
 		return fetchError(call.err)
 	}
 	hostStore := c.storeDir()
-	rootfs := filepath.Join(bundle, "rootfs")
-	if spec.Root != nil && spec.Root.Path != "" {
-		rootfs = spec.Root.Path
-		if !filepath.IsAbs(rootfs) {
-			rootfs = filepath.Join(bundle, rootfs)
-		}
-	}
-	state.rootfs = rootfs
+	state.rootfs = rootfsOf(bundle, spec)
 	defer func() {
 		if err != nil {
 			c.removeView(ctx, id, state)
@@ -304,13 +297,6 @@ func fetchError(err error) error {
 		}
 	}
 	return fmt.Errorf("storepkg: %v: %w", err, kind)
-}
-
-func describe(paths []storepath.Path) string {
-	if len(paths) == 1 {
-		return paths[0].Absolute()
-	}
-	return fmt.Sprintf("%s and %d more", paths[0].Absolute(), len(paths)-1)
 }
 
 // prependPath puts dirs in front of the PATH in env (adding PATH if absent).
@@ -409,13 +395,30 @@ func (c *core) removeView(ctx context.Context, id string, state *containerState)
 	if rootfs == "" {
 		return
 	}
-	if err := mount.Remove(rootfs); err != nil {
+	if err := clearRootfs(rootfs); err != nil {
 		log.G(ctx).WithError(err).Warn("storepkg: removing container view")
-		return
 	}
-	// containerd removes the (now absent) rootfs itself; keep an empty one
-	// so its os.Remove finds what it expects.
+}
+
+// rootfsOf is the bundle's root directory, as its spec names it.
+func rootfsOf(bundle string, spec *specs.Spec) string {
+	if spec.Root == nil || spec.Root.Path == "" {
+		return filepath.Join(bundle, "rootfs")
+	}
+	if filepath.IsAbs(spec.Root.Path) {
+		return spec.Root.Path
+	}
+	return filepath.Join(bundle, spec.Root.Path)
+}
+
+// clearRootfs removes the generated root and leaves an empty directory:
+// containerd removes the rootfs itself and can only remove an empty one.
+func clearRootfs(rootfs string) error {
+	if err := mount.Remove(rootfs); err != nil {
+		return err
+	}
 	os.Mkdir(rootfs, 0o711)
+	return nil
 }
 
 func (c *core) releaseRoots(ctx context.Context, names []string) {

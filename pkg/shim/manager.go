@@ -8,8 +8,6 @@ import (
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/manager"
 	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/log"
-
-	"github.com/storepkg/storepkg/pkg/mount"
 )
 
 // NewManager returns runc's shim manager, named name, which also answers
@@ -61,16 +59,7 @@ func removeSkeleton(ctx context.Context, bundle string) {
 	if err != nil || len(pp.forContainer(spec.Annotations[criContainerName])) == 0 {
 		return
 	}
-	rootfs := filepath.Join(bundle, "rootfs")
-	if spec.Root != nil && spec.Root.Path != "" {
-		rootfs = spec.Root.Path
-		if !filepath.IsAbs(rootfs) {
-			rootfs = filepath.Join(bundle, rootfs)
-		}
-	}
-	if err := mount.Remove(rootfs); err != nil {
+	if err := clearRootfs(rootfsOf(bundle, spec)); err != nil {
 		log.G(ctx).WithError(err).Warn("storepkg: removing the container view of a gone shim")
-		return
 	}
-	os.Mkdir(rootfs, 0o711)
 }
