@@ -2,8 +2,6 @@ package shim_test
 
 import (
 	"os"
-	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -43,18 +41,8 @@ func TestContainerd17(t *testing.T) {
 	}
 	env.Start(t, id)
 	env.WaitLogs(t, id, "hello from storepkg, linked dynamically", 30*time.Second)
-	got := strings.Fields(env.Exec(t, id, "ls", "/nix/store"))
-	slices.Sort(got)
-	if want := baseNames(fx.Closure); !slices.Equal(got, want) {
-		t.Errorf("/nix/store in the container:\n%v\nwant the closure:\n%v", got, want)
-	}
-	if out := env.Exec(t, id, "sh", "-c", "echo $PATH"); !strings.HasPrefix(out, fx.Hello+"/bin:"+fx.Tools+"/bin") {
-		t.Errorf("PATH in exec: %q", out)
-	}
-	roots := filepath.Join(env.StoreRoot, "nix/var/nix/gcroots/storepkg")
-	if entries, _ := os.ReadDir(roots); len(entries) != 2 {
-		t.Errorf("%d GC roots while running, want 2 (one per root path)", len(entries))
-	}
+	assertClosureView(t, env, id, fx)
+	assertRoots(t, env, 2, "while running (one per root path)")
 	// The exit reaches containerd as an event (TaskExit): CRI sees it.
 	env.Stop(t, id)
 	if state := env.ContainerState(t, id); state != "CONTAINER_EXITED" {
@@ -64,12 +52,7 @@ func TestContainerd17(t *testing.T) {
 	env.StopPod(t, podID)
 	env.RmPod(t, podID)
 	assertNothingLeft(t, env, id)
-	if entries, _ := os.ReadDir(roots); len(entries) != 0 {
-		t.Errorf("GC roots left after rm: %v", entries)
-	}
-	if entries, _ := os.ReadDir(filepath.Join(env.StoreRoot, "nix/var/storepkg/owners")); len(entries) != 0 {
-		t.Errorf("GC root owner records left after rm: %v", entries)
-	}
+	assertRoots(t, env, 0, "after rm")
 
 	// A shim that dies: containerd 1.7 runs `delete` (cleanup of a dead
 	// shim), which must answer in a form it reads.

@@ -153,12 +153,8 @@ func TestContainerLifecycle(t *testing.T) {
 	env.Start(t, id)
 	env.WaitLogs(t, id, "hello from storepkg, linked dynamically", 30*time.Second)
 
-	// The view holds exactly the closure.
-	got := strings.Fields(env.Exec(t, id, "ls", "/nix/store"))
-	slices.Sort(got)
-	if want := baseNames(fx.Closure); !slices.Equal(got, want) {
-		t.Errorf("/nix/store in the container:\n%v\nwant the closure:\n%v", got, want)
-	}
+	// The view holds exactly the closure; PATH leads to it.
+	assertClosureView(t, env, id, fx)
 	// Read-only: neither the store directory nor a path in it can be written.
 	for _, target := range []string{"/nix/store/new-file", fx.Hello + "/new-file"} {
 		if out, err := env.ExecErr(id, "touch", target); err == nil {
@@ -176,26 +172,15 @@ func TestContainerLifecycle(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(volume, "file")); err != nil || string(b) != "written-inside\n" {
 		t.Errorf("volume: %q, %v", b, err)
 	}
-	if out := env.Exec(t, id, "sh", "-c", "echo $PATH"); !strings.HasPrefix(out, fx.Hello+"/bin:"+fx.Tools+"/bin") {
-		t.Errorf("PATH in exec: %q", out)
-	}
 
-	roots := filepath.Join(env.StoreRoot, "nix/var/nix/gcroots/storepkg")
-	if entries, _ := os.ReadDir(roots); len(entries) != 2 {
-		t.Errorf("%d GC roots while running, want 2 (one per root path)", len(entries))
-	}
+	assertRoots(t, env, 2, "while running (one per root path)")
 	env.Stop(t, id)
 	env.Rm(t, id)
 	env.StopPod(t, podID)
 	env.RmPod(t, podID)
 
 	assertNothingLeft(t, env, id)
-	if entries, _ := os.ReadDir(roots); len(entries) != 0 {
-		t.Errorf("GC roots left after rm: %v", entries)
-	}
-	if entries, _ := os.ReadDir(filepath.Join(env.StoreRoot, "nix/var/storepkg/owners")); len(entries) != 0 {
-		t.Errorf("GC root owner records left after rm: %v", entries)
-	}
+	assertRoots(t, env, 0, "after rm")
 	out, err := nixtest.Cmd("nix-store", append([]string{"--store", nixtest.StoreURI(env.StoreRoot), "--check-validity"}, fx.Closure...)...).CombinedOutput()
 	if err != nil {
 		t.Errorf("store paths no longer valid after rm: %v\n%s", err, out)
@@ -219,6 +204,40 @@ func assertNothingLeft(t *testing.T, env *critest.Env, id string) {
 		}
 		return nil
 	})
+}
+
+// assertClosureView checks a running container on fx's hello and tools:
+// /nix/store holds exactly the closure, and exec's PATH starts with the
+// root paths' bin directories.
+func assertClosureView(t *testing.T, env *critest.Env, id string, fx *nixtest.DynamicFixture) {
+	t.Helper()
+	got := strings.Fields(env.Exec(t, id, "ls", "/nix/store"))
+	slices.Sort(got)
+	if want := baseNames(fx.Closure); !slices.Equal(got, want) {
+		t.Errorf("/nix/store in the container:\n%v\nwant the closure:\n%v", got, want)
+	}
+	if out := env.Exec(t, id, "sh", "-c", "echo $PATH"); !strings.HasPrefix(out, fx.Hello+"/bin:"+fx.Tools+"/bin") {
+		t.Errorf("PATH in exec: %q", out)
+	}
+}
+
+// assertRoots checks the store's storepkg GC roots number want; with
+// none wanted, no owner record may be left either.
+func assertRoots(t *testing.T, env *critest.Env, want int, when string) {
+	t.Helper()
+	entries, _ := os.ReadDir(filepath.Join(env.StoreRoot, "nix/var/nix/gcroots/storepkg"))
+	if len(entries) != want {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Errorf("%d GC roots %s, want %d: %v", len(entries), when, want, names)
+	}
+	if want == 0 {
+		if entries, _ := os.ReadDir(filepath.Join(env.StoreRoot, "nix/var/storepkg/owners")); len(entries) != 0 {
+			t.Errorf("GC root owner records left %s: %v", when, entries)
+		}
+	}
 }
 
 // TestTwoClosuresAndMixedPod: two containers on different closures see
@@ -400,10 +419,7 @@ func TestPodRemovedDuringFetch(t *testing.T) {
 	}
 	for deadline := time.Now().Add(10 * time.Second); len(gets()) == 0 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 	}
-	roots := filepath.Join(env.StoreRoot, "nix/var/nix/gcroots/storepkg")
-	if entries, _ := os.ReadDir(roots); len(entries) != 2 {
-		t.Errorf("%d GC roots while fetching, want 2 (one per root path, made before the download)", len(entries))
-	}
+	assertRoots(t, env, 2, "while fetching (one per root path, made before the download)")
 	start := time.Now()
 	env.StopPod(t, podID)
 	env.RmPod(t, podID)
@@ -411,12 +427,7 @@ func TestPodRemovedDuringFetch(t *testing.T) {
 	if err := syscall.Kill(child, 0); err == nil {
 		t.Errorf("fetch child %d still runs after the pod was removed", child)
 	}
-	if entries, _ := os.ReadDir(roots); len(entries) != 0 {
-		t.Errorf("GC roots left: %v", entries)
-	}
-	if entries, _ := os.ReadDir(filepath.Join(env.StoreRoot, "nix/var/storepkg/owners")); len(entries) != 0 {
-		t.Errorf("GC root owner records left: %v", entries)
-	}
+	assertRoots(t, env, 0, "after the pod was removed")
 	for _, e := range nixtest.StoreEntries(t, env.StoreRoot) {
 		if strings.HasPrefix(e, ".") || strings.HasSuffix(e, ".lock") {
 			continue
