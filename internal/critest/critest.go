@@ -30,7 +30,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"net"
 	"os"
 	"os/exec"
@@ -42,6 +41,9 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/storepkg/storepkg/internal/testenv"
 	"github.com/storepkg/storepkg/internal/testimages"
 )
 
@@ -169,10 +171,7 @@ type Network struct {
 func Require(t testing.TB) {
 	t.Helper()
 	if err := check(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("critest: %v", err)
-		}
-		t.Skipf("critest: %v", err)
+		testenv.Unavailable(t, "critest: %v", err)
 	}
 }
 
@@ -183,10 +182,7 @@ func Require17(t testing.TB) {
 	t.Helper()
 	Require(t)
 	if !isExecutable(containerd17Bin()) {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("critest: containerd %s not built at %s", Containerd17Version, containerd17Bin())
-		}
-		t.Skipf("critest: containerd %s not built at %s (hack/install-deps.sh builds it)", Containerd17Version, containerd17Bin())
+		testenv.Unavailable(t, "critest: containerd %s not built at %s (hack/install-deps.sh builds it)", Containerd17Version, containerd17Bin())
 	}
 }
 

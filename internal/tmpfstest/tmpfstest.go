@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/storepkg/storepkg/internal/testenv"
 	"github.com/storepkg/storepkg/pkg/fetchstatus"
 )
 
@@ -20,12 +21,7 @@ const prefix = "storepkg-tmpfs-"
 // Require skips the test unless it runs as root; in CI (CI set) it fails.
 func Require(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("this test mounts a tmpfs: CI must run it as root")
-		}
-		t.Skip("needs root to mount a tmpfs")
-	}
+	testenv.Root(t, "mount a tmpfs")
 }
 
 // Mount mounts a tmpfs of size bytes on a new directory under the temp

@@ -17,6 +17,8 @@ import (
 	"text/template"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/storepkg/storepkg/internal/testenv"
 )
 
 // toolsDir is where hack/install-deps.sh puts the Go-built tools.
@@ -29,22 +31,15 @@ func toolsDir() string {
 
 // containerdBin returns the containerd binary of the given version
 // ("2.3.4", "1.7.35"). Running it in a host root needs chroot, so root.
-// Without it the test skips, except in CI (hack/install-deps.sh builds both).
+// Without them the test is unavailable (hack/install-deps.sh builds both).
 func containerdBin(t *testing.T, version string) string {
 	t.Helper()
+	testenv.Root(t, "chroot into the test host root")
 	p := filepath.Join(toolsDir(), "containerd-v"+version, "containerd")
-	_, err := os.Stat(p)
-	switch {
-	case err == nil && os.Geteuid() == 0:
-		return p
-	case os.Getenv("CI") != "":
-		t.Fatalf("containerd %s (%s) run as root is required in CI: %v (euid %d)", version, p, err, os.Geteuid())
-	case err != nil:
-		t.Skipf("containerd %s not built at %s (build it from github.com/containerd/containerd@v%s): %v", version, p, version, err)
-	default:
-		t.Skipf("checking with containerd needs root (chroot into the test host root)")
+	if _, err := os.Stat(p); err != nil {
+		testenv.Unavailable(t, "containerd %s not built at %s (hack/install-deps.sh builds it): %v", version, p, err)
 	}
-	return ""
+	return p
 }
 
 // newHost makes a temporary host root with files (host path -> content).

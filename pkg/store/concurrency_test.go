@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/storepkg/storepkg/internal/testenv"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -53,10 +54,7 @@ func TestOpenWaitsForBigLock(t *testing.T) {
 // sqlite3 shell, as in Nix) holds the write lock; Register waits rather
 // than failing with SQLITE_BUSY, and honours its context.
 func TestRegisterWaitsForWriter(t *testing.T) {
-	sqlite3, err := exec.LookPath("sqlite3")
-	if err != nil {
-		t.Skip("sqlite3 shell not installed")
-	}
+	sqlite3 := testenv.LookPath(t, "sqlite3")[0]
 	root := t.TempDir()
 	s := openStore(t, root)
 	cmd := exec.Command(sqlite3, filepath.Join(root, "nix/var/nix/db/db.sqlite"))

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/storepkg/storepkg/internal/testenv"
 )
 
 func TestLockPathContention(t *testing.T) {
@@ -128,10 +130,7 @@ func TestLockPathStale(t *testing.T) {
 // TestLockPathOtherProcess contends with flock(1), another process using
 // flock(2) on the same file, as Nix does.
 func TestLockPathOtherProcess(t *testing.T) {
-	flockBin, err := exec.LookPath("flock")
-	if err != nil {
-		t.Skip("flock(1) not installed")
-	}
+	flockBin := testenv.LookPath(t, "flock")[0]
 	ctx := context.Background()
 	s := openStore(t, t.TempDir())
 	p := fakePath(t, "xproc")
