@@ -5,6 +5,9 @@ package nixtest
 
 import (
 	"bytes"
+	"context"
+	"crypto/sha256"
+	_ "embed"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -12,31 +15,85 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/storepkg/storepkg/internal/testenv"
 )
 
-// Require returns the path of each named program, skipping the test when
-// one is missing, except in CI (CI set), where a missing component fails.
+// Require makes the test unavailable (skipped, or failed in CI) unless
+// each named program (nix, nix-store, gcc, ...) is installed.
 func Require(t testing.TB, names ...string) {
 	t.Helper()
-	for _, name := range names {
-		if _, err := exec.LookPath(name); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s is required in CI (hack/install-deps.sh installs it): %v", name, err)
-			}
-			t.Skipf("%s not installed (run hack/install-deps.sh)", name)
-		}
-	}
+	testenv.LookPath(t, names...)
 }
 
-// Config is the Nix configuration every command runs with: no network
-// substituters, no build users, the new CLI enabled.
-const Config = "experimental-features = nix-command\nsubstituters =\nbuild-users-group =\nsandbox = false\nfsync-metadata = false\n"
+// config is the Nix configuration of every test and script (hack/lib.sh
+// points NIX_CONF_DIR at the same file).
+//
+//go:embed nixconf/nix.conf
+var config []byte
 
-// Cmd returns a Nix command with Config in its environment.
+// Env is the environment a Nix command of a test runs with: this
+// process's, less every NIX_* variable (NIX_PATH, NIX_REMOTE, NIX_CONFIG,
+// ...), with Nix's configuration directory set to one holding only the
+// project's nix.conf, no user configuration files and a private cache
+// directory. The host's Nix setup, present or absent, changes nothing.
+func Env() []string {
+	dir, err := nixHome()
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "NIX_") && !strings.HasPrefix(kv, "XDG_CACHE_HOME=") {
+			env = append(env, kv)
+		}
+	}
+	if err != nil {
+		// Nix then fails naming the missing directory: the test shows it.
+		dir = filepath.Join(os.TempDir(), "storepkg-nix-unavailable")
+	}
+	return append(env,
+		"NIX_CONF_DIR="+filepath.Join(dir, "conf"),
+		"NIX_USER_CONF_FILES=",
+		"XDG_CACHE_HOME="+filepath.Join(dir, "cache"))
+}
+
+var nixHome = sync.OnceValues(func() (string, error) {
+	// One directory per configuration content, shared by the test
+	// processes of a run and the next run: writing the same file again is
+	// harmless, and a changed configuration gets a directory of its own.
+	sum := sha256.Sum256(config)
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("storepkg-nix-%d-%x", os.Getuid(), sum[:6]))
+	conf := filepath.Join(dir, "conf", "nix.conf")
+	if b, err := os.ReadFile(conf); err == nil && bytes.Equal(b, config) {
+		return dir, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(conf), 0o755); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(conf), ".nix.conf-")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(config); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Close(); err != nil {
+		return "", err
+	}
+	return dir, os.Rename(tmp.Name(), conf)
+})
+
+// Cmd returns a Nix command that runs with Env.
 func Cmd(name string, args ...string) *exec.Cmd {
-	cmd := exec.Command(name, args...)
-	cmd.Env = append(os.Environ(), "NIX_CONFIG="+Config)
+	return CommandContext(context.Background(), name, args...)
+}
+
+// CommandContext is Cmd with a context that kills the command.
+func CommandContext(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = Env()
 	return cmd
 }
 
@@ -144,21 +201,27 @@ func (fx *Fixture) WriteCache(t testing.TB, dir, compression string, key Key) {
 	Run(t, "nix", "copy", "--store", StoreURI(fx.Store), "--to", to, fx.Root)
 }
 
+// storeProblems are what `nix-store --verify --check-contents` prints
+// about a store it finds wrong (Nix 2.8, LocalStore::verifyStore): a path
+// whose contents changed, a valid path gone from disk (dropped from the
+// database, or still referred to), and the errors behind a non-zero exit.
+// Anything else it prints (progress, a warning about the host's setup)
+// says nothing about the store.
+var storeProblems = []string{"was modified!", "disappeared", "not all store errors were fixed", "error:"}
+
 // Verify runs `nix-store --verify --check-contents` on the store under
-// root and fails the test unless Nix finds it clean.
+// root and fails the test if Nix exits non-zero or reports a problem with
+// the store.
 func Verify(t testing.TB, root string) {
 	t.Helper()
-	cmd := Cmd("nix-store", "--store", StoreURI(root), "--verify", "--check-contents")
-	out, err := cmd.CombinedOutput()
+	out, err := Cmd("nix-store", "--store", StoreURI(root), "--verify", "--check-contents").CombinedOutput()
 	if err != nil {
-		t.Fatalf("nix-store --verify --check-contents: %v\n%s", err, out)
+		t.Fatalf("nix-store --verify --check-contents %s: %v\n%s", root, err, out)
 	}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		switch line {
-		case "", "reading the Nix store...", "checking path existence...", "checking link hashes...", "checking store hashes...":
-		default:
-			if !strings.HasPrefix(line, "checking contents of") {
-				t.Fatalf("nix-store --verify: %s\n%s", line, out)
+	for _, line := range strings.Split(string(out), "\n") {
+		for _, p := range storeProblems {
+			if strings.Contains(line, p) {
+				t.Fatalf("nix-store --verify --check-contents %s: %s\n%s", root, line, out)
 			}
 		}
 	}

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"testing/iotest"
 
 	"github.com/storepkg/storepkg/internal/nartest"
+	"github.com/storepkg/storepkg/internal/nixtest"
 )
 
 var (
@@ -105,10 +105,10 @@ func makeTree(t *testing.T, root string) {
 }
 
 func TestRoundTripWithNix(t *testing.T) {
-	nixStore := lookPath(t, "nix-store")
+	nixtest.Require(t, "nix-store")
 	src := filepath.Join(t.TempDir(), "src")
 	makeTree(t, src)
-	want, err := exec.Command(nixStore, "--dump", src).Output()
+	want, err := nixtest.Cmd("nix-store", "--dump", src).Output()
 	if err != nil {
 		t.Fatalf("nix-store --dump: %v", err)
 	}
@@ -123,7 +123,7 @@ func TestRoundTripWithNix(t *testing.T) {
 	if err := Unpack(bytes.NewReader(want), dst); err != nil {
 		t.Fatal(err)
 	}
-	again, err := exec.Command(nixStore, "--dump", dst).Output()
+	again, err := nixtest.Cmd("nix-store", "--dump", dst).Output()
 	if err != nil {
 		t.Fatalf("nix-store --dump of unpacked tree: %v", err)
 	}
@@ -175,18 +175,6 @@ func TestUnpackSingleFileAndSymlinkRoots(t *testing.T) {
 		}
 	}
 	checkCanonical(t, filepath.Join(tmp, "file"))
-}
-
-func lookPath(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is required in CI: %v", name, err)
-		}
-		t.Skipf("%s not installed", name)
-	}
-	return p
 }
 
 func FuzzParse(f *testing.F) {

@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/storepkg/storepkg/internal/nixtest"
 )
 
 func TestKnownVector(t *testing.T) {
@@ -19,13 +19,7 @@ func TestKnownVector(t *testing.T) {
 
 // TestAgainstNix compares with `nix hash to-base32` on a few digests.
 func TestAgainstNix(t *testing.T) {
-	nix, err := exec.LookPath("nix")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("nix is required in CI")
-		}
-		t.Skip("nix not installed")
-	}
+	nixtest.Require(t, "nix")
 	var hexes []string
 	var sums [][32]byte
 	for i := 0; i < 8; i++ {
@@ -33,7 +27,7 @@ func TestAgainstNix(t *testing.T) {
 		sums = append(sums, s)
 		hexes = append(hexes, hex.EncodeToString(s[:]))
 	}
-	out, err := exec.Command(nix, append([]string{"--extra-experimental-features", "nix-command", "hash", "to-base32", "--type", "sha256"}, hexes...)...).Output()
+	out, err := nixtest.Cmd("nix", append([]string{"hash", "to-base32", "--type", "sha256"}, hexes...)...).Output()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -81,15 +82,6 @@ func (f *gcFixture) link(name, target string) {
 func nixDead(t *testing.T, root string, opts ...string) []string {
 	t.Helper()
 	return lines(nixStore(t, root, append([]string{"--gc", "--print-dead"}, opts...)...))
-}
-
-func nixVerifyClean(t *testing.T, root string) {
-	t.Helper()
-	out, err := nixCmd(context.Background(), root, nil, "--verify", "--check-contents").CombinedOutput()
-	if err != nil || strings.Contains(string(out), "error") || strings.Contains(string(out), "modified") ||
-		strings.Contains(string(out), "disappeared") || strings.Contains(string(out), "warning") {
-		t.Fatalf("nix-store --verify --check-contents: %v\n%s", err, out)
-	}
 }
 
 func sortedDead(res *GCResult) []string {
@@ -332,7 +324,7 @@ func TestGCAgreesWithNix(t *testing.T) {
 	if _, err := os.Stat(holder.TempPath(unpacking)); err != nil {
 		t.Errorf("temp-rooted unpack directory removed: %v", err)
 	}
-	nixVerifyClean(t, f.root)
+	nixtest.Verify(t, f.root)
 	if left := nixDead(t, f.root); len(left) != 0 {
 		t.Errorf("after our collection Nix still finds garbage:\n%s", strings.Join(left, "\n"))
 	}
@@ -451,7 +443,7 @@ func TestGCSocket(t *testing.T) {
 	if gcLockHeld() {
 		t.Error("gc.lock still held after the collection")
 	}
-	nixVerifyClean(t, f.root)
+	nixtest.Verify(t, f.root)
 
 	// The socket file stays, as Nix leaves it; a client that finds it
 	// without a collector is refused and uses its roots file.
@@ -599,7 +591,7 @@ func TestGCMaxFreed(t *testing.T) {
 	if err != nil || len(res.Dead) != 1 {
 		t.Errorf("MaxFreed exactly one path: %v, %v", res.Dead, err)
 	}
-	nixVerifyClean(t, f.root)
+	nixtest.Verify(t, f.root)
 }
 
 // TestGCLockFiles: a lock file somebody holds is not deleted even

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/pkg/nixbase32"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
@@ -21,18 +22,13 @@ import (
 // CI a missing Nix must fail loudly rather than hide the interop tests.
 func needNix(t *testing.T) {
 	t.Helper()
-	if _, err := exec.LookPath("nix-store"); err != nil {
-		if os.Getenv("CI") == "" {
-			t.Skipf("nix-store not found (%v); these tests check our store against real Nix", err)
-		}
-		t.Fatalf("nix-store not found and CI is set: %v", err)
-	}
+	nixtest.Require(t, "nix", "nix-store")
 }
 
-// nixCmd builds a real-Nix command against the store under root.
+// nixCmd builds a real-Nix command against the store under root, run
+// with the project's Nix configuration (nixtest.Env) plus env.
 func nixCmd(ctx context.Context, root string, env []string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, "nix-store", append([]string{"--store", "local?root=" + root}, args...)...)
-	cmd.Env = append(os.Environ(), "NIX_REMOTE=")
+	cmd := nixtest.CommandContext(ctx, "nix-store", append([]string{"--store", nixtest.StoreURI(root)}, args...)...)
 	cmd.Env = append(cmd.Env, env...)
 	return cmd
 }
@@ -142,7 +138,7 @@ func canonicalise(t *testing.T, top string) {
 // size, the values a binary cache would give us.
 func narOf(t *testing.T, dir string) ([32]byte, uint64) {
 	t.Helper()
-	out, err := exec.Command("nix-store", "--dump", dir).Output()
+	out, err := nixtest.Cmd("nix-store", "--dump", dir).Output()
 	if err != nil {
 		t.Fatalf("nix-store --dump %s: %v", dir, err)
 	}

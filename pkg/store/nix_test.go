@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/pkg/nixbase32"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
@@ -79,17 +80,7 @@ func TestNixInterop(t *testing.T) {
 	}
 
 	// Nix's own check of everything it knows: existence and NAR hashes.
-	verify := func() {
-		t.Helper()
-		cmd := nixCmd(ctx, root, nil, "--verify", "--check-contents")
-		out, err := cmd.CombinedOutput()
-		if err != nil || strings.Contains(string(out), "error") || strings.Contains(string(out), "modified") ||
-			strings.Contains(string(out), "disappeared") {
-			t.Fatalf("nix-store --verify --check-contents: %v\n%s", err, out)
-		}
-		t.Logf("nix-store --verify --check-contents: clean\n%s", out)
-	}
-	verify()
+	nixtest.Verify(t, root)
 
 	// Closure, references, hash, size, deriver as real Nix reads them.
 	closure, err := s.Closure(ctx, []storepath.Path{a})
@@ -119,8 +110,7 @@ func TestNixInterop(t *testing.T) {
 	}
 
 	// Signatures, CA and registration time through nix path-info.
-	cmd := exec.Command("nix", "--extra-experimental-features", "nix-command", "--store", "local?root="+root,
-		"path-info", "--json", a.Absolute(), c.Absolute())
+	cmd := nixtest.Cmd("nix", "--store", nixtest.StoreURI(root), "path-info", "--json", a.Absolute(), c.Absolute())
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("nix path-info: %v", err)
@@ -184,7 +174,7 @@ func TestNixInterop(t *testing.T) {
 	if v, _ := s.ValidSubset(ctx, []storepath.Path{a, b, c}); !v[a] || !v[b] || !v[c] {
 		t.Fatalf("GC removed rooted paths: %v", v)
 	}
-	verify()
+	nixtest.Verify(t, root)
 
 	// Without any root, Nix's GC deletes and invalidates them, and we
 	// see that.
