@@ -30,11 +30,16 @@ deps:
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 
+# No test or script may change a tracked file or leave an untracked one in
+# the checkout: the tree is compared before and after.
 test: deps vet build
+	@hack/tree-state.sh save
 	$(GO) test -count=1 ./...
 	$(MAKE) fuzz
 	$(MAKE) e2e
+	@hack/tree-state.sh check
 
 # The acceptance test on a real kind cluster (1 control plane + 1 worker):
 # install through the DaemonSet, run the examples, uninstall. Offline here:
@@ -70,7 +75,8 @@ bench-sharing: deps build
 clean:
 	rm -rf $(BIN)
 
-demo: deps build
+# demo.sh installs only what it needs (hack/install-deps.sh demo) and builds.
+demo:
 	hack/demo.sh
 
 # A kind cluster (one control plane, one worker) built offline on this

@@ -38,7 +38,8 @@
 
 set -o errexit -o nounset -o pipefail -o errtrace
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=hack/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/storepkg-bench}"
 STOREPKG="${STOREPKG:-${REPO_ROOT}/bin/storepkg}"
 RUNS="${RUNS:-3}"
@@ -142,10 +143,12 @@ wait_idle() {
 # substitutes the whole closure from cache-COMP into the empty store ROOT.
 nix_cmd() {
   local comp="$1" root="$2"
-  # A private XDG cache: no narinfo lookups cached by an earlier run.
-  CMD=(env "XDG_CACHE_HOME=${root}/.cache"
-    "NIX_CONFIG=experimental-features = nix-command"$'\n'"build-users-group ="
+  # The project's Nix configuration, with a private cache (no narinfo
+  # lookups cached by an earlier run) and the database synced as Nix's
+  # default does and storepkg's store does (SQLite synchronous=NORMAL).
+  CMD=(env "${NIX_ENV[@]}" "XDG_CACHE_HOME=${root}/.cache"
     nix-store --store "local?root=${root}" -r "${CLOSURE_ROOT}"
+    --option fsync-metadata true
     --option substituters "file://${BENCH_DIR}/cache-${comp}"
     --option trusted-public-keys "${PUBLIC_KEY}")
 }

@@ -14,7 +14,9 @@ WORK=$(mktemp -d /tmp/spdemo.XXXXXX)   # short: containerd limits socket paths
 CONTAINERD_PID="" HTTPD_PID="" POD="" FORWARD_BEFORE=""
 BRIDGE=spdemo0
 SUBNET=10.88.250
-export NIX_CONFIG=$'experimental-features = nix-command\nsubstituters =\nbuild-users-group =\nsandbox = false'
+LOG_PREFIX=demo
+# shellcheck source=hack/lib.sh
+. "$REPO/hack/lib.sh"
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 crictl() { command crictl --config "$WORK/crictl.yaml" --runtime-endpoint "unix://$WORK/containerd.sock" --image-endpoint "unix://$WORK/containerd.sock" --timeout 60s "$@"; }
@@ -41,7 +43,7 @@ trap cleanup EXIT
 
 prepare() {
   step "Installing what the demo needs and building storepkg"
-  "$REPO/hack/install-deps.sh"
+  "$REPO/hack/install-deps.sh" demo
   # shellcheck disable=SC1091
   source "${STOREPKG_TOOLS:-/var/cache/storepkg/tools}/env.sh"
   make -C "$REPO" --no-print-directory build >/dev/null
@@ -54,12 +56,12 @@ build_cache() {
   mkdir -p "$WORK/src/bb/bin"
   cp /bin/busybox "$WORK/src/bb/bin/busybox"
   ln -s busybox "$WORK/src/bb/bin/sh"
-  ROOT_PATH=$(nix-build --store "local?root=$WORK/build" --option sandbox true --no-out-link \
+  ROOT_PATH=$(nix_run nix-build --store "local?root=$WORK/build" --option sandbox true --no-out-link \
     --arg busyboxSrc "$WORK/src/bb" "$REPO/hack/demo/closure.nix" 2>/dev/null)
-  nix-store --store "local?root=$WORK/build" -qR "$ROOT_PATH"
-  nix key generate-secret --key-name demo-cache-1 > "$WORK/secret-key"
-  PUBLIC_KEY=$(nix key convert-secret-to-public < "$WORK/secret-key")
-  nix copy --store "local?root=$WORK/build" \
+  nix_run nix-store --store "local?root=$WORK/build" -qR "$ROOT_PATH"
+  nix_run nix key generate-secret --key-name demo-cache-1 > "$WORK/secret-key"
+  PUBLIC_KEY=$(nix_run nix key convert-secret-to-public < "$WORK/secret-key")
+  nix_run nix copy --store "local?root=$WORK/build" \
     --to "file://$WORK/cache?compression=zstd&secret-key=$WORK/secret-key" "$ROOT_PATH" 2>/dev/null
   local port=$((20000 + RANDOM % 20000))
   busybox httpd -f -p "127.0.0.1:$port" -h "$WORK/cache" &
@@ -155,7 +157,7 @@ JSON
   step "The container's log"
   crictl logs "$ctr"
   step "The node store is a Nix store: real Nix verifies it"
-  nix-store --store "local?root=$WORK/store" --verify --check-contents
+  nix_run nix-store --store "local?root=$WORK/store" --verify --check-contents
   "$REPO/bin/storepkg" path-info --root "$WORK/store" -r "$ROOT_PATH" | grep '^/nix'
 }
 

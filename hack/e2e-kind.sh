@@ -31,10 +31,11 @@ WORK=""
 HTTPD_PID=""
 SLOW_PID=""
 NODES=()
-export NIX_CONFIG=$'experimental-features = nix-command\nsubstituters =\nbuild-users-group =\nsandbox = false'
+LOG_PREFIX=e2e
+# shellcheck source=hack/lib.sh
+. "$REPO/hack/lib.sh"
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
-log() { echo "e2e: $*" >&2; }
 fail() {
   echo "e2e: FAIL: $*" >&2
   diagnostics
@@ -112,22 +113,22 @@ build_cache() {
   cp /bin/busybox "$WORK/src/bb/bin/busybox"
   local a
   for a in sh ls cat echo mkdir sleep hostname httpd wget nc; do ln -s busybox "$WORK/src/bb/bin/$a"; done
-  local build=(nix-build --store "local?root=$WORK/build" --option sandbox true --no-out-link
+  local build=(nix_run nix-build --store "local?root=$WORK/build" --option sandbox true --no-out-link
     --arg busyboxSrc "$WORK/src/bb" "$REPO/hack/e2e/closures.nix")
   HELLO=$("${build[@]}" -A hello 2>"$WORK/nix-build.log") &&
     SLEEPY=$("${build[@]}" -A sleepy 2>>"$WORK/nix-build.log") ||
     { cat "$WORK/nix-build.log" >&2; fail "nix-build of hack/e2e/closures.nix"; }
   # busybox is a source path (builtins.path), not a derivation: it is in
   # hello's closure.
-  BUSYBOX=$(nix-store --store "local?root=$WORK/build" -qR "$HELLO" | grep -- '-busybox$')
+  BUSYBOX=$(nix_run nix-store --store "local?root=$WORK/build" -qR "$HELLO" | grep -- '-busybox$')
   [[ "$BUSYBOX" == *-busybox && "$HELLO" == *-hello-storepkg && "$SLEEPY" == *-sleepy-storepkg ]] ||
     fail "unexpected build outputs: $BUSYBOX $HELLO $SLEEPY"
-  nix key generate-secret --key-name e2e-cache-1 >"$WORK/secret-key"
-  PUBLIC_KEY=$(nix key convert-secret-to-public <"$WORK/secret-key")
-  nix copy --store "local?root=$WORK/build" \
+  nix_run nix key generate-secret --key-name e2e-cache-1 >"$WORK/secret-key"
+  PUBLIC_KEY=$(nix_run nix key convert-secret-to-public <"$WORK/secret-key")
+  nix_run nix copy --store "local?root=$WORK/build" \
     --to "file://$WORK/cache?compression=zstd&secret-key=$WORK/secret-key" "$BUSYBOX" "$HELLO" 2>/dev/null
   # A second cache, the only one with sleepy, answers NAR requests slowly.
-  nix copy --store "local?root=$WORK/build" \
+  nix_run nix copy --store "local?root=$WORK/build" \
     --to "file://$WORK/slowcache?compression=zstd&secret-key=$WORK/secret-key" "$SLEEPY" 2>/dev/null
   (cd "$REPO" && go build -o "$WORK/slowcache-server" ./hack/tools/slowcache)
   log "busybox $BUSYBOX"
@@ -330,9 +331,9 @@ check_clean_nodes() {
     rm -rf "$WORK/nodestore"
     mkdir -p "$WORK/nodestore"
     docker cp "$n:/nix" "$WORK/nodestore/" >/dev/null
-    nix-store --store "local?root=$WORK/nodestore" --verify --check-contents 2>&1 | grep -v '^reading\|^checking' >&2 || true
-    nix-store --store "local?root=$WORK/nodestore" --verify --check-contents >/dev/null 2>&1 || fail "$n: nix-store --verify failed on the node store"
-    roots=$(nix-store --store "local?root=$WORK/nodestore" --check-validity "$BUSYBOX" 2>&1) || fail "$n: $BUSYBOX no longer valid: $roots"
+    nix_run nix-store --store "local?root=$WORK/nodestore" --verify --check-contents 2>&1 | grep -v '^reading\|^checking' >&2 || true
+    nix_run nix-store --store "local?root=$WORK/nodestore" --verify --check-contents >/dev/null 2>&1 || fail "$n: nix-store --verify failed on the node store"
+    roots=$(nix_run nix-store --store "local?root=$WORK/nodestore" --check-validity "$BUSYBOX" 2>&1) || fail "$n: $BUSYBOX no longer valid: $roots"
     log "$n: no mounts, no GC roots, store valid ($(ls "$WORK/nodestore/nix/store" | grep -vc '\.lock$') paths)"
   done
 }

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Installs what the tests and the demo need on a fresh Debian 12 machine, as
+# Installs what the demo or the tests need on a fresh Debian 12 machine, as
 # root: Debian packages, then Go tools built from the module proxy (cached by
 # version under $STOREPKG_TOOLS). Safe to run again: it only installs what is
 # missing.
+#
+#   hack/install-deps.sh [test]   everything the tests and benchmarks need
+#   hack/install-deps.sh demo     only what `make demo` needs
 #
 # Go tools land in ${STOREPKG_TOOLS:-/var/cache/storepkg/tools}/<name>-<version>/
 # and ${STOREPKG_TOOLS}/env.sh exports a PATH with all of them, for scripts:
@@ -13,13 +16,19 @@
 # keep the versions below in step with internal/critest/tools.go.
 set -o errexit -o nounset -o pipefail
 
-APT_PACKAGES=(
-  nix-bin busybox-static xz-utils zstd time
-  # the shim tests compile a dynamically linked program against store paths
-  gcc libc6-dev
-  # internal/critest: real containerd with CRI needs runc, CNI plugins and
-  # the tools the bridge plugin calls.
+# make demo: Nix builds and serves a closure; a private containerd with CRI
+# runs the pod (runc, CNI plugins and the tools the bridge plugin calls).
+DEMO_APT_PACKAGES=(
+  nix-bin busybox-static
   runc containernetworking-plugins iproute2 iptables
+)
+# The tests and benchmarks, besides: decoders the fetch tests compare with,
+# GNU time for the benchmarks, a C compiler for the programs the shim tests
+# link against store paths, the sqlite3 shell and flock(1) that the store
+# tests contend with as Nix does.
+TEST_APT_PACKAGES=(
+  "${DEMO_APT_PACKAGES[@]}"
+  xz-utils zstd time gcc libc6-dev sqlite3 util-linux
 )
 
 TOOLS_DIR="${STOREPKG_TOOLS:-/var/cache/storepkg/tools}"
@@ -46,9 +55,10 @@ is_root() { [[ $(id -u) == 0 ]]; }
 # shellcheck source=hack/apt.sh
 . "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
+# install_apt PKG...: installs the packages dpkg does not have.
 install_apt() {
   local missing
-  missing=$(missing_packages "${APT_PACKAGES[@]}")
+  missing=$(missing_packages "$@")
   [[ -z "$missing" ]] && return 0
   log "apt-get install $(echo $missing)"
   is_root || die "not root: install these packages yourself: $missing"
@@ -149,9 +159,18 @@ EOF
 }
 
 main() {
-  install_apt
-  install_go_tools
-  install_containerd17
+  case "${1:-test}" in
+    demo)
+      install_apt "${DEMO_APT_PACKAGES[@]}"
+      install_go_tools
+      ;;
+    test)
+      install_apt "${TEST_APT_PACKAGES[@]}"
+      install_go_tools
+      install_containerd17
+      ;;
+    *) die "usage: $0 [test|demo]" ;;
+  esac
   write_env
   log "ok: tools in $TOOLS_DIR (source $TOOLS_DIR/env.sh)"
   echo "$TOOLS_DIR"
