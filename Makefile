@@ -54,8 +54,8 @@ fuzz:
 	$(GO) test ./pkg/narinfo -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/nixbase32 -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME)
 
-# Every row of issue 4 with its peer in one run: bench/results/latest.md.
-# The single-row targets print their table and keep it under
+# Every benchmark with its peer in one run: bench/results/latest.md. The
+# single-benchmark targets print their table and keep it under
 # /var/tmp/storepkg-bench/results (latest.md is written by a full run only).
 bench: deps build
 	hack/bench.sh

@@ -38,6 +38,7 @@
 
 set -o errexit -o nounset -o pipefail -o errtrace
 
+LOG_PREFIX=bench-fetch
 # shellcheck source=hack/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/storepkg-bench}"
@@ -66,15 +67,9 @@ BUSY_RUNS=0
 
 trap 'echo "ERROR: ${BASH_SOURCE[0]}:${LINENO}: ${BASH_COMMAND}" >&2' ERR
 
-log() { echo "+++ [$(date +%H:%M:%S)] $*" >&2; }
-die() { echo "ERROR: $*" >&2; exit 1; }
 
 ensure_tools() {
-  if [[ ! -x /usr/bin/time ]]; then
-    [[ $(id -u) == 0 ]] || die "/usr/bin/time is missing: apt-get install time"
-    log "installing time"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
-  fi
+  install_apt time
   if [[ "${NIX_ONLY}" != 1 && ! -x "${STOREPKG}" ]]; then
     die "${STOREPKG} not found: build it first (make build), set STOREPKG, or run with NIX_ONLY=1"
   fi

@@ -29,7 +29,9 @@
 #   IDLE_WAIT  seconds each measurement waits for a quiet CPU (default 15)
 set -o errexit -o nounset -o pipefail -o errtrace
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LOG_PREFIX=bench
+# shellcheck source=hack/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ALL_ROWS="fetch pods start sharing"
 ROWS="${ROWS:-${ALL_ROWS}}"
 RUNS="${RUNS:-5}"
@@ -47,8 +49,6 @@ SAMPLER_PID=""
 
 trap 'echo "ERROR: ${BASH_SOURCE[0]}:${LINENO}: ${BASH_COMMAND}" >&2' ERR
 
-log() { echo "+++ [$(date +%H:%M:%S)] bench: $*" >&2; }
-die() { echo "ERROR: $*" >&2; exit 1; }
 
 cleanup() {
   if [[ -n "${SAMPLER_PID}" ]]; then

@@ -77,17 +77,6 @@ cleanup() {
   return $rc
 }
 
-# retry N SECONDS CMD...: runs CMD until it succeeds, N times, SECONDS apart.
-retry() {
-  local n=$1 delay=$2 i
-  shift 2
-  for ((i = 1; i <= n; i++)); do
-    "$@" && return 0
-    sleep "$delay"
-  done
-  return 1
-}
-
 # serves_storepkg NODE: 0 if containerd's CRI on NODE lists the storepkg
 # runtime, 1 if not, 2 if crictl fails. The whole output is read first:
 # a `| grep -q` that closes the pipe early fails the pipeline under pipefail.

@@ -44,28 +44,9 @@ GO_TOOLS=(
   "crictl ${CRICTL_VERSION} sigs.k8s.io/cri-tools/cmd/crictl"
 )
 
-log() { echo "install-deps: $*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
-
-is_root() { [[ $(id -u) == 0 ]]; }
-
-# shellcheck source=hack/apt.sh
-. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
-
-# install_apt PKG...: installs the packages dpkg does not have.
-install_apt() {
-  local missing
-  missing=$(missing_packages "$@")
-  [[ -z "$missing" ]] && return 0
-  log "apt-get install $(echo $missing)"
-  is_root || die "not root: install these packages yourself: $missing"
-  apt-get update -qq
-  # shellcheck disable=SC2086
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
-}
+LOG_PREFIX=install-deps
+# shellcheck source=hack/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # go_tool NAME VERSION PKG...: builds the packages at VERSION into
 # $TOOLS_DIR/NAME-VERSION unless every binary is there already. Builds into a

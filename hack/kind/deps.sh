@@ -35,15 +35,10 @@ APT_PACKAGES=(
   busybox-static
 )
 
-# shellcheck source=hack/apt.sh
-. "$(dirname "${BASH_SOURCE[0]}")/../apt.sh"
-
-install_apt() {
-  local missing
-  missing=$(missing_packages "${APT_PACKAGES[@]}")
-  [[ -z "$missing" ]] && return 0
-  log "apt-get install ${missing//$'\n'/ }"
-  is_root || die "not root: install these packages yourself: $missing"
+# install_kind_apt installs APT_PACKAGES with no service started.
+install_kind_apt() {
+  [[ -z "$(missing_packages "${APT_PACKAGES[@]}")" ]] && return 0
+  is_root || die "not root: install these packages yourself: $(missing_packages "${APT_PACKAGES[@]}" | tr '\n' ' ')"
   # docker.io's maintainer scripts would start a system-wide dockerd (with
   # /var/lib/docker) on a machine with an init system. docker.sh starts the
   # only dockerd we want, so deny service starts while installing, the
@@ -55,11 +50,9 @@ install_apt() {
     own_policy=1
   fi
   local rc=0
-  # shellcheck disable=SC2086 # one word per package
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null || rc=$?
+  (install_apt "${APT_PACKAGES[@]}") || rc=$?
   [[ -n $own_policy ]] && rm -f "$policy"
-  ((rc == 0)) || die "apt-get install failed"
+  ((rc == 0)) || exit "$rc"
 }
 
 # have_all DIR BIN...: every BIN is an executable in DIR.
@@ -248,7 +241,7 @@ EOF
 }
 
 main() {
-  install_apt
+  install_kind_apt
   go_install kind "$KIND_VERSION" sigs.k8s.io/kind
   go_install containerd "$CONTAINERD_VERSION" \
     github.com/containerd/containerd/v2/cmd/containerd \

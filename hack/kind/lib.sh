@@ -18,7 +18,6 @@ DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 KIND_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_ROOT=$(cd "$KIND_DIR/../.." && pwd)
 
 # Go tools, one directory per name and version (see deps.sh).
 TOOLS_DIR=${STOREPKG_TOOLS:-/var/cache/storepkg/tools}
@@ -53,13 +52,9 @@ KIND_BRIDGE=storepkg-kind
 # $NODE_IMAGE_REPO:$K8S_VERSION-<hash of its inputs>.
 NODE_IMAGE_REPO=storepkg.dev/kind-node
 
-log() { echo "${LOG_PREFIX:-kind}: $*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
-
-is_root() { [[ $(id -u) == 0 ]]; }
+# log, die, retry, install_apt, nix_run: the helpers of every hack script.
+# shellcheck source=hack/lib.sh
+. "$KIND_DIR/../lib.sh"
 
 # real_docker is the docker client the scripts call: Debian's, which matches
 # its dockerd, else any.

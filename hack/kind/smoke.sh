@@ -34,17 +34,6 @@ cleanup() {
   ((rc == 0)) || log "FAILED"
 }
 
-# retry N CMD...: runs CMD up to N times, a second apart, until it succeeds.
-retry() {
-  local n=$1 i
-  shift
-  for ((i = 1; i <= n; i++)); do
-    "$@" && return 0
-    sleep 1
-  done
-  return 1
-}
-
 # pod NAME NODE CMD: a busybox pod pinned to NODE (tolerating the control
 # plane's taint) running `sh -c CMD`.
 pod() {
@@ -114,7 +103,7 @@ main() {
   "${kubectl[@]}" delete namespace "$NS" --ignore-not-found >/dev/null
   "${kubectl[@]}" create namespace "$NS" >/dev/null
   # The default service account appears a moment after the namespace.
-  retry 30 "${kubectl[@]}" -n "$NS" get serviceaccount default >/dev/null 2>&1
+  retry 30 1 "${kubectl[@]}" -n "$NS" get serviceaccount default >/dev/null 2>&1
   # shellcheck disable=SC2016 # expanded in the pod
   {
     pod web "$worker" 'echo web starting; echo "hello from $(cat /etc/hostname)" >/tmp/index.html; exec httpd -f -p 8080 -h /tmp'
