@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // TestCRIProbeRealContainerd starts real containerd with our runtime
@@ -60,6 +65,142 @@ func TestCRIProbeRealContainerd(t *testing.T) {
 				t.Errorf("probe for a runtime containerd lacks: %v", err)
 			}
 		})
+	}
+}
+
+// fakeCRI answers the CRI Status call with resp.
+type fakeCRI struct {
+	runtimeapi.UnimplementedRuntimeServiceServer
+	resp    *runtimeapi.StatusResponse
+	verbose bool // the last request asked for verbose status
+}
+
+func (f *fakeCRI) Status(_ context.Context, r *runtimeapi.StatusRequest) (*runtimeapi.StatusResponse, error) {
+	f.verbose = r.GetVerbose()
+	return f.resp, nil
+}
+
+// serveCRI serves a gRPC server on a unix socket in a new directory,
+// with the CRI runtime service when rs is not nil, and returns the socket.
+func serveCRI(t *testing.T, rs runtimeapi.RuntimeServiceServer) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "sp-cri-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	socket := filepath.Join(dir, "c.sock")
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	if rs != nil {
+		runtimeapi.RegisterRuntimeServiceServer(srv, rs)
+	}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop)
+	return socket
+}
+
+func readyResponse(handlers []string, info map[string]string) *runtimeapi.StatusResponse {
+	resp := &runtimeapi.StatusResponse{
+		Status: &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{
+			{Type: runtimeapi.RuntimeReady, Status: true},
+			{Type: runtimeapi.NetworkReady, Status: false, Reason: "NetworkPluginNotReady", Message: "cni config uninitialized"},
+		}},
+		Info: info,
+	}
+	for _, h := range handlers {
+		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtimeapi.RuntimeHandler{Name: h})
+	}
+	return resp
+}
+
+// TestStatusDecodes checks what Status takes from a CRI server's answer:
+// conditions by type, the named handlers (containerd 2.x also lists its
+// default one under ""), and the runtimes of the verbose config info
+// (containerd 1.7 has no handlers).
+func TestStatusDecodes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fake := &fakeCRI{resp: readyResponse([]string{"runc", "storepkg", ""}, map[string]string{
+		"config": `{"containerd":{"runtimes":{"storepkg":{},"runc":{"runtimeType":"io.containerd.runc.v2"}}}}`,
+		"golang": `"go1.26"`,
+	})}
+	st, err := Status(ctx, serveCRI(t, fake))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !fake.verbose {
+		t.Error("Status did not ask for verbose status (the config info comes only then)")
+	}
+	if c := st.Conditions[runtimeapi.RuntimeReady]; !c.Status {
+		t.Errorf("RuntimeReady: %+v", c)
+	}
+	want := CRICondition{Status: false, Reason: "NetworkPluginNotReady", Message: "cni config uninitialized"}
+	if c := st.Conditions[runtimeapi.NetworkReady]; c != want {
+		t.Errorf("NetworkReady: %+v, want %+v", c, want)
+	}
+	if !slices.Equal(st.Handlers, []string{"runc", "storepkg"}) {
+		t.Errorf("handlers %q", st.Handlers)
+	}
+	if !slices.Equal(st.ConfiguredRuntimes, []string{"runc", "storepkg"}) {
+		t.Errorf("configured runtimes %q", st.ConfiguredRuntimes)
+	}
+
+	// A config info that is not JSON names no runtimes; it is no error.
+	fake.resp = readyResponse(nil, map[string]string{"config": "{"})
+	if st, err = Status(ctx, serveCRI(t, fake)); err != nil || st.ConfiguredRuntimes != nil || st.Handlers != nil {
+		t.Errorf("bad config info: %+v, %v", st, err)
+	}
+}
+
+// TestCRIProbe checks the probe's verdicts against a CRI server's
+// answers, and that each error names the socket.
+func TestCRIProbe(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	config17 := map[string]string{"config": `{"containerd":{"runtimes":{"runc":{},"storepkg":{}}}}`}
+	notReady := readyResponse([]string{"storepkg"}, nil)
+	notReady.Status.Conditions[0] = &runtimeapi.RuntimeCondition{Type: runtimeapi.RuntimeReady, Reason: "Starting", Message: "not yet"}
+	noCondition := readyResponse([]string{"storepkg"}, nil)
+	noCondition.Status.Conditions = noCondition.Status.Conditions[1:]
+	for _, tc := range []struct {
+		name    string
+		resp    *runtimeapi.StatusResponse // nil: no CRI service on the socket
+		handler string
+		want    string // in the error; "": no error
+	}{
+		{"handler (2.x)", readyResponse([]string{"runc", "storepkg", ""}, nil), RuntimeName, ""},
+		{"configured runtime (1.7)", readyResponse(nil, config17), RuntimeName, ""},
+		{"runtime not ready", notReady, RuntimeName, "CRI runtime not ready: Starting not yet"},
+		{"no RuntimeReady condition", noCondition, RuntimeName, "CRI runtime not ready"},
+		{"handler missing (2.x)", readyResponse([]string{"runc", ""}, nil), RuntimeName, `serves runtimes runc but not "storepkg"`},
+		{"runtime missing (1.7)", readyResponse(nil, config17), "nosuch", `serves runtimes runc, storepkg but not "nosuch"`},
+		{"CRI plugin down", nil, RuntimeName, "answers but its CRI plugin is not running"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var rs runtimeapi.RuntimeServiceServer
+			if tc.resp != nil {
+				rs = &fakeCRI{resp: tc.resp}
+			}
+			socket := serveCRI(t, rs)
+			err := CRIProbe(socket, tc.handler)(ctx)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("probe: %v", err)
+			case tc.want == "":
+			case err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), socket):
+				t.Fatalf("probe: %v, want an error naming %s with %q", err, socket, tc.want)
+			}
+		})
+	}
+
+	// Nothing listening.
+	socket := filepath.Join(t.TempDir(), "none.sock")
+	if err := CRIProbe(socket, RuntimeName)(ctx); err == nil || !strings.Contains(err.Error(), "CRI status at "+socket) {
+		t.Errorf("probe of a socket nobody serves: %v", err)
 	}
 }
 
