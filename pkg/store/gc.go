@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/storepkg/storepkg/pkg/store/storefs"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -155,18 +156,18 @@ func (c *collector) run(ctx context.Context) error {
 
 	// The global GC lock: while we hold it exclusively, no process adds
 	// temporary roots to its file; they come to our socket instead.
-	lock, err := openLockFile(filepath.Join(s.stateDir, "gc.lock"))
+	lock, err := storefs.OpenLockFile(filepath.Join(s.stateDir, "gc.lock"))
 	if err != nil {
 		return fmt.Errorf("store: gc: %w", err)
 	}
 	defer lock.Close()
-	ok, err := flockTry(lock, lockExclusive)
+	ok, err := storefs.TryLock(lock, storefs.Exclusive)
 	if err != nil {
 		return fmt.Errorf("store: gc: %w", err)
 	}
 	if !ok {
 		c.log.Info("waiting for the big garbage collector lock...")
-		if err := flockWait(ctx, lock, lockExclusive); err != nil {
+		if err := storefs.WaitLock(ctx, lock, storefs.Exclusive); err != nil {
 			return fmt.Errorf("store: gc: locking %s: %w", lock.Name(), err)
 		}
 	}
@@ -498,7 +499,7 @@ func (c *collector) simulate(plan []gcItem) error {
 		if c.opts.MaxFreed > 0 && c.res.BytesFreed >= c.opts.MaxFreed {
 			break
 		}
-		n, err := diskUsage(filepath.Join(c.s.storeDir, it.name))
+		n, err := storefs.TreeSize(filepath.Join(c.s.storeDir, it.name), freedBy)
 		if err != nil {
 			return fmt.Errorf("store: gc: %w", err)
 		}
@@ -560,7 +561,7 @@ func (c *collector) deleteItem(ctx context.Context, it gcItem) (deleted bool, er
 		// Nix deletes names that are not store paths straight away.
 		c.log.Debugf("deleting '%s'", abs)
 		gcHook("delete", it.name)
-		freed, err := deletePath(real)
+		freed, err := storefs.RemoveTree(real, freedBy)
 		c.res.BytesFreed += freed
 		if err != nil {
 			return false, fmt.Errorf("store: gc: deleting %s: %w", real, err)
@@ -612,7 +613,7 @@ func (c *collector) deleteItem(ctx context.Context, it gcItem) (deleted bool, er
 			return false, nil
 		}
 	} else {
-		freed, err = deletePath(real)
+		freed, err = storefs.RemoveTree(real, freedBy)
 	}
 	c.res.BytesFreed += freed
 	if err != nil {
