@@ -11,8 +11,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/storepkg/storepkg/pkg/gcowner"
-	"github.com/storepkg/storepkg/pkg/mount"
 	"github.com/storepkg/storepkg/pkg/store"
+	"github.com/storepkg/storepkg/pkg/store/views"
 )
 
 func newGCCommand() *cobra.Command {
@@ -76,19 +76,19 @@ days: 7d, 1d12h).`,
 			// Containers' store views hard-link store files: remove the
 			// unused ones first, so that the paths the collector deletes
 			// free their space.
-			views, err := mount.PruneViews(ctx, root, mount.PruneOptions{Unused: true, MinIdle: opts.MinAge, DryRun: dryRun})
+			pruned, err := views.Prune(ctx, root, views.PruneOptions{Unused: true, MinIdle: opts.MinAge, DryRun: dryRun})
 			if err != nil {
 				return err
 			}
 			res, err := st.CollectGarbage(ctx, opts)
 			out := cmd.OutOrStdout()
-			mib := float64(res.BytesFreed+views.BytesFreed) / (1024 * 1024)
-			if len(views.Removed) > 0 {
+			mib := float64(res.BytesFreed+pruned.BytesFreed) / (1024 * 1024)
+			if len(pruned.Removed) > 0 {
 				verb := "removed"
 				if dryRun {
 					verb = "would remove"
 				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "%s %d unused store views\n", verb, len(views.Removed))
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s %d unused store views\n", verb, len(pruned.Removed))
 			}
 			if dryRun {
 				if err != nil {

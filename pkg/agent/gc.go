@@ -11,8 +11,8 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
-	"github.com/storepkg/storepkg/pkg/mount"
 	"github.com/storepkg/storepkg/pkg/store"
+	"github.com/storepkg/storepkg/pkg/store/views"
 )
 
 // GCRun describes one periodic check of the store's filesystem and the
@@ -127,18 +127,18 @@ func (a *Agent) checkUsage(ctx context.Context) GCRun {
 	start := time.Now()
 	// Unused store views first: their hard links keep the inodes of paths
 	// the collection deletes, so without this no space would come back.
-	views, err := mount.PruneViews(ctx, a.cfg.StoreRoot, mount.PruneOptions{Unused: true, MinIdle: max(a.cfg.MinAge, 0)})
+	pruned, err := views.Prune(ctx, a.cfg.StoreRoot, views.PruneOptions{Unused: true, MinIdle: max(a.cfg.MinAge, 0)})
 	if err != nil {
 		log.WithError(err).Warn("pruning unused store views")
-	} else if views.BytesFreed > 0 || len(views.Removed) > 0 {
-		a.metrics.gcFreed.Add(float64(views.BytesFreed))
-		log.WithField("views", len(views.Removed)).WithField("freedBytes", views.BytesFreed).Info("removed unused store views")
+	} else if pruned.BytesFreed > 0 || len(pruned.Removed) > 0 {
+		a.metrics.gcFreed.Add(float64(pruned.BytesFreed))
+		log.WithField("views", len(pruned.Removed)).WithField("freedBytes", pruned.BytesFreed).Info("removed unused store views")
 	}
-	if views == nil || views.BytesFreed < run.MaxFreed {
+	if pruned == nil || pruned.BytesFreed < run.MaxFreed {
 		// MaxFreed 0 would mean no limit: only collect what is still needed.
 		var viewsFreed uint64
-		if views != nil {
-			viewsFreed = views.BytesFreed
+		if pruned != nil {
+			viewsFreed = pruned.BytesFreed
 		}
 		run.Result, run.Err = a.store.CollectGarbage(ctx, store.GCOptions{
 			MaxFreed: run.MaxFreed - viewsFreed,
