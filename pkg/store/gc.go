@@ -425,7 +425,7 @@ func (c *collector) plan(g *gcGraph, live []bool) ([]gcItem, error) {
 		if name == ".links" {
 			continue
 		}
-		hash, ok := nixStorePathName(name)
+		hash, ok := storepath.ParseEntryName(name)
 		if !ok {
 			plan = append(plan, gcItem{name: name, node: -1, other: true})
 			continue
@@ -664,35 +664,6 @@ func (c *collector) isValid(ctx context.Context, abs string) (bool, error) {
 	return n > 0, nil
 }
 
-// nixStorePathName reports whether a store directory entry name parses
-// as a store path the way Nix 2.8 parses one (StorePath's constructor:
-// at least 33 characters, a hash part of 32 base-32 digits, a name of
-// 1 to 211 allowed characters after one more character) and returns its
-// hash part. Names such as "<hash>-foo.lock" or "<hash>-foo.storepkg-tmp"
-// parse; ".links" or "tmp-123" do not.
-func nixStorePathName(base string) (hash string, ok bool) {
-	if len(base) < storepath.HashLen+2 {
-		return "", false
-	}
-	for i := 0; i < storepath.HashLen; i++ {
-		c := base[i]
-		if c == 'e' || c == 'o' || c == 'u' || c == 't' || !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z') {
-			return "", false
-		}
-	}
-	name := base[storepath.HashLen+1:]
-	if len(name) > storepath.MaxNameLen {
-		return "", false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("+-._?=", c) >= 0) {
-			return "", false
-		}
-	}
-	return base[:storepath.HashLen], true
-}
-
 // parseNixStorePath is Nix's maybeParseStorePath for an absolute path:
 // canonicalised, directly in /nix/store, with a store path name. It
 // returns the base name and hash part.
@@ -705,7 +676,7 @@ func parseNixStorePath(p string) (base, hash string, ok bool) {
 		return "", "", false
 	}
 	base = filepath.Base(p)
-	hash, ok = nixStorePathName(base)
+	hash, ok = storepath.ParseEntryName(base)
 	return base, hash, ok
 }
 
