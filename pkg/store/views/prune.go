@@ -17,8 +17,9 @@ import (
 // can no longer be used (see Prune).
 type PruneOptions struct {
 	// Unused also removes views that no live container uses although
-	// their store paths are all still there: `storepkg gc` and the node
-	// agent set it before collecting garbage, so that the collector's
+	// their store paths are all still there: the node's collection
+	// (store.CollectNodeGarbage, for `storepkg gc` and the node agent)
+	// sets it before collecting garbage, so that the collector's
 	// deletions free their space at once.
 	Unused bool
 	// MinIdle keeps, with Unused, the unused views built or last used

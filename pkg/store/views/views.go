@@ -32,8 +32,8 @@ import (
 
 // A store view is one directory per closure, shared by every container
 // on the node that runs that closure, mounted as the container's
-// /nix/store with a single read-only bind (mount.BuildShared). It lives on the store's own
-// filesystem, under <StoreRoot>/nix/var/storepkg/views:
+// /nix/store with a single read-only bind (mount.BuildShared). It lives
+// on the store's own filesystem, under <StoreRoot>/nix/var/storepkg/views:
 //
 //	<key>/store/<name>...   the closure: directories recreated, every
 //	                        other entry a hard link to the store's inode
@@ -73,7 +73,7 @@ type User struct {
 
 // View is a built store view.
 type View struct {
-	Key      string        // identifies the closure: Key
+	Key      string        // identifies the closure: Key(closure)
 	StoreDir string        // the directory to mount at /nix/store
 	Built    bool          // this call built it
 	Duration time.Duration // how long building took (when Built)
