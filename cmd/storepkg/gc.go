@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -10,8 +11,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/storepkg/storepkg/pkg/gcowner"
-	"github.com/storepkg/storepkg/pkg/mount"
 	"github.com/storepkg/storepkg/pkg/store"
 )
 
@@ -30,14 +29,16 @@ does, and can run next to Nix and to storepkg fetches: roots are the links
 under nix/var/nix/gcroots and profiles, running processes' store paths and
 the temporary roots of live processes.
 
-Store views (the shared /nix/store directories of containers, hard links
-into the store) that no live container uses are removed first, so that
-deleting their paths frees the space.
+First the GC roots of shims that are gone (killed, or from before a
+reboot) are removed, and the store views (the shared /nix/store
+directories of containers, hard links into the store) that no live
+container uses, so that deleting their paths frees the space. If either
+fails, the collection still runs and gc exits with the error.
 
 --dry-run prints the paths that would be deleted, one per line and sorted,
 as nix-store --gc --print-dead does, and a summary on standard error.
---max-freed stops once that much has been freed (bytes, or with a suffix
-K, M, G or T, powers of 1024 as in Nix). --min-age keeps paths registered
+--max-freed stops once that much has been freed, the views' bytes
+included (bytes, or with a suffix K, M, G or T, powers of 1024 as in Nix). --min-age keeps paths registered
 more recently than that, with their closures (Go durations such as 36h, or
 days: 7d, 1d12h).`,
 		Args: cobra.NoArgs,
@@ -60,49 +61,44 @@ days: 7d, 1d12h).`,
 				return err
 			}
 			defer st.Close()
-			// Roots of shims that are gone (killed, or from before a
-			// reboot) would pin their pods' closures for good.
-			swept, err := gcowner.Sweep(root, dryRun)
-			if err != nil {
-				return err
-			}
-			if len(swept.Owners) > 0 {
+			// Roots of gone shims, then unused store views, then the
+			// collection (see CollectNodeGarbage).
+			res, err := st.CollectNodeGarbage(ctx, opts)
+			stderr := cmd.ErrOrStderr()
+			if res.Swept != nil && len(res.Swept.Owners) > 0 {
 				verb := "removed"
 				if dryRun {
 					verb = "would remove (the list below still counts them as roots)"
 				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "%s %d GC roots of %d shims that are gone\n", verb, len(swept.Roots), len(swept.Owners))
+				fmt.Fprintf(stderr, "%s %d GC roots of %d shims that are gone\n", verb, len(res.Swept.Roots), len(res.Swept.Owners))
 			}
-			// Containers' store views hard-link store files: remove the
-			// unused ones first, so that the paths the collector deletes
-			// free their space.
-			views, err := mount.PruneViews(ctx, root, mount.PruneOptions{Unused: true, MinIdle: opts.MinAge, DryRun: dryRun})
-			if err != nil {
-				return err
-			}
-			res, err := st.CollectGarbage(ctx, opts)
-			out := cmd.OutOrStdout()
-			mib := float64(res.BytesFreed+views.BytesFreed) / (1024 * 1024)
-			if len(views.Removed) > 0 {
+			if len(res.Views.Removed) > 0 {
 				verb := "removed"
 				if dryRun {
 					verb = "would remove"
 				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "%s %d unused store views\n", verb, len(views.Removed))
+				fmt.Fprintf(stderr, "%s %d unused store views\n", verb, len(res.Views.Removed))
 			}
+			err = errors.Join(res.SweepErr, res.PruneErr, err)
+			var dead []string
+			if res.GC != nil {
+				dead = res.GC.Dead
+			}
+			out := cmd.OutOrStdout()
+			mib := float64(res.BytesFreed()) / (1024 * 1024)
 			if dryRun {
 				if err != nil {
 					return err
 				}
-				dead := slices.Clone(res.Dead)
+				dead = slices.Clone(dead)
 				slices.Sort(dead)
 				for _, p := range dead {
 					fmt.Fprintln(out, p)
 				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "%d paths, %.2f MiB would be freed\n", len(res.Dead), mib)
+				fmt.Fprintf(stderr, "%d paths, %.2f MiB would be freed\n", len(dead), mib)
 				return nil
 			}
-			fmt.Fprintf(out, "deleted %d paths, freed %.2f MiB\n", len(res.Dead), mib)
+			fmt.Fprintf(out, "deleted %d paths, freed %.2f MiB\n", len(dead), mib)
 			return err
 		},
 	}

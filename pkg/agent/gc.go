@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"github.com/storepkg/storepkg/pkg/gcowner"
-
 	"context"
 	"fmt"
 	"math"
@@ -11,7 +9,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
-	"github.com/storepkg/storepkg/pkg/mount"
+	"github.com/storepkg/storepkg/pkg/gcowner"
 	"github.com/storepkg/storepkg/pkg/store"
 )
 
@@ -78,10 +76,8 @@ func (a *Agent) gcLoop(ctx context.Context) {
 	}
 }
 
-// sweepRoots removes the GC roots of shims that are gone (killed, or
-// from before a reboot): they would pin their pods' closures for good.
-func (a *Agent) sweepRoots() {
-	res, err := gcowner.Sweep(a.cfg.StoreRoot, false)
+// logSweep reports a sweep of the GC roots of shims that are gone.
+func (a *Agent) logSweep(res *gcowner.SweepResult, err error) {
 	if err != nil {
 		a.log.WithError(err).Warn("sweeping the GC roots of gone shims")
 		return
@@ -109,9 +105,12 @@ func (a *Agent) checkUsage(ctx context.Context) GCRun {
 		return run
 	}
 	a.setFilesystemGauges(run.Size, run.Available)
-	a.sweepRoots()
 	run.UsagePercent, run.MaxFreed = bytesToFree(run.Size, run.Available, a.cfg.HighPercent, a.cfg.LowPercent)
 	if run.UsagePercent < a.cfg.HighPercent || run.MaxFreed == 0 {
+		// Roots of shims that are gone (killed, or from before a reboot)
+		// go on every check, not only under pressure: they would pin
+		// their pods' closures for good.
+		a.logSweep(gcowner.Sweep(a.cfg.StoreRoot, false))
 		a.log.WithField("usagePercent", round2(run.UsagePercent)).Debug("store filesystem below the high threshold")
 		return run
 	}
@@ -125,26 +124,18 @@ func (a *Agent) checkUsage(ctx context.Context) GCRun {
 	})
 	log.Info("store filesystem above the high threshold: collecting garbage")
 	start := time.Now()
-	// Unused store views first: their hard links keep the inodes of paths
-	// the collection deletes, so without this no space would come back.
-	views, err := mount.PruneViews(ctx, a.cfg.StoreRoot, mount.PruneOptions{Unused: true, MinIdle: max(a.cfg.MinAge, 0)})
-	if err != nil {
-		log.WithError(err).Warn("pruning unused store views")
-	} else if views.BytesFreed > 0 || len(views.Removed) > 0 {
-		a.metrics.gcFreed.Add(float64(views.BytesFreed))
-		log.WithField("views", len(views.Removed)).WithField("freedBytes", views.BytesFreed).Info("removed unused store views")
-	}
-	if views == nil || views.BytesFreed < run.MaxFreed {
-		// MaxFreed 0 would mean no limit: only collect what is still needed.
-		var viewsFreed uint64
-		if views != nil {
-			viewsFreed = views.BytesFreed
-		}
-		run.Result, run.Err = a.store.CollectGarbage(ctx, store.GCOptions{
-			MaxFreed: run.MaxFreed - viewsFreed,
-			MinAge:   a.cfg.MinAge,
-			Log:      a.log.WithField("component", "gc"),
-		})
+	res, err := a.store.CollectNodeGarbage(ctx, store.GCOptions{
+		MaxFreed: run.MaxFreed,
+		MinAge:   a.cfg.MinAge,
+		Log:      a.log.WithField("component", "gc"),
+	})
+	run.Result, run.Err = res.GC, err
+	a.logSweep(res.Swept, res.SweepErr)
+	if res.PruneErr != nil {
+		log.WithError(res.PruneErr).Warn("pruning unused store views")
+	} else if res.Views.BytesFreed > 0 || len(res.Views.Removed) > 0 {
+		a.metrics.gcFreed.Add(float64(res.Views.BytesFreed))
+		log.WithField("views", len(res.Views.Removed)).WithField("freedBytes", res.Views.BytesFreed).Info("removed unused store views")
 	}
 	run.Duration = time.Since(start)
 	m := a.metrics

@@ -1,7 +1,9 @@
-// Package mount builds a container's view of the node store: a small
+// Package mount builds what a container sees of the node store: a small
 // generated root directory and the mount that exposes exactly one closure,
 // read-only: the closure's store view, a directory shared by every
-// container on the node that runs the same closure (storeview.go).
+// container on the node that runs the same closure (pkg/store/views
+// builds and prunes them), or, where views cannot be made, one bind per
+// closure path.
 package mount
 
 import (
@@ -40,7 +42,7 @@ var skeletonFiles = map[string]string{
 
 // BuildShared creates the skeleton in rootfs (an empty or missing
 // directory) and returns the one mount to append to the OCI spec: the
-// closure's store view (AcquireView's View.StoreDir) bound read-only,
+// closure's store view (views.Acquire's View.StoreDir) bound read-only,
 // nosuid, nodev at /nix/store. One mount whatever the closure's size.
 // Mount points for the spec's existing mounts are created as Build does.
 func BuildShared(rootfs, viewStore string, specMounts []specs.Mount) ([]specs.Mount, error) {
@@ -88,7 +90,7 @@ func skeleton(rootfs string, specMounts []specs.Mount) error {
 // existing mounts (CRI's hosts, resolv.conf, volumes…) are created with
 // the right kind (file or directory). Its cost grows with the closure
 // (runc mounts each path); BuildShared is the fast way, Build the
-// fallback where store views cannot be made (ErrViewUnsupported).
+// fallback where store views cannot be made (views.ErrUnsupported).
 func Build(rootfs, hostStore string, closure []storepath.Path, specMounts []specs.Mount) ([]specs.Mount, error) {
 	if err := skeleton(rootfs, specMounts); err != nil {
 		return nil, err

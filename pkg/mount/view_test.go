@@ -63,3 +63,14 @@ func TestBuild(t *testing.T) {
 		t.Error("a closure path missing from the store was accepted")
 	}
 }
+
+// TestBuildShared: a store view is one read-only, nosuid, nodev bind at
+// /nix/store, whatever the closure's size.
+func TestBuildShared(t *testing.T) {
+	vs := t.TempDir()
+	mounts, err := BuildShared(filepath.Join(t.TempDir(), "rootfs"), vs, nil)
+	if err != nil || len(mounts) != 1 || mounts[0].Destination != "/nix/store" || mounts[0].Source != vs ||
+		!hasOption(mounts[0].Options, "ro") || !hasOption(mounts[0].Options, "nosuid") || !hasOption(mounts[0].Options, "nodev") {
+		t.Errorf("BuildShared: %+v, %v", mounts, err)
+	}
+}

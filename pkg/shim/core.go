@@ -27,6 +27,7 @@ import (
 	"github.com/storepkg/storepkg/pkg/fetchstatus"
 	"github.com/storepkg/storepkg/pkg/gcowner"
 	"github.com/storepkg/storepkg/pkg/mount"
+	"github.com/storepkg/storepkg/pkg/store/views"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -53,7 +54,7 @@ type core struct {
 type containerState struct {
 	pathEnv string // PATH entries of the root paths, for exec
 	rootfs  string // the generated root, removed with the container
-	viewKey string // the shared store view it uses (mount.AcquireView)
+	viewKey string // the shared store view it uses (views.Acquire)
 }
 
 // fetchCall is one closure substitution in flight or done. It runs on the
@@ -198,9 +199,9 @@ func (c *core) warmView(ctx context.Context, call *fetchCall) {
 		return
 	}
 	ctx = context.WithoutCancel(ctx)
-	v, err := mount.EnsureView(ctx, c.cfg.StoreRoot, call.res.Closure)
+	v, err := views.Ensure(ctx, c.cfg.StoreRoot, call.res.Closure)
 	if err != nil {
-		if !errors.Is(err, mount.ErrViewUnsupported) {
+		if !errors.Is(err, views.ErrUnsupported) {
 			log.G(ctx).WithError(err).Warn("storepkg: building store view after prefetch")
 		}
 		return
@@ -264,9 +265,9 @@ func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle str
 // and built by the first; where views cannot be made (the views
 // directory cannot hard-link into the store), one bind per path.
 func (c *core) viewMounts(ctx context.Context, id, bundle string, state *containerState, closure []storepath.Path, specMounts []specs.Mount) ([]specs.Mount, error) {
-	v, err := mount.AcquireView(ctx, c.cfg.StoreRoot, closure, mount.User{Name: id, Alive: bundle})
+	v, err := views.Acquire(ctx, c.cfg.StoreRoot, closure, views.User{Name: id, Alive: bundle})
 	switch {
-	case errors.Is(err, mount.ErrViewUnsupported):
+	case errors.Is(err, views.ErrUnsupported):
 		log.G(ctx).WithError(err).Warn("storepkg: no shared store view; mounting each closure path")
 		return mount.Build(state.rootfs, c.storeDir(), closure, specMounts)
 	case err != nil:
@@ -380,11 +381,11 @@ func (c *core) containerDeleted(ctx context.Context, id string) {
 func (c *core) removeView(ctx context.Context, id string, state *containerState) {
 	if state.viewKey != "" {
 		root := c.cfg.StoreRoot
-		if err := mount.ReleaseView(root, state.viewKey, id); err != nil {
+		if err := views.Release(root, state.viewKey, id); err != nil {
 			log.G(ctx).WithError(err).Warn("storepkg: releasing store view")
 		}
 		state.viewKey = ""
-		res, err := mount.PruneViews(ctx, root, mount.PruneOptions{})
+		res, err := views.Prune(ctx, root, views.PruneOptions{})
 		if err != nil {
 			log.G(ctx).WithError(err).Warn("storepkg: pruning store views")
 		} else if len(res.Removed) > 0 {

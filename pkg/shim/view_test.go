@@ -12,7 +12,7 @@ import (
 
 	"github.com/storepkg/storepkg/internal/critest"
 	"github.com/storepkg/storepkg/internal/nixtest"
-	"github.com/storepkg/storepkg/pkg/mount"
+	"github.com/storepkg/storepkg/pkg/store/views"
 )
 
 // TestSharedStoreView: two pods on the same closure share one store view,
@@ -26,7 +26,7 @@ func TestSharedStoreView(t *testing.T) {
 	url, _, _ := serveCache(t)
 	env := startEnv(t, []string{url}, []string{fixture.key.Public})
 	fx := fixture.fx
-	views := filepath.Join(env.StoreRoot, mount.ViewsDir)
+	viewsDir := filepath.Join(env.StoreRoot, views.Dir)
 
 	var (
 		podIDs  []string
@@ -60,7 +60,7 @@ func TestSharedStoreView(t *testing.T) {
 		if out, err := env.ExecErr(id, "touch", fx.Hello+"/new"); err == nil {
 			t.Errorf("%s: wrote into the store: %s", name, out)
 		}
-		entries, _ := filepath.Glob(filepath.Join(views, "*", "store"))
+		entries, _ := filepath.Glob(filepath.Join(viewsDir, "*", "store"))
 		if len(entries) != 1 {
 			t.Fatalf("%s: views %v, want one", name, entries)
 		}
@@ -74,7 +74,7 @@ func TestSharedStoreView(t *testing.T) {
 		} else if ino != viewIno {
 			t.Errorf("the second pod rebuilt the view")
 		}
-		users, _ := filepath.Glob(filepath.Join(views, "*", "users", "*"))
+		users, _ := filepath.Glob(filepath.Join(viewsDir, "*", "users", "*"))
 		if len(users) != i+1 {
 			t.Errorf("%s: view users %v, want %d", name, users, i+1)
 		}
@@ -98,7 +98,7 @@ func TestSharedStoreView(t *testing.T) {
 		env.StopPod(t, podID)
 		env.RmPod(t, podID)
 	}
-	if users, _ := filepath.Glob(filepath.Join(views, "*", "users", "*")); len(users) != 0 {
+	if users, _ := filepath.Glob(filepath.Join(viewsDir, "*", "users", "*")); len(users) != 0 {
 		t.Errorf("view users left after the pods are gone: %v", users)
 	}
 
@@ -119,7 +119,7 @@ func TestSharedStoreView(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	if left, _ := os.ReadDir(views); len(left) != 0 {
+	if left, _ := os.ReadDir(viewsDir); len(left) != 0 {
 		t.Errorf("left in the views directory after gc: %v", left)
 	}
 	for _, p := range fx.Closure {

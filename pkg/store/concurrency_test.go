@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/storepkg/storepkg/internal/testenv"
+	"github.com/storepkg/storepkg/pkg/store/storefs"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -23,12 +24,12 @@ import (
 func TestOpenWaitsForBigLock(t *testing.T) {
 	root := t.TempDir()
 	openStore(t, root).Close()
-	f, err := openLockFile(filepath.Join(root, "nix/var/nix/db/big-lock"))
+	f, err := storefs.OpenLockFile(filepath.Join(root, "nix/var/nix/db/big-lock"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if ok, err := flockTry(f, lockExclusive); !ok || err != nil {
+	if ok, err := storefs.TryLock(f, storefs.Exclusive); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -41,7 +42,7 @@ func TestOpenWaitsForBigLock(t *testing.T) {
 	}
 	go func() {
 		time.Sleep(50 * time.Millisecond)
-		funlock(f)
+		storefs.Unlock(f)
 	}()
 	s, err := Open(context.Background(), root)
 	if err != nil {

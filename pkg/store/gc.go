@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/storepkg/storepkg/pkg/store/storefs"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -155,18 +156,18 @@ func (c *collector) run(ctx context.Context) error {
 
 	// The global GC lock: while we hold it exclusively, no process adds
 	// temporary roots to its file; they come to our socket instead.
-	lock, err := openLockFile(filepath.Join(s.stateDir, "gc.lock"))
+	lock, err := storefs.OpenLockFile(filepath.Join(s.stateDir, "gc.lock"))
 	if err != nil {
 		return fmt.Errorf("store: gc: %w", err)
 	}
 	defer lock.Close()
-	ok, err := flockTry(lock, lockExclusive)
+	ok, err := storefs.TryLock(lock, storefs.Exclusive)
 	if err != nil {
 		return fmt.Errorf("store: gc: %w", err)
 	}
 	if !ok {
 		c.log.Info("waiting for the big garbage collector lock...")
-		if err := flockWait(ctx, lock, lockExclusive); err != nil {
+		if err := storefs.WaitLock(ctx, lock, storefs.Exclusive); err != nil {
 			return fmt.Errorf("store: gc: locking %s: %w", lock.Name(), err)
 		}
 	}
@@ -424,7 +425,7 @@ func (c *collector) plan(g *gcGraph, live []bool) ([]gcItem, error) {
 		if name == ".links" {
 			continue
 		}
-		hash, ok := nixStorePathName(name)
+		hash, ok := storepath.ParseEntryName(name)
 		if !ok {
 			plan = append(plan, gcItem{name: name, node: -1, other: true})
 			continue
@@ -498,7 +499,7 @@ func (c *collector) simulate(plan []gcItem) error {
 		if c.opts.MaxFreed > 0 && c.res.BytesFreed >= c.opts.MaxFreed {
 			break
 		}
-		n, err := diskUsage(filepath.Join(c.s.storeDir, it.name))
+		n, err := storefs.TreeSize(filepath.Join(c.s.storeDir, it.name), freedBy)
 		if err != nil {
 			return fmt.Errorf("store: gc: %w", err)
 		}
@@ -560,7 +561,7 @@ func (c *collector) deleteItem(ctx context.Context, it gcItem) (deleted bool, er
 		// Nix deletes names that are not store paths straight away.
 		c.log.Debugf("deleting '%s'", abs)
 		gcHook("delete", it.name)
-		freed, err := deletePath(real)
+		freed, err := storefs.RemoveTree(real, freedBy)
 		c.res.BytesFreed += freed
 		if err != nil {
 			return false, fmt.Errorf("store: gc: deleting %s: %w", real, err)
@@ -612,7 +613,7 @@ func (c *collector) deleteItem(ctx context.Context, it gcItem) (deleted bool, er
 			return false, nil
 		}
 	} else {
-		freed, err = deletePath(real)
+		freed, err = storefs.RemoveTree(real, freedBy)
 	}
 	c.res.BytesFreed += freed
 	if err != nil {
@@ -663,35 +664,6 @@ func (c *collector) isValid(ctx context.Context, abs string) (bool, error) {
 	return n > 0, nil
 }
 
-// nixStorePathName reports whether a store directory entry name parses
-// as a store path the way Nix 2.8 parses one (StorePath's constructor:
-// at least 33 characters, a hash part of 32 base-32 digits, a name of
-// 1 to 211 allowed characters after one more character) and returns its
-// hash part. Names such as "<hash>-foo.lock" or "<hash>-foo.storepkg-tmp"
-// parse; ".links" or "tmp-123" do not.
-func nixStorePathName(base string) (hash string, ok bool) {
-	if len(base) < storepath.HashLen+2 {
-		return "", false
-	}
-	for i := 0; i < storepath.HashLen; i++ {
-		c := base[i]
-		if c == 'e' || c == 'o' || c == 'u' || c == 't' || !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z') {
-			return "", false
-		}
-	}
-	name := base[storepath.HashLen+1:]
-	if len(name) > storepath.MaxNameLen {
-		return "", false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("+-._?=", c) >= 0) {
-			return "", false
-		}
-	}
-	return base[:storepath.HashLen], true
-}
-
 // parseNixStorePath is Nix's maybeParseStorePath for an absolute path:
 // canonicalised, directly in /nix/store, with a store path name. It
 // returns the base name and hash part.
@@ -704,7 +676,7 @@ func parseNixStorePath(p string) (base, hash string, ok bool) {
 		return "", "", false
 	}
 	base = filepath.Base(p)
-	hash, ok = nixStorePathName(base)
+	hash, ok = storepath.ParseEntryName(base)
 	return base, hash, ok
 }
 

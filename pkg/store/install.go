@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/storepkg/storepkg/pkg/store/storefs"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -112,38 +112,10 @@ func (s *Store) AbortInstall(tmp string) error {
 }
 
 // RemoveTree removes path and everything below it, as Nix's deletePath
-// does: store trees are read-only (files 0444, directories 0555), so
-// directories are made writable (u+rwx) before their entries are removed.
-// Symbolic links are removed, never followed. A missing path is not an
-// error.
+// does (storefs.RemoveTree): store trees are read-only, so directories
+// are made writable before their entries are removed. Symbolic links are
+// removed, never followed. A missing path is not an error.
 func RemoveTree(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if fi.IsDir() {
-		err := filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			if d != nil && d.IsDir() {
-				// WalkDir calls us before reading the directory, so this
-				// also makes a directory without r/x readable.
-				if cerr := os.Chmod(p, 0o700); cerr != nil && !errors.Is(cerr, fs.ErrNotExist) {
-					return cerr
-				}
-				if err != nil {
-					return err
-				}
-			}
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("making %s writable: %w", path, err)
-		}
-	}
-	return os.RemoveAll(path)
+	_, err := storefs.RemoveTree(path, nil)
+	return err
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/storepkg/storepkg/internal/testenv"
+	"github.com/storepkg/storepkg/pkg/store/storefs"
 )
 
 func TestLockPathContention(t *testing.T) {
@@ -56,7 +57,7 @@ func TestLockPathContention(t *testing.T) {
 	}
 	l2 := <-done
 	var st1, st2 unix.Stat_t
-	if err := unix.Fstat(int(l2.f.Fd()), &st1); err != nil {
+	if err := unix.Fstat(int(l2.l.File().Fd()), &st1); err != nil {
 		t.Fatal(err)
 	}
 	if err := unix.Stat(lockFile, &st2); err != nil {
@@ -81,49 +82,6 @@ func TestLockPathContention(t *testing.T) {
 	}
 	if err := l2.Unlock(); err != nil { // second Unlock is a no-op
 		t.Fatal(err)
-	}
-}
-
-// TestLockPathStale replays the race Nix guards against: we open the lock
-// file, then its holder deletes it (Nix's deleteLockFile: unlink, write a
-// byte, close) before we lock it. We must not trust the lock on the dead
-// file.
-func TestLockPathStale(t *testing.T) {
-	ctx := context.Background()
-	s := openStore(t, t.TempDir())
-	p := fakePath(t, "stale")
-	lockFile := s.RealPath(p) + ".lock"
-
-	holder, err := openLockFile(lockFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ok, err := flockTry(holder, lockExclusive); !ok || err != nil {
-		t.Fatal(ok, err)
-	}
-	var opens atomic.Int32
-	testHookLockOpened = func(name string) {
-		if name == lockFile && opens.Add(1) == 1 {
-			// We have opened the old file; the holder deletes it now.
-			os.Remove(lockFile)
-			holder.Write([]byte("d"))
-			holder.Close()
-		}
-	}
-	defer func() { testHookLockOpened = nil }()
-
-	l, ok, err := s.LockPath(ctx, p, true)
-	if err != nil || !ok {
-		t.Fatalf("LockPath = %v, %v", ok, err)
-	}
-	defer l.Unlock()
-	if n := opens.Load(); n != 2 {
-		t.Errorf("lock file opened %d times, want 2 (stale, then fresh)", n)
-	}
-	var st1, st2 unix.Stat_t
-	unix.Fstat(int(l.f.Fd()), &st1)
-	if err := unix.Stat(lockFile, &st2); err != nil || st1.Ino != st2.Ino || st1.Size != 0 {
-		t.Fatalf("lock held on inode %d size %d; file: %d, %v", st1.Ino, st1.Size, st2.Ino, err)
 	}
 }
 
@@ -206,7 +164,7 @@ func TestAddTempRoots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, _ := flockTry(f, lockExclusive); ok {
+	if ok, _ := storefs.TryLock(f, storefs.Exclusive); ok {
 		t.Error("temporary roots file is not locked")
 	}
 	f.Close()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/pkg/nixbase32"
+	"github.com/storepkg/storepkg/pkg/store/storefs"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -328,11 +329,11 @@ func TestGCSocketProtocol(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	// The collector holds gc.lock now, so this goes through the socket.
-	f, err := openLockFile(filepath.Join(s.StateDir(), "gc.lock"))
+	f, err := storefs.OpenLockFile(filepath.Join(s.StateDir(), "gc.lock"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, _ := flockTry(f, lockShared); ok {
+	if ok, _ := storefs.TryLock(f, storefs.Shared); ok {
 		t.Fatal("gc.lock is not held by the collector")
 	}
 	f.Close()

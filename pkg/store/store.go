@@ -31,9 +31,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 
+	"github.com/storepkg/storepkg/pkg/store/storefs"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -90,11 +92,11 @@ func Open(ctx context.Context, root string) (*Store, error) {
 
 	// Same order as Nix: big lock first, then look at the schema, so we
 	// never read a schema file a concurrent upgrade is rewriting.
-	s.bigLock, err = openLockFile(filepath.Join(dbDir, "big-lock"))
+	s.bigLock, err = storefs.OpenLockFile(filepath.Join(dbDir, "big-lock"))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("store: %w", err)
 	}
-	if err := flockWait(ctx, s.bigLock, lockShared); err != nil {
+	if err := storefs.WaitLock(ctx, s.bigLock, storefs.Shared); err != nil {
 		s.bigLock.Close()
 		return nil, fmt.Errorf("store: locking %s: %w", s.bigLock.Name(), err)
 	}
@@ -345,6 +347,22 @@ func isBusy(err error) bool {
 		return true
 	}
 	return false
+}
+
+// busyRetryDelay is the pause between SQLite attempts that found the
+// database busy beyond the busy timeout.
+const busyRetryDelay = 10 * time.Millisecond
+
+// sleepCtx sleeps for d or until ctx ends, whichever is first.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // retryBusy runs fn until it succeeds, fails with something other than

@@ -15,8 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/storepkg/storepkg/pkg/store/storefs"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -123,9 +122,9 @@ func (s *Store) AddTempRoots(ctx context.Context, paths ...storepath.Path) error
 		tr.file = f
 	}
 	if tr.gcLock == nil {
-		f, err := openLockFile(filepath.Join(s.stateDir, "gc.lock"))
+		f, err := storefs.OpenLockFile(filepath.Join(s.stateDir, "gc.lock"))
 		if err != nil {
-			return err
+			return fmt.Errorf("store: %w", err)
 		}
 		tr.gcLock = f
 	}
@@ -138,18 +137,18 @@ func (s *Store) AddTempRoots(ctx context.Context, paths ...storepath.Path) error
 
 	written := false
 	for {
-		ok, err := flockTry(tr.gcLock, lockShared)
+		ok, err := storefs.TryLock(tr.gcLock, storefs.Shared)
 		if err != nil {
 			return fmt.Errorf("store: %w", err)
 		}
 		if ok && written {
-			return funlock(tr.gcLock)
+			return storefs.Unlock(tr.gcLock)
 		}
 		if ok {
 			// No collector: append while holding the shared lock, so none
 			// can start before the roots are in the file.
 			_, werr := tr.file.Write(rec)
-			uerr := funlock(tr.gcLock)
+			uerr := storefs.Unlock(tr.gcLock)
 			if err := errors.Join(werr, uerr); err != nil {
 				return fmt.Errorf("store: writing temporary roots to %s: %w", tr.file.Name(), err)
 			}
@@ -183,32 +182,17 @@ func (s *Store) AddTempRoots(ctx context.Context, paths ...storepath.Path) error
 
 // createTempRootsFile creates and write-locks temproots/<pid>. A file
 // already there must be stale (pids are unique among live processes);
-// Nix unlinks it. If the collector deleted the new file between our open
-// and our lock, it has written a byte into it, so a non-empty file means
-// "start again".
+// Nix unlinks it. If the collector deletes the new file between our open
+// and our lock, storefs.Acquire notices and starts again.
 func createTempRootsFile(ctx context.Context, name string) (*os.File, error) {
-	for {
-		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("store: removing stale temporary roots file %s: %w", name, err)
-		}
-		f, err := openLockFile(name)
-		if err != nil {
-			return nil, err
-		}
-		if err := flockWait(ctx, f, lockExclusive); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("store: locking %s: %w", name, err)
-		}
-		var st unix.Stat_t
-		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("store: stat of %s: %w", name, err)
-		}
-		if st.Size == 0 {
-			return f, nil
-		}
-		f.Close()
+	if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("store: removing stale temporary roots file %s: %w", name, err)
 	}
+	l, _, err := storefs.Acquire(ctx, name, true)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	return l.File(), nil
 }
 
 // sendRootsToCollector tells a running collector about paths over

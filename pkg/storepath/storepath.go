@@ -33,15 +33,41 @@ func ParseBase(base string) (Path, error) {
 	if len(base) < HashLen+2 || base[HashLen] != '-' {
 		return "", fmt.Errorf("%w %q: want <32-char hash>-<name>", ErrInvalid, base)
 	}
-	for i := 0; i < HashLen; i++ {
-		if !nixbase32.IsValidChar(base[i]) {
-			return "", fmt.Errorf("%w %q: bad hash character %q", ErrInvalid, base, base[i])
-		}
+	if i := badHashChar(base); i >= 0 {
+		return "", fmt.Errorf("%w %q: bad hash character %q", ErrInvalid, base, base[i])
 	}
-	if err := checkName(base[HashLen+1:]); err != nil {
+	name := base[HashLen+1:]
+	if strings.HasPrefix(name, ".") {
+		return "", fmt.Errorf("%w %q: name starts with '.'", ErrInvalid, base)
+	}
+	if err := checkNameChars(name); err != nil {
 		return "", fmt.Errorf("%w %q: %v", ErrInvalid, base, err)
 	}
 	return Path(base), nil
+}
+
+// ParseEntryName parses the name of an entry of the store directory the
+// way Nix 2.8's StorePath constructor does, and returns its hash part.
+// Nix's garbage collector uses it to tell store paths, and the names that
+// go with them ("<hash>-foo.lock", "<hash>-foo.storepkg-tmp"), from other
+// entries (".links", "tmp-123"). It is laxer than ParseBase: the character
+// after the hash is not checked and the name may start with '.'.
+func ParseEntryName(base string) (hash string, ok bool) {
+	if len(base) < HashLen+2 || badHashChar(base) >= 0 || checkNameChars(base[HashLen+1:]) != nil {
+		return "", false
+	}
+	return base[:HashLen], true
+}
+
+// badHashChar returns the index of the first character of base's hash
+// part that is not a nixbase32 digit, or -1.
+func badHashChar(base string) int {
+	for i := 0; i < HashLen; i++ {
+		if !nixbase32.IsValidChar(base[i]) {
+			return i
+		}
+	}
+	return -1
 }
 
 // Parse validates an absolute store path "/nix/store/<hash>-<name>".
@@ -58,15 +84,10 @@ func Parse(abs string) (Path, error) {
 	return ParseBase(rest)
 }
 
-func checkName(name string) error {
-	if name == "" {
-		return errors.New("empty name")
-	}
+// checkNameChars checks a non-empty name's length and characters.
+func checkNameChars(name string) error {
 	if len(name) > MaxNameLen {
 		return fmt.Errorf("name longer than %d characters", MaxNameLen)
-	}
-	if name[0] == '.' {
-		return errors.New("name starts with '.'")
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]

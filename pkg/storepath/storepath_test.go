@@ -30,3 +30,29 @@ func TestParse(t *testing.T) {
 		}
 	}
 }
+
+// TestParseEntryName: store directory entries are told apart as Nix 2.8's
+// collector tells them, more laxly than Parse.
+func TestParseEntryName(t *testing.T) {
+	h := "0123456789abcdfghijklmnpqrsvwxyz"
+	for name, want := range map[string]bool{
+		h + "-hello":                       true,
+		h + "-hello.lock":                  true,
+		h + "-x.storepkg-tmp":              true,
+		h + "_odd-separator":               true, // Nix 2.8 does not check the 33rd character
+		h + "-.dot":                        true, // nor a leading dot
+		h + "-":                            false,
+		h + "-a b":                         false,
+		"e" + h[1:] + "-x":                 false,
+		".links":                           false,
+		"tmp-1234":                         false,
+		h + "-" + strings.Repeat("x", 212): false,
+	} {
+		if _, ok := ParseEntryName(name); ok != want {
+			t.Errorf("ParseEntryName(%q) = %v, want %v", name, ok, want)
+		}
+	}
+	if hash, _ := ParseEntryName(h + "-hello.lock"); hash != h {
+		t.Errorf("ParseEntryName hash part = %q", hash)
+	}
+}

@@ -1,4 +1,11 @@
-package mount
+// Package views keeps the node's store views: one directory per closure,
+// shared by every container on the node that runs that closure, that
+// pkg/mount binds read-only at the container's /nix/store. Views are node
+// store state next to the store they hard-link into, and like the store
+// they are used from several processes at once (shims, `storepkg gc`, the
+// node agent), so they take the store's lock files (pkg/store/storefs).
+// The package needs no SQLite: the shim links it.
+package views
 
 import (
 	"bufio"
@@ -19,13 +26,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/storepkg/storepkg/pkg/store/storefs"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
 // A store view is one directory per closure, shared by every container
 // on the node that runs that closure, mounted as the container's
-// /nix/store with a single read-only bind. It lives on the store's own
-// filesystem, under <StoreRoot>/nix/var/storepkg/views:
+// /nix/store with a single read-only bind (mount.BuildShared). It lives
+// on the store's own filesystem, under <StoreRoot>/nix/var/storepkg/views:
 //
 //	<key>/store/<name>...   the closure: directories recreated, every
 //	                        other entry a hard link to the store's inode
@@ -43,15 +51,15 @@ import (
 // and mtimes are the store's, and the store's files stay what
 // nix-store --verify checks. A view keeps its inodes alive after the
 // store's garbage collector deletes their paths, so views that nothing
-// uses must be pruned (PruneViews) for the space to come back.
+// uses must be pruned (Prune) for the space to come back.
 
-// ViewsDir is where the views live, relative to the store root.
-const ViewsDir = "nix/var/storepkg/views"
+// Dir is where the views live, relative to the store root.
+const Dir = "nix/var/storepkg/views"
 
-// ErrViewUnsupported: the views directory cannot hard-link to the store
+// ErrUnsupported: the views directory cannot hard-link to the store
 // (another filesystem or mount, or links not permitted). Callers fall
-// back to one bind mount per closure path (Build).
-var ErrViewUnsupported = errors.New("store views not supported here")
+// back to one bind mount per closure path (mount.Build).
+var ErrUnsupported = errors.New("store views not supported here")
 
 // User is a container using a view.
 type User struct {
@@ -65,15 +73,15 @@ type User struct {
 
 // View is a built store view.
 type View struct {
-	Key      string        // identifies the closure: ViewKey
+	Key      string        // identifies the closure: Key(closure)
 	StoreDir string        // the directory to mount at /nix/store
 	Built    bool          // this call built it
 	Duration time.Duration // how long building took (when Built)
 	Files    int           // entries linked while building (when Built)
 }
 
-// ViewKey names the view of a closure: a hash of its sorted base names.
-func ViewKey(closure []storepath.Path) string {
+// Key names the view of a closure: a hash of its sorted base names.
+func Key(closure []storepath.Path) string {
 	names := baseNames(closure)
 	h := sha256.New()
 	for _, n := range names {
@@ -92,30 +100,30 @@ func baseNames(closure []storepath.Path) []string {
 	return slices.Compact(names)
 }
 
-func viewsDir(storeRoot string) string { return filepath.Join(storeRoot, ViewsDir) }
+func viewsDir(storeRoot string) string { return filepath.Join(storeRoot, Dir) }
 
-// EnsureView makes sure the view of closure exists and matches the store,
+// Ensure makes sure the view of closure exists and matches the store,
 // building it if not, without registering a user: for building a view
 // ahead of the first container (after a prefetch). Every closure path
 // must be valid in the store under storeRoot.
-func EnsureView(ctx context.Context, storeRoot string, closure []storepath.Path) (*View, error) {
+func Ensure(ctx context.Context, storeRoot string, closure []storepath.Path) (*View, error) {
 	return acquire(ctx, storeRoot, closure, nil)
 }
 
-// AcquireView returns the view of closure, building it if it is missing
-// or no longer matches the store, and registers user so that PruneViews
-// keeps it until ReleaseView. Concurrent callers for the same closure,
+// Acquire returns the view of closure, building it if it is missing
+// or no longer matches the store, and registers user so that Prune
+// keeps it until Release. Concurrent callers for the same closure,
 // in any process, build it once.
-func AcquireView(ctx context.Context, storeRoot string, closure []storepath.Path, user User) (*View, error) {
+func Acquire(ctx context.Context, storeRoot string, closure []storepath.Path, user User) (*View, error) {
 	if err := checkName(user.Name); err != nil {
 		return nil, err
 	}
 	return acquire(ctx, storeRoot, closure, &user)
 }
 
-// ReleaseView unregisters user from the view key (also from a retired
+// Release unregisters user from the view key (also from a retired
 // copy of it). Releasing an unknown user is not an error.
-func ReleaseView(storeRoot, key, user string) error {
+func Release(storeRoot, key, user string) error {
 	if err := checkName(user); err != nil {
 		return err
 	}
@@ -147,12 +155,12 @@ func acquire(ctx context.Context, storeRoot string, closure []storepath.Path, us
 		return nil, fmt.Errorf("view: %w", err)
 	}
 	names := baseNames(closure)
-	key := ViewKey(closure)
+	key := Key(closure)
 	lock, err := lockView(ctx, dir, key, true)
 	if err != nil {
 		return nil, err
 	}
-	defer lock.Close()
+	defer lock.Release()
 
 	hostStore := filepath.Join(storeRoot, storepath.StoreDir)
 	v := &View{Key: key, StoreDir: filepath.Join(dir, key, "store")}
@@ -367,7 +375,7 @@ func (l *linker) link(src, dst string, st *unix.Stat_t) error {
 		l.files++
 		return nil
 	case errors.Is(err, unix.EXDEV), errors.Is(err, unix.EPERM):
-		return fmt.Errorf("view: linking %s: %w (%w)", src, ErrViewUnsupported, err)
+		return fmt.Errorf("view: linking %s: %w (%w)", src, ErrUnsupported, err)
 	case errors.Is(err, unix.EMLINK):
 		l.files++
 		return copyEntry(src, dst, st)
@@ -487,119 +495,40 @@ func deleteView(dir, p string) (uint64, error) {
 	return removeTree(trash)
 }
 
-// removeTree deletes a view tree whose directories may be read-only,
-// counting the bytes of files whose last link goes.
+// removeTree deletes a view tree (storefs.RemoveTree), counting the
+// bytes of files whose last link goes.
 func removeTree(root string) (uint64, error) {
-	var freed uint64
-	var walk func(p string) error
-	walk = func(p string) error {
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			if errors.Is(err, unix.ENOENT) {
-				return nil
-			}
-			return &fs.PathError{Op: "lstat", Path: p, Err: err}
-		}
-		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			if err := unix.Unlink(p); err != nil && !errors.Is(err, unix.ENOENT) {
-				return &fs.PathError{Op: "unlink", Path: p, Err: err}
-			}
-			if st.Nlink == 1 && st.Mode&unix.S_IFMT == unix.S_IFREG {
-				freed += uint64(st.Blocks) * 512
-			}
-			return nil
-		}
-		if st.Mode&0o700 != 0o700 {
-			if err := unix.Chmod(p, st.Mode&0o7777|0o700); err != nil {
-				return &fs.PathError{Op: "chmod", Path: p, Err: err}
-			}
-		}
-		f, err := os.Open(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil // another pruner got there first
-		}
-		if err != nil {
-			return err
-		}
-		names, err := f.Readdirnames(-1)
-		f.Close()
-		if err != nil {
-			return err
-		}
-		for _, n := range names {
-			if err := walk(p + "/" + n); err != nil {
-				return err
-			}
-		}
-		if err := unix.Rmdir(p); err != nil && !errors.Is(err, unix.ENOENT) {
-			return &fs.PathError{Op: "rmdir", Path: p, Err: err}
-		}
-		return nil
-	}
-	if err := walk(root); err != nil {
+	freed, err := storefs.RemoveTree(root, lastLinkBlocks)
+	if err != nil {
 		return freed, fmt.Errorf("view: removing %s: %w", root, err)
 	}
 	return freed, nil
+}
+
+// lastLinkBlocks is what removing a view's file frees: its allocated
+// blocks when it is a regular file whose last link goes (the store
+// deleted its own link already); nothing while the store still has it.
+func lastLinkBlocks(st *unix.Stat_t) uint64 {
+	if st.Nlink == 1 && st.Mode&unix.S_IFMT == unix.S_IFREG {
+		return uint64(st.Blocks) * 512
+	}
+	return 0
 }
 
 func randomSuffix() string {
 	return strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(rand.Uint64()>>24, 36)
 }
 
-// viewLock is key's lock file, held with flock.
-type viewLock struct {
-	f    *os.File
-	path string
-}
-
-func (l *viewLock) Close() error { return l.f.Close() }
-
-// remove deletes the lock file while holding it and marks it, so that a
-// process that opened it before and locks it after sees it is stale.
-func (l *viewLock) remove() {
-	os.Remove(l.path)
-	l.f.Write([]byte("d"))
-}
-
-// lockView takes key's lock. Blocking waits (polling, so that ctx can
-// end the wait); otherwise a lock held elsewhere returns nil, nil.
-func lockView(ctx context.Context, dir, key string, block bool) (*viewLock, error) {
-	path := filepath.Join(dir, key+".lock")
-	delay := time.Millisecond
-	for {
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("view: lock: %w", err)
-		}
-		for {
-			err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-			if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-				break
-			}
-			if !block {
-				f.Close()
-				return nil, nil
-			}
-			select {
-			case <-ctx.Done():
-				f.Close()
-				return nil, fmt.Errorf("view: waiting for the lock on %s: %w", key, ctx.Err())
-			case <-time.After(delay):
-			}
-			delay = min(2*delay, 10*time.Millisecond)
-		}
-		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("view: lock %s: %w", path, err)
-		}
-		var st unix.Stat_t
-		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("view: lock %s: %w", path, err)
-		}
-		if st.Size == 0 && st.Nlink > 0 {
-			return &viewLock{f: f, path: path}, nil
-		}
-		f.Close() // removed by a pruner meanwhile: take the new one
+// lockView takes key's lock (storefs.Acquire), waiting with block;
+// otherwise a lock held elsewhere returns nil, nil. A pruner that removes
+// a view deletes its lock file too (storefs.Lock.Delete).
+func lockView(ctx context.Context, dir, key string, block bool) (*storefs.Lock, error) {
+	l, ok, err := storefs.Acquire(ctx, filepath.Join(dir, key+".lock"), block)
+	if err != nil {
+		return nil, fmt.Errorf("view: %w", err)
 	}
+	if !ok {
+		return nil, nil
+	}
+	return l, nil
 }

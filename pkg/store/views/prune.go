@@ -1,4 +1,4 @@
-package mount
+package views
 
 import (
 	"context"
@@ -13,12 +13,13 @@ import (
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
-// PruneOptions says which views PruneViews removes besides those that
-// can no longer be used (see PruneViews).
+// PruneOptions says which views Prune removes besides those that
+// can no longer be used (see Prune).
 type PruneOptions struct {
 	// Unused also removes views that no live container uses although
-	// their store paths are all still there: `storepkg gc` and the node
-	// agent set it before collecting garbage, so that the collector's
+	// their store paths are all still there: the node's collection
+	// (store.CollectNodeGarbage, for `storepkg gc` and the node agent)
+	// sets it before collecting garbage, so that the collector's
 	// deletions free their space at once.
 	Unused bool
 	// MinIdle keeps, with Unused, the unused views built or last used
@@ -29,14 +30,14 @@ type PruneOptions struct {
 	DryRun bool
 }
 
-// PruneResult is what PruneViews removed (or would remove).
+// PruneResult is what Prune removed (or would remove).
 type PruneResult struct {
 	Removed    []string // keys of the views removed (retired copies included)
 	Kept       int      // views kept: in use, busy, or (without Unused) current
 	BytesFreed uint64   // bytes of files whose last link was in a removed view
 }
 
-// PruneViews removes, under storeRoot, the store views that nothing
+// Prune removes, under storeRoot, the store views that nothing
 // needs: always the leftovers of interrupted builds and deletions,
 // retired views no live container uses, and unused views that no longer
 // match the store (a path of theirs was deleted or replaced: their hard
@@ -45,7 +46,7 @@ type PruneResult struct {
 // dropped first. Views locked by a build or an acquire in progress are
 // skipped. Safe to run at any time, from any process: the shim on
 // container delete, `storepkg gc` and the node agent call it.
-func PruneViews(ctx context.Context, storeRoot string, opts PruneOptions) (*PruneResult, error) {
+func Prune(ctx context.Context, storeRoot string, opts PruneOptions) (*PruneResult, error) {
 	res := &PruneResult{}
 	dir := viewsDir(storeRoot)
 	entries, err := os.ReadDir(dir)
@@ -81,7 +82,7 @@ func PruneViews(ctx context.Context, storeRoot string, opts PruneOptions) (*Prun
 				_, err = deleteView(dir, p)
 				errs = append(errs, err)
 			}
-			lock.Close()
+			lock.Release()
 		case strings.HasPrefix(name, ".old-"):
 			key, _, _ := strings.Cut(strings.TrimPrefix(name, ".old-"), "-")
 			if len(liveUsers(p)) > 0 {
@@ -105,9 +106,9 @@ func PruneViews(ctx context.Context, storeRoot string, opts PruneOptions) (*Prun
 				continue
 			}
 			if _, err := os.Lstat(filepath.Join(dir, key)); errors.Is(err, fs.ErrNotExist) {
-				lock.remove()
+				lock.Delete()
 			}
-			lock.Close()
+			lock.Release()
 		case e.IsDir():
 			removed, freed, err := pruneView(ctx, dir, name, hostStore, opts)
 			errs = append(errs, err)
@@ -128,7 +129,7 @@ func pruneView(ctx context.Context, dir, key, hostStore string, opts PruneOption
 	if err != nil || lock == nil {
 		return false, 0, err // busy: being built or acquired
 	}
-	defer lock.Close()
+	defer lock.Release()
 	p := filepath.Join(dir, key)
 	if len(liveUsers(p)) > 0 {
 		return false, 0, nil
@@ -164,7 +165,7 @@ func pruneView(ctx context.Context, dir, key, hostStore string, opts PruneOption
 	}
 	freed, err = deleteView(dir, p)
 	if err == nil {
-		lock.remove()
+		lock.Delete()
 	}
 	return true, freed, err
 }

@@ -1,4 +1,4 @@
-package mount
+package views
 
 import (
 	"context"
@@ -107,7 +107,7 @@ func TestStoreView(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			alive := t.TempDir()
-			v, err := AcquireView(ctx, root, closure, User{Name: "c" + string(rune('0'+i)), Alive: alive})
+			v, err := Acquire(ctx, root, closure, User{Name: "c" + string(rune('0'+i)), Alive: alive})
 			if err != nil {
 				t.Error(err)
 				return
@@ -159,18 +159,13 @@ func TestStoreView(t *testing.T) {
 			t.Errorf("%s: not the store's inode", p)
 		}
 	}
-	if v, err := EnsureView(ctx, root, closure); err != nil || v.Built {
-		t.Errorf("EnsureView of a built view: %+v, %v", v, err)
+	if v, err := Ensure(ctx, root, closure); err != nil || v.Built {
+		t.Errorf("Ensure of a built view: %+v, %v", v, err)
 	}
-	if users, _ := os.ReadDir(filepath.Join(root, ViewsDir, views[0].Key, "users")); len(users) != 4 {
+	if users, _ := os.ReadDir(filepath.Join(root, Dir, views[0].Key, "users")); len(users) != 4 {
 		t.Errorf("%d users, want 4", len(users))
 	}
 
-	mounts, err := BuildShared(filepath.Join(t.TempDir(), "rootfs"), vs, nil)
-	if err != nil || len(mounts) != 1 || mounts[0].Destination != "/nix/store" || mounts[0].Source != vs ||
-		!hasOption(mounts[0].Options, "ro") || !hasOption(mounts[0].Options, "nosuid") || !hasOption(mounts[0].Options, "nodev") {
-		t.Errorf("BuildShared: %+v, %v", mounts, err)
-	}
 }
 
 // TestStoreViewLifecycle: leftovers of a crashed build are cleaned, a
@@ -182,21 +177,21 @@ func TestStoreViewLifecycle(t *testing.T) {
 	root := t.TempDir()
 	closure := fakeStore(t, root)
 	host := filepath.Join(root, "nix", "store")
-	views := filepath.Join(root, ViewsDir)
-	key := ViewKey(closure)
+	views := filepath.Join(root, Dir)
+	key := Key(closure)
 
 	// A build that crashed halfway, and a deletion that did.
 	must(t, os.MkdirAll(filepath.Join(views, ".build-"+key+"-1-x", "store", "junk"), 0o555))
 	must(t, os.MkdirAll(filepath.Join(views, ".trash-1-y", "store"), 0o755))
 	alive := t.TempDir()
-	v, err := AcquireView(ctx, root, closure, User{Name: "a", Alive: alive})
+	v, err := Acquire(ctx, root, closure, User{Name: "a", Alive: alive})
 	if err != nil || !v.Built {
 		t.Fatalf("%+v %v", v, err)
 	}
 	if left, _ := filepath.Glob(filepath.Join(views, ".build-*")); len(left) != 0 {
 		t.Errorf("crashed build left: %v", left)
 	}
-	res, err := PruneViews(ctx, root, PruneOptions{})
+	res, err := Prune(ctx, root, PruneOptions{})
 	if err != nil || len(res.Removed) != 0 {
 		t.Fatalf("prune of a used view: %+v, %v", res, err)
 	}
@@ -205,17 +200,17 @@ func TestStoreViewLifecycle(t *testing.T) {
 	}
 
 	// Unused but current: kept by a plain prune, removed with Unused.
-	must(t, ReleaseView(root, key, "a"))
-	if res, err := PruneViews(ctx, root, PruneOptions{}); err != nil || len(res.Removed) != 0 {
+	must(t, Release(root, key, "a"))
+	if res, err := Prune(ctx, root, PruneOptions{}); err != nil || len(res.Removed) != 0 {
 		t.Fatalf("prune removed a current view: %+v, %v", res, err)
 	}
-	if res, err := PruneViews(ctx, root, PruneOptions{Unused: true, MinIdle: time.Hour}); err != nil || len(res.Removed) != 0 {
+	if res, err := Prune(ctx, root, PruneOptions{Unused: true, MinIdle: time.Hour}); err != nil || len(res.Removed) != 0 {
 		t.Fatalf("prune removed a view idle less than MinIdle: %+v, %v", res, err)
 	}
-	if res, err := PruneViews(ctx, root, PruneOptions{Unused: true, DryRun: true}); err != nil || len(res.Removed) != 1 {
+	if res, err := Prune(ctx, root, PruneOptions{Unused: true, DryRun: true}); err != nil || len(res.Removed) != 1 {
 		t.Fatalf("dry run: %+v, %v", res, err)
 	}
-	if res, err := PruneViews(ctx, root, PruneOptions{Unused: true}); err != nil || len(res.Removed) != 1 {
+	if res, err := Prune(ctx, root, PruneOptions{Unused: true}); err != nil || len(res.Removed) != 1 {
 		t.Fatalf("prune Unused: %+v, %v", res, err)
 	}
 	if left, _ := os.ReadDir(views); len(left) != 0 {
@@ -224,13 +219,13 @@ func TestStoreViewLifecycle(t *testing.T) {
 
 	// The garbage collector deletes a path of an unused view: the view
 	// holds the only link to its files until pruned.
-	if _, err := AcquireView(ctx, root, closure, User{Name: "b", Alive: alive}); err != nil {
+	if _, err := Acquire(ctx, root, closure, User{Name: "b", Alive: alive}); err != nil {
 		t.Fatal(err)
 	}
-	must(t, ReleaseView(root, key, "b"))
+	must(t, Release(root, key, "b"))
 	_, err = removeTree(filepath.Join(host, closure[0].Base()))
 	must(t, err)
-	res, err = PruneViews(ctx, root, PruneOptions{})
+	res, err = Prune(ctx, root, PruneOptions{})
 	if err != nil || len(res.Removed) != 1 || res.BytesFreed < 64<<10 {
 		t.Fatalf("prune after the store path went: %+v, %v", res, err)
 	}
@@ -239,7 +234,7 @@ func TestStoreViewLifecycle(t *testing.T) {
 	// uses the old view: the old view is retired, not touched, and a new
 	// one built; the retired one goes when its user is gone.
 	closure = fakeStore(t, root)
-	if _, err := AcquireView(ctx, root, closure, User{Name: "c", Alive: alive}); err != nil {
+	if _, err := Acquire(ctx, root, closure, User{Name: "c", Alive: alive}); err != nil {
 		t.Fatal(err)
 	}
 	_, err = removeTree(filepath.Join(host, closure[1].Base()))
@@ -247,7 +242,7 @@ func TestStoreViewLifecycle(t *testing.T) {
 	closure = fakeStore(t, root)
 	deadUser := filepath.Join(t.TempDir(), "bundle")
 	must(t, os.Mkdir(deadUser, 0o755))
-	v, err = AcquireView(ctx, root, closure, User{Name: "d", Alive: deadUser})
+	v, err = Acquire(ctx, root, closure, User{Name: "d", Alive: deadUser})
 	if err != nil || !v.Built {
 		t.Fatalf("acquire after the store changed: %+v, %v", v, err)
 	}
@@ -258,9 +253,9 @@ func TestStoreViewLifecycle(t *testing.T) {
 	if stat(t, filepath.Join(v.StoreDir, closure[1].Base())).Ino != stat(t, filepath.Join(host, closure[1].Base())).Ino {
 		t.Error("the new view does not link the new store file")
 	}
-	must(t, ReleaseView(root, key, "c"))
+	must(t, Release(root, key, "c"))
 	must(t, os.Remove(deadUser)) // "d" died without releasing
-	res, err = PruneViews(ctx, root, PruneOptions{Unused: true})
+	res, err = Prune(ctx, root, PruneOptions{Unused: true})
 	if err != nil || len(res.Removed) != 2 {
 		t.Fatalf("prune: %+v, %v", res, err)
 	}
@@ -293,11 +288,11 @@ func syntheticStore(b *testing.B, root string, n, dirs, perPath int) []storepath
 	return closure
 }
 
-// BenchmarkBuildView: the first container of a closure (or the prefetch)
+// BenchmarkBuild: the first container of a closure (or the prefetch)
 // builds its view. Shapes: the synthetic closures of BenchmarkStart (one
 // bin directory and one file per path), and paths of 100 files in 10
 // directories, closer to real packages.
-func BenchmarkBuildView(b *testing.B) {
+func BenchmarkBuild(b *testing.B) {
 	for _, c := range []struct{ n, dirs, files int }{
 		{10, 1, 1}, {100, 1, 1}, {1000, 1, 1}, {3000, 1, 1}, {100, 10, 100}, {1000, 10, 100},
 	} {
@@ -307,12 +302,12 @@ func BenchmarkBuildView(b *testing.B) {
 			ctx := context.Background()
 			b.ResetTimer()
 			for range b.N {
-				v, err := EnsureView(ctx, root, closure)
+				v, err := Ensure(ctx, root, closure)
 				if err != nil || !v.Built {
 					b.Fatal(v, err)
 				}
 				b.StopTimer()
-				if _, err := PruneViews(ctx, root, PruneOptions{Unused: true}); err != nil {
+				if _, err := Prune(ctx, root, PruneOptions{Unused: true}); err != nil {
 					b.Fatal(err)
 				}
 				b.StartTimer()
@@ -321,21 +316,21 @@ func BenchmarkBuildView(b *testing.B) {
 	}
 }
 
-// BenchmarkAcquireView: a container on a closure whose view exists
+// BenchmarkAcquire: a container on a closure whose view exists
 // checks the view against the store and registers itself.
-func BenchmarkAcquireView(b *testing.B) {
+func BenchmarkAcquire(b *testing.B) {
 	for _, n := range []int{10, 100, 1000, 3000} {
 		b.Run(fmt.Sprintf("paths-%d", n), func(b *testing.B) {
 			root := b.TempDir()
 			closure := syntheticStore(b, root, n, 1, 1)
 			ctx := context.Background()
 			alive := b.TempDir()
-			if _, err := EnsureView(ctx, root, closure); err != nil {
+			if _, err := Ensure(ctx, root, closure); err != nil {
 				b.Fatal(err)
 			}
 			b.ResetTimer()
 			for i := range b.N {
-				v, err := AcquireView(ctx, root, closure, User{Name: fmt.Sprint(i), Alive: alive})
+				v, err := Acquire(ctx, root, closure, User{Name: fmt.Sprint(i), Alive: alive})
 				if err != nil || v.Built {
 					b.Fatal(v, err)
 				}
@@ -346,7 +341,7 @@ func BenchmarkAcquireView(b *testing.B) {
 
 // TestStoreViewUnsupported: where the views directory cannot hard-link
 // into the store (here the store is a mount of its own, as on NixOS),
-// AcquireView says so and leaves nothing behind; the shim then mounts
+// Acquire says so and leaves nothing behind; the shim then mounts
 // each path (Build).
 func TestStoreViewUnsupported(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -360,11 +355,11 @@ func TestStoreViewUnsupported(t *testing.T) {
 	store := filepath.Join(root, "nix", "store")
 	must(t, unix.Mount(store, store, "", unix.MS_BIND, ""))
 	t.Cleanup(func() { unix.Unmount(store, unix.MNT_DETACH) })
-	_, err := AcquireView(context.Background(), root, closure, User{Name: "a", Alive: root})
-	if !errors.Is(err, ErrViewUnsupported) {
-		t.Fatalf("AcquireView across mounts: %v, want ErrViewUnsupported", err)
+	_, err := Acquire(context.Background(), root, closure, User{Name: "a", Alive: root})
+	if !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("Acquire across mounts: %v, want ErrUnsupported", err)
 	}
-	if left, _ := os.ReadDir(filepath.Join(root, ViewsDir)); len(left) > 1 { // the lock file
+	if left, _ := os.ReadDir(filepath.Join(root, Dir)); len(left) > 1 { // the lock file
 		t.Errorf("left in views: %v", left)
 	}
 }

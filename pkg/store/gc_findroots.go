@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/storepkg/storepkg/pkg/store/storefs"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -173,7 +174,7 @@ func (c *collector) readTempRootsFile(file string) error {
 		return fmt.Errorf("store: gc: opening temporary roots file %s: %w", file, err)
 	}
 	defer f.Close()
-	dead, err := flockTry(f, lockExclusive)
+	dead, err := storefs.TryLock(f, storefs.Exclusive)
 	if err != nil {
 		return fmt.Errorf("store: gc: %w", err)
 	}
@@ -227,17 +228,13 @@ func removeStaleRootsFile(f *os.File, name string) error {
 	if err := unix.Fstat(int(f.Fd()), &locked); err != nil {
 		return err
 	}
-	mark := func() error {
-		_, err := f.Write([]byte("d"))
-		return err
-	}
 	if locked.Nlink == 0 {
-		return mark() // its owner removed it already
+		return storefs.MarkStale(f) // its owner removed it already
 	}
 	aside := filepath.Join(filepath.Dir(name), fmt.Sprintf(".stale-%d-%d", os.Getpid(), time.Now().UnixNano()))
 	if err := os.Rename(name, aside); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return mark()
+			return storefs.MarkStale(f)
 		}
 		return err
 	}
@@ -257,7 +254,7 @@ func removeStaleRootsFile(f *os.File, name string) error {
 	if err := os.Remove(aside); err != nil {
 		return err
 	}
-	return mark()
+	return storefs.MarkStale(f)
 }
 
 var (
