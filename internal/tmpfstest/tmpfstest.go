@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/storepkg/storepkg/internal/testenv"
-	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/procid"
 )
 
 const prefix = "storepkg-tmpfs-"
@@ -47,7 +47,7 @@ func Mount(t testing.TB, size int64) string {
 	})
 	// The owner, beside the mount point (not in the filesystem, which the
 	// test fills).
-	owner, _ := json.Marshal(fetchstatus.Self())
+	owner, _ := json.Marshal(procid.Self())
 	if err := os.WriteFile(dir+".owner", owner, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +67,7 @@ func sweep(t testing.TB) {
 			continue
 		}
 		dir := f[4]
-		var w fetchstatus.Writer
+		var w procid.ID
 		if b, err := os.ReadFile(dir + ".owner"); err == nil && json.Unmarshal(b, &w) == nil {
 			if alive, known := w.Alive(); alive || !known {
 				continue

@@ -15,9 +15,9 @@ import (
 	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/internal/tmpfstest"
 	"github.com/storepkg/storepkg/pkg/fetch"
-	"github.com/storepkg/storepkg/pkg/fetchstatus"
 	"github.com/storepkg/storepkg/pkg/gcowner"
 	"github.com/storepkg/storepkg/pkg/narinfo"
+	"github.com/storepkg/storepkg/pkg/procid"
 	"github.com/storepkg/storepkg/pkg/store"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
@@ -295,8 +295,8 @@ func TestSweepsRootsOfGoneShims(t *testing.T) {
 	if err := gone.Run(); err != nil {
 		t.Fatal(err)
 	}
-	self := fetchstatus.Self()
-	for owner, w := range map[string]fetchstatus.Writer{
+	self := procid.Self()
+	for owner, w := range map[string]procid.ID{
 		"running-sandbox": self,
 		"killed-sandbox":  {PID: gone.Process.Pid, PIDNamespace: self.PIDNamespace},
 	} {

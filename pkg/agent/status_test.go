@@ -13,6 +13,7 @@ import (
 
 	"github.com/storepkg/storepkg/internal/metricstest"
 	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/procid"
 )
 
 // gather reads the agent's metrics without HTTP.
@@ -56,12 +57,12 @@ func TestStatusDirHousekeeping(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	dead := fetchstatus.Self()
+	dead := procid.Self()
 	dead.PID = cmd.Process.Pid
 	dead.StartTicks = 0
 	cmd.Process.Kill()
 	cmd.Wait()
-	foreign := fetchstatus.Writer{PID: 1234, PIDNamespace: "pid:[1]"}
+	foreign := procid.ID{PID: 1234, PIDNamespace: "pid:[1]"}
 	base := fetchstatus.Record{Pod: fetchstatus.Pod{Namespace: "ns", Name: "p", UID: "u"}, Roots: []string{"/nix/store/x-a"},
 		Start: now.Add(-3 * time.Minute), Updated: now.Add(-2 * time.Minute)}
 	write := func(id string, edit func(r *fetchstatus.Record)) {
@@ -81,9 +82,9 @@ func TestStatusDirHousekeeping(t *testing.T) {
 	write("foreign-live", func(r *fetchstatus.Record) {
 		r.State, r.Writer, r.Updated = fetchstatus.Fetching, foreign, now.Add(-10*time.Second)
 	})
-	write("me", func(r *fetchstatus.Record) { r.State, r.Writer = fetchstatus.Fetching, fetchstatus.Self() })
+	write("me", func(r *fetchstatus.Record) { r.State, r.Writer = fetchstatus.Fetching, procid.Self() })
 	write("done", func(r *fetchstatus.Record) {
-		r.State, r.Writer, r.End = fetchstatus.Done, fetchstatus.Self(), now.Add(-time.Minute)
+		r.State, r.Writer, r.End = fetchstatus.Done, procid.Self(), now.Add(-time.Minute)
 		r.Caches = map[string]int64{"http://c": 50}
 		r.Paths.Fetched = 1
 	})

@@ -21,9 +21,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/storepkg/storepkg/pkg/procid"
 )
 
 // DefaultDir is where shims write records and the agent reads them. It is
@@ -57,19 +58,6 @@ type Pod struct {
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`
 	UID       string `json:"uid"`
-}
-
-// Writer identifies the process that writes a record, so a reader can
-// tell a fetch that is running from one whose shim was killed.
-type Writer struct {
-	PID int `json:"pid"`
-	// PIDNamespace is the writer's /proc/self/ns/pid link (e.g.
-	// "pid:[4026531836]"); a reader in another PID namespace cannot
-	// check PID.
-	PIDNamespace string `json:"pidNamespace,omitempty"`
-	// StartTicks is the writer's start time (field 22 of /proc/PID/stat),
-	// which tells the writer from a later process that reuses its PID.
-	StartTicks uint64 `json:"startTicks,omitempty"`
 }
 
 // Paths counts store paths.
@@ -111,7 +99,7 @@ type Record struct {
 	SandboxID string    `json:"sandboxID,omitempty"`
 	Roots     []string  `json:"roots"` // the store paths asked for
 	State     State     `json:"state"`
-	Writer    Writer    `json:"writer"`
+	Writer    procid.ID `json:"writer"` // the shim that writes it
 	Start     time.Time `json:"start"`
 	Updated   time.Time `json:"updated"`
 	End       time.Time `json:"end,omitzero"`
@@ -227,48 +215,4 @@ func Count(dir string) (int, error) {
 	defer f.Close()
 	names, err := f.Readdirnames(-1)
 	return len(names), err
-}
-
-// Self describes the calling process as a record writer.
-func Self() Writer {
-	w := Writer{PID: os.Getpid()}
-	w.PIDNamespace, _ = os.Readlink("/proc/self/ns/pid")
-	w.StartTicks, _ = startTicks("self")
-	return w
-}
-
-// Alive reports whether the writer still runs, as far as the caller can
-// tell: known is false when the writer is in another PID namespace (or
-// gave no identity), where its PID means nothing to the caller.
-func (w Writer) Alive() (alive, known bool) {
-	self, err := os.Readlink("/proc/self/ns/pid")
-	if err != nil || w.PID <= 0 || w.PIDNamespace == "" || w.PIDNamespace != self {
-		return false, false
-	}
-	ticks, err := startTicks(strconv.Itoa(w.PID))
-	if err != nil {
-		return false, true // no such process
-	}
-	return w.StartTicks == 0 || ticks == w.StartTicks, true
-}
-
-// startTicks reads field 22 (starttime) of /proc/<pid>/stat.
-func startTicks(pid string) (uint64, error) {
-	data, err := os.ReadFile("/proc/" + pid + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may hold spaces and parentheses: the
-	// fields after it start after the last ')'.
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%s/stat: no command field", pid)
-	}
-	fields := strings.Fields(s[i+1:])
-	const starttime = 22 - 3 // fields[0] is field 3
-	if len(fields) <= starttime {
-		return 0, fmt.Errorf("/proc/%s/stat: %d fields", pid, len(fields)+2)
-	}
-	return strconv.ParseUint(fields[starttime], 10, 64)
 }

@@ -2,12 +2,12 @@ package fetchstatus
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
-	"strconv"
 	"testing"
 	"time"
+
+	"github.com/storepkg/storepkg/pkg/procid"
 )
 
 func TestWriteRead(t *testing.T) {
@@ -15,7 +15,7 @@ func TestWriteRead(t *testing.T) {
 	start := time.Now().Add(-3 * time.Second).Round(0).UTC()
 	r := &Record{
 		ID: "abc-12-1", Pod: Pod{"ns", "web", "u-1"}, Roots: []string{"/nix/store/x"},
-		State: Failed, Writer: Self(), Start: start, Updated: start.Add(2 * time.Second), End: start.Add(2 * time.Second),
+		State: Failed, Writer: procid.Self(), Start: start, Updated: start.Add(2 * time.Second), End: start.Add(2 * time.Second),
 		Paths: Paths{Total: 3, Done: 1, Fetched: 1}, Bytes: Bytes{Total: 30, Done: 10},
 		Caches: map[string]int64{"http://c": 10}, Refusals: Refusals{Signature: 2},
 		Error: &Failure{Message: "m", Kind: "untrusted", Path: "/nix/store/x", Cache: "http://c"},
@@ -61,36 +61,5 @@ func TestIDOf(t *testing.T) {
 		if _, ok := IDOf(name); ok != want {
 			t.Errorf("IDOf(%q) ok = %v", name, ok)
 		}
-	}
-}
-
-func TestWriterAlive(t *testing.T) {
-	if alive, known := Self().Alive(); !alive || !known {
-		t.Errorf("self: alive %v known %v", alive, known)
-	}
-	cmd := exec.Command("sleep", "60")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	w := Self()
-	w.PID = cmd.Process.Pid
-	w.StartTicks, _ = startTicks(strconv.Itoa(w.PID))
-	if alive, known := w.Alive(); !alive || !known {
-		t.Errorf("running child: alive %v known %v", alive, known)
-	}
-	reused := w
-	reused.StartTicks++
-	if alive, known := reused.Alive(); alive || !known {
-		t.Errorf("PID reused by another process: alive %v known %v", alive, known)
-	}
-	cmd.Process.Kill()
-	cmd.Wait()
-	if alive, known := w.Alive(); alive || !known {
-		t.Errorf("dead child: alive %v known %v", alive, known)
-	}
-	other := w
-	other.PIDNamespace = "pid:[1]"
-	if _, known := other.Alive(); known {
-		t.Error("a writer in another PID namespace counted as known")
 	}
 }

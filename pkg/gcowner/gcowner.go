@@ -6,7 +6,7 @@
 // A shim that never gets there (SIGKILLed, OOM-killed, the node rebooted)
 // would leave them forever, and with them the closure. So before its
 // first root the shim writes <StoreRoot>/nix/var/storepkg/owners/<owner>.json
-// naming itself (fetchstatus.Writer: PID, PID namespace, start time), and
+// naming itself (procid.ID: PID, PID namespace, start time), and
 // the agent and `storepkg gc` sweep the roots of owners that no longer
 // run. Roots without an owner record (an operator's `storepkg fetch
 // --gc-root`) are never swept.
@@ -21,7 +21,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/procid"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -60,7 +60,7 @@ func CheckName(name string) error {
 
 // Write records w as the process holding owner's roots (atomically:
 // a dot-file renamed into place).
-func Write(storeRoot, owner string, w fetchstatus.Writer) error {
+func Write(storeRoot, owner string, w procid.ID) error {
 	if err := CheckName(owner); err != nil {
 		return err
 	}
@@ -145,7 +145,7 @@ func Sweep(storeRoot string, dryRun bool) (*SweepResult, error) {
 		if err != nil {
 			continue // removed meanwhile
 		}
-		var w fetchstatus.Writer
+		var w procid.ID
 		if err := json.Unmarshal(data, &w); err != nil {
 			return nil, fmt.Errorf("gcowner: owner record %s: %w", e.Name(), err)
 		}

@@ -7,7 +7,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/procid"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -30,10 +30,10 @@ func TestSweep(t *testing.T) {
 	if err := cmd.Run(); err != nil {
 		t.Fatal(err)
 	}
-	self := fetchstatus.Self()
-	dead := fetchstatus.Writer{PID: cmd.Process.Pid, PIDNamespace: self.PIDNamespace}
-	elsewhere := fetchstatus.Writer{PID: cmd.Process.Pid, PIDNamespace: "pid:[1]"}
-	for owner, w := range map[string]fetchstatus.Writer{"live-pod": self, "dead-pod": dead, "other-ns-pod": elsewhere} {
+	self := procid.Self()
+	dead := procid.ID{PID: cmd.Process.Pid, PIDNamespace: self.PIDNamespace}
+	elsewhere := procid.ID{PID: cmd.Process.Pid, PIDNamespace: "pid:[1]"}
+	for owner, w := range map[string]procid.ID{"live-pod": self, "dead-pod": dead, "other-ns-pod": elsewhere} {
 		if err := Write(root, owner, w); err != nil {
 			t.Fatal(err)
 		}

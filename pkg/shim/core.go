@@ -24,9 +24,9 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/storepkg/storepkg/pkg/fetchexec"
-	"github.com/storepkg/storepkg/pkg/fetchstatus"
 	"github.com/storepkg/storepkg/pkg/gcowner"
 	"github.com/storepkg/storepkg/pkg/mount"
+	"github.com/storepkg/storepkg/pkg/procid"
 	"github.com/storepkg/storepkg/pkg/store/views"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
@@ -136,7 +136,7 @@ func (c *core) startFetch(ctx context.Context, owner string, paths []storepath.P
 	if _, ok := c.roots[owner]; !ok {
 		// Name this shim as the roots' holder first: if it dies without
 		// removing them, collectors drop them (pkg/gcowner).
-		if err := gcowner.Write(c.cfg.StoreRoot, owner, fetchstatus.Self()); err != nil {
+		if err := gcowner.Write(c.cfg.StoreRoot, owner, procid.Self()); err != nil {
 			log.G(ctx).WithError(err).Warn("storepkg: recording the GC roots' owner")
 		}
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/storepkg/storepkg/pkg/fetchexec"
 	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/procid"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -60,7 +61,7 @@ func (c *core) notePod(annotations map[string]string) {
 // statusReporter writes this shim's records.
 type statusReporter struct {
 	dir  string
-	self fetchstatus.Writer
+	self procid.ID
 	seq  atomic.Int64
 	full atomic.Bool // logged once: the directory is full
 }
@@ -72,7 +73,7 @@ func newStatusReporter(dir string) *statusReporter {
 	if dir == "" {
 		dir = fetchstatus.DefaultDir
 	}
-	return &statusReporter{dir: dir, self: fetchstatus.Self()}
+	return &statusReporter{dir: dir, self: procid.Self()}
 }
 
 // fetchStatus is the record of one fetchCall. Its methods are safe on a

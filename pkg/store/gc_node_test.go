@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/storepkg/storepkg/pkg/fetchstatus"
 	"github.com/storepkg/storepkg/pkg/gcowner"
+	"github.com/storepkg/storepkg/pkg/procid"
 	"github.com/storepkg/storepkg/pkg/store/views"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
@@ -33,7 +33,7 @@ func TestCollectNodeGarbage(t *testing.T) {
 	if err := gone.Run(); err != nil {
 		t.Fatal(err)
 	}
-	if err := gcowner.Write(f.root, "gone-sandbox", fetchstatus.Writer{PID: gone.Process.Pid, PIDNamespace: fetchstatus.Self().PIDNamespace}); err != nil {
+	if err := gcowner.Write(f.root, "gone-sandbox", procid.ID{PID: gone.Process.Pid, PIDNamespace: procid.Self().PIDNamespace}); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.s.AddGCRoot(ctx, gcowner.RootName("gone-sandbox", pinned), pinned); err != nil {
