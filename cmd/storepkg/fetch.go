@@ -13,6 +13,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/storepkg/storepkg/pkg/fetch"
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/fetchexec"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/store"
@@ -39,7 +40,7 @@ order) and accepting only paths signed by a trusted public key. It exits 0
 once the whole closure is valid.
 
 With --json it reports progress and then its result or error as JSON lines
-on stdout (pkg/fetchexec): the shim runs it so that per-pod shims never
+on stdout (pkg/fetchapi): the shim runs it so that per-pod shims never
 hold the fetcher, the decoders or the store's database.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -49,14 +50,14 @@ hold the fetcher, the decoders or the store's database.`,
 				ctx, cancel = context.WithTimeout(ctx, timeout)
 				defer cancel()
 			}
-			var rep *fetchexec.Reporter
+			var rep *fetchapi.Reporter
 			if jsonReport {
-				rep = fetchexec.NewReporter(os.Stdout)
+				rep = fetchapi.NewReporter(os.Stdout)
 			}
 			f, st, roots, paths, err := setupFetch(ctx, root, substituters, keys, netrcFile, maxJobs, gcRoots, args)
 			if err != nil {
 				if rep != nil {
-					rep.Fail(&fetchexec.Failure{Message: err.Error(), Kind: fetchexec.KindInvalidArgument})
+					rep.Fail(&fetchapi.Failure{Message: err.Error(), Kind: fetchapi.KindInvalidArgument})
 				}
 				return err
 			}
@@ -64,13 +65,13 @@ hold the fetcher, the decoders or the store's database.`,
 			for _, g := range roots {
 				if err := st.AddGCRoot(ctx, g.Name, g.Path); err != nil {
 					if rep != nil {
-						rep.Fail(&fetchexec.Failure{Message: err.Error(), Kind: fetchexec.KindOther})
+						rep.Fail(&fetchapi.Failure{Message: err.Error(), Kind: fetchapi.KindOther})
 					}
 					return err
 				}
 			}
 			var (
-				res *fetch.Result
+				res *fetchapi.Result
 				bar *progressBar
 			)
 			switch {
@@ -92,7 +93,7 @@ hold the fetcher, the decoders or the store's database.`,
 				return err
 			}
 			if rep != nil {
-				return rep.Result(&fetchexec.Result{Closure: res.Closure, Fetched: res.Fetched, Downloaded: res.Downloaded, CacheBytes: res.CacheBytes})
+				return rep.Result(res)
 			}
 			if bar != nil {
 				fmt.Fprintf(os.Stderr, "%d paths valid, %d fetched (%s)\n", len(res.Closure), len(res.Fetched), humanBytes(res.Downloaded))
@@ -160,9 +161,9 @@ func setupFetch(ctx context.Context, root string, substituters, keys []string, n
 	return f, st, roots, paths, nil
 }
 
-// fetchFailure is a fetch error as fetchexec reports it.
-func fetchFailure(err error) *fetchexec.Failure {
-	f := &fetchexec.Failure{Message: err.Error(), Kind: fetch.ErrorKind(err)}
+// fetchFailure is a fetch error as --json reports it.
+func fetchFailure(err error) *fetchapi.Failure {
+	f := &fetchapi.Failure{Message: err.Error(), Kind: fetch.ErrorKind(err)}
 	var pe *fetch.PathError
 	if errors.As(err, &pe) {
 		f.Path, f.Cache = pe.Path.Absolute(), pe.Cache
@@ -175,28 +176,23 @@ func fetchFailure(err error) *fetchexec.Failure {
 const jsonProgressInterval = 250 * time.Millisecond
 
 type jsonProgress struct {
-	rep     *fetchexec.Reporter
+	rep     *fetchapi.Reporter
 	mu      sync.Mutex
 	last    time.Time
-	pending *fetchexec.Progress
+	pending *fetchapi.Progress
 }
 
-func newJSONProgress(rep *fetchexec.Reporter) *jsonProgress { return &jsonProgress{rep: rep} }
+func newJSONProgress(rep *fetchapi.Reporter) *jsonProgress { return &jsonProgress{rep: rep} }
 
-func (j *jsonProgress) update(p fetch.Progress) {
-	fp := fetchexec.Progress{
-		PathsTotal: p.PathsTotal, PathsDone: p.PathsDone, PathsFetched: p.PathsFetched,
-		BytesTotal: p.BytesTotal, BytesDone: p.BytesDone, CacheBytes: p.CacheBytes,
-		SignatureRefusals: p.SignatureRefusals, HashRefusals: p.HashRefusals,
-	}
+func (j *jsonProgress) update(p fetchapi.Progress) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if time.Since(j.last) < jsonProgressInterval {
-		j.pending = &fp
+		j.pending = &p
 		return
 	}
 	j.last, j.pending = time.Now(), nil
-	j.rep.Progress(fp)
+	j.rep.Progress(p)
 }
 
 // flush reports the last progress held back, before the result.
@@ -226,20 +222,20 @@ type progressBar struct {
 	mu    sync.Mutex
 	start time.Time
 	last  time.Time
-	p     fetch.Progress
+	p     fetchapi.Progress
 }
 
 func newProgressBar() *progressBar { return &progressBar{start: time.Now()} }
 
 // updateFunc is the fetcher's progress callback; nil without a bar.
-func (b *progressBar) updateFunc() func(fetch.Progress) {
+func (b *progressBar) updateFunc() func(fetchapi.Progress) {
 	if b == nil {
 		return nil
 	}
 	return b.update
 }
 
-func (b *progressBar) update(p fetch.Progress) {
+func (b *progressBar) update(p fetchapi.Progress) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.p = p

@@ -1,25 +1,36 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/storepkg/storepkg/pkg/fetch"
-	"github.com/storepkg/storepkg/pkg/fetchexec"
+	"github.com/storepkg/storepkg/pkg/fetchapi"
+	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
-// The shim reads the child's failure kinds with fetchexec's names, which
-// must stay pkg/fetch's.
-func TestFailureKindsAgree(t *testing.T) {
-	for _, k := range [][2]string{
-		{fetch.KindNotFound, fetchexec.KindNotFound},
-		{fetch.KindUntrusted, fetchexec.KindUntrusted},
-		{fetch.KindHashMismatch, fetchexec.KindHashMismatch},
-		{fetch.KindTimeout, fetchexec.KindTimeout},
-		{fetch.KindCanceled, fetchexec.KindCanceled},
-		{fetch.KindOther, fetchexec.KindOther},
+// The shim reads the child's failure kinds with fetchapi's names: --json
+// reports pkg/fetch's classification of each error, with the path and
+// cache at fault.
+func TestFetchFailureKinds(t *testing.T) {
+	p := storepath.Path("7wfya0ry0kysw5wi5xqx0h1jmmc6ghc3-hello-2.12.1")
+	for _, c := range []struct {
+		err  error
+		kind string
+	}{
+		{fetch.ErrNotFound, fetchapi.KindNotFound},
+		{fetch.ErrUntrusted, fetchapi.KindUntrusted},
+		{fetch.ErrHashMismatch, fetchapi.KindHashMismatch},
+		{context.DeadlineExceeded, fetchapi.KindTimeout},
+		{context.Canceled, fetchapi.KindCanceled},
+		{errors.New("disk full"), fetchapi.KindOther},
 	} {
-		if k[0] != k[1] {
-			t.Errorf("pkg/fetch kind %q, fetchexec %q", k[0], k[1])
+		err := fmt.Errorf("substituting: %w", &fetch.PathError{Path: p, Cache: "http://c", Err: c.err})
+		f := fetchFailure(err)
+		if f.Kind != c.kind || f.Path != p.Absolute() || f.Cache != "http://c" || f.Message != err.Error() {
+			t.Errorf("%v: reported %+v, want kind %q", c.err, f, c.kind)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/fetchstatus"
 )
 
@@ -46,12 +47,12 @@ func TestEventMessages(t *testing.T) {
 	missing := "/nix/store/2bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-missing-1.0"
 	failed := *rec
 	failed.State = fetchstatus.Failed
-	failed.Error = &fetchstatus.Failure{Kind: "not_found", Path: missing,
+	failed.Error = &fetchapi.Failure{Kind: "not_found", Path: missing,
 		Message: missing + " (needed by " + hello + "): not found in any cache (http://cache.example: not found)"}
 	if got, want := failedMessage(&failed), "cannot fetch "+failed.Error.Message; got != want {
 		t.Errorf("got  %q\nwant %q", got, want)
 	}
-	failed.Error = &fetchstatus.Failure{Kind: "other", Message: "opening node store: disk full"}
+	failed.Error = &fetchapi.Failure{Kind: "other", Message: "opening node store: disk full"}
 	if got, want := failedMessage(&failed), "cannot fetch the closure of "+hello+" and 1 more: opening node store: disk full"; got != want {
 		t.Errorf("got  %q\nwant %q", got, want)
 	}

@@ -7,7 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/storepkg/storepkg/pkg/fetch"
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/fetchstatus"
 	"github.com/storepkg/storepkg/pkg/store"
 )
@@ -91,7 +91,7 @@ func newMetrics(st *store.Store) *metrics {
 	for _, k := range []string{"signature", "hash"} {
 		m.refusals.WithLabelValues(k)
 	}
-	for _, k := range []string{fetch.KindNotFound, fetch.KindUntrusted, fetch.KindHashMismatch, fetch.KindTimeout, fetchstatus.KindAborted, fetch.KindOther} {
+	for _, k := range []string{fetchapi.KindNotFound, fetchapi.KindUntrusted, fetchapi.KindHashMismatch, fetchapi.KindTimeout, fetchapi.KindAborted, fetchapi.KindOther} {
 		m.fetchFailures.WithLabelValues(k)
 	}
 	return m
@@ -102,7 +102,7 @@ func (m *metrics) countCompleted(r *fetchstatus.Record) {
 	result := resultSuccess
 	if r.State != fetchstatus.Done {
 		result = resultFailure
-		kind := fetch.KindOther
+		kind := fetchapi.KindOther
 		if r.Error != nil && r.Error.Kind != "" {
 			kind = r.Error.Kind
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/fetchstatus"
 )
 
@@ -115,7 +116,7 @@ func (w *statusWatcher) poll(ctx context.Context, now time.Time) {
 				expired := *rec
 				expired.State = fetchstatus.Failed
 				expired.End = rec.Updated
-				expired.Error = &fetchstatus.Failure{Kind: fetchstatus.KindAborted,
+				expired.Error = &fetchapi.Failure{Kind: fetchapi.KindAborted,
 					Message: fmt.Sprintf("fetching the closure of %s stopped: %s", describeRoots(rec.Roots), why)}
 				t.rec = &expired
 				w.settle(t)
@@ -281,7 +282,7 @@ func failedMessage(r *fetchstatus.Record) string {
 		msg = r.Error.Message
 	}
 	switch {
-	case r.Error != nil && r.Error.Kind == fetchstatus.KindAborted:
+	case r.Error != nil && r.Error.Kind == fetchapi.KindAborted:
 		return msg
 	case strings.HasPrefix(msg, "/nix/store/"): // the fetcher's errors name the path first
 		return "cannot fetch " + msg

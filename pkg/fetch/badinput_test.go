@@ -15,6 +15,7 @@ import (
 	"github.com/storepkg/storepkg/internal/nartest"
 	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/pkg/fetch"
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 )
 
@@ -207,8 +208,8 @@ func TestBadInput(t *testing.T) {
 			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
 				t.Errorf("error %v is not %v", err, tc.wantErr)
 			}
-			wantKind := map[error]string{nil: fetch.KindOther, fetch.ErrUntrusted: fetch.KindUntrusted,
-				fetch.ErrHashMismatch: fetch.KindHashMismatch, fetch.ErrNotFound: fetch.KindNotFound}[tc.wantErr]
+			wantKind := map[error]string{nil: fetchapi.KindOther, fetch.ErrUntrusted: fetchapi.KindUntrusted,
+				fetch.ErrHashMismatch: fetchapi.KindHashMismatch, fetch.ErrNotFound: fetchapi.KindNotFound}[tc.wantErr]
 			if got := fetch.ErrorKind(err); got != wantKind {
 				t.Errorf("ErrorKind = %q, want %q", got, wantKind)
 			}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/store"
 	"github.com/storepkg/storepkg/pkg/storepath"
@@ -51,7 +52,7 @@ type Options struct {
 	HTTPClient   *http.Client
 	// Progress, if set, is called from the fetching goroutines whenever a
 	// path completes or bytes arrive; it must be cheap and thread-safe.
-	Progress func(Progress)
+	Progress func(fetchapi.Progress)
 	Log      *logrus.Entry
 }
 
@@ -79,58 +80,24 @@ func (o *Options) httpClient() *http.Client {
 	return &http.Client{Transport: t}
 }
 
-// Progress is a snapshot of one Fetch.
-type Progress struct {
-	PathsDone, PathsTotal int   // paths to download (not those already valid)
-	BytesDone, BytesTotal int64 // compressed bytes (NAR bytes where FileSize is unknown)
-	// PathsFetched counts the paths this call downloaded and made valid;
-	// PathsDone also counts those another process made valid meanwhile.
-	PathsFetched int
-	// CacheBytes holds the compressed bytes read so far from each cache
-	// (by URL); the map is the callee's copy.
-	CacheBytes map[string]int64
-	// SignatureRefusals counts narinfos refused for want of a trusted
-	// signature, HashRefusals NARs refused because size or hash differed
-	// from their signed narinfo.
-	SignatureRefusals, HashRefusals int
-}
-
-// Result describes a completed Fetch.
-type Result struct {
-	Closure    []storepath.Path // every path of the closure, sorted
-	Fetched    []storepath.Path // the ones this call downloaded
-	Downloaded int64            // compressed bytes read from caches
-	CacheBytes map[string]int64 // Downloaded by cache URL
-}
-
-// Kinds of fetch failure, as ErrorKind names them (for metrics and status
-// reports).
-const (
-	KindNotFound     = "not_found"     // no cache has a path
-	KindUntrusted    = "untrusted"     // no trusted signature
-	KindHashMismatch = "hash_mismatch" // a NAR differs from its signed narinfo
-	KindTimeout      = "timeout"       // a deadline passed
-	KindCanceled     = "canceled"      // the caller gave up
-	KindOther        = "other"         // network, HTTP, disk, ...
-)
-
-// ErrorKind classifies an error returned by Fetch; "" for nil.
+// ErrorKind classifies an error returned by Fetch with fetchapi's
+// failure kinds; "" for nil.
 func ErrorKind(err error) string {
 	switch {
 	case err == nil:
 		return ""
 	case errors.Is(err, ErrUntrusted):
-		return KindUntrusted
+		return fetchapi.KindUntrusted
 	case errors.Is(err, ErrHashMismatch):
-		return KindHashMismatch
+		return fetchapi.KindHashMismatch
 	case errors.Is(err, ErrNotFound):
-		return KindNotFound
+		return fetchapi.KindNotFound
 	case errors.Is(err, context.DeadlineExceeded):
-		return KindTimeout
+		return fetchapi.KindTimeout
 	case errors.Is(err, context.Canceled):
-		return KindCanceled
+		return fetchapi.KindCanceled
 	}
-	return KindOther
+	return fetchapi.KindOther
 }
 
 // PathError is the error of a path that could not be made valid.
@@ -219,14 +186,14 @@ func (f *Fetcher) cachesInOrder(ctx context.Context) []*Cache {
 
 // Fetch makes the closure of roots valid in the store. When the roots are
 // already valid it costs one query for the whole closure.
-func (f *Fetcher) Fetch(ctx context.Context, roots []storepath.Path) (*Result, error) {
+func (f *Fetcher) Fetch(ctx context.Context, roots []storepath.Path) (*fetchapi.Result, error) {
 	return f.FetchProgress(ctx, roots, f.opts.Progress)
 }
 
 // FetchProgress is Fetch reporting this call's progress to progress (in
 // place of Options.Progress; nil for none), so concurrent fetches of one
 // Fetcher can be told apart. The same rules apply: cheap and thread-safe.
-func (f *Fetcher) FetchProgress(ctx context.Context, roots []storepath.Path, progress func(Progress)) (*Result, error) {
+func (f *Fetcher) FetchProgress(ctx context.Context, roots []storepath.Path, progress func(fetchapi.Progress)) (*fetchapi.Result, error) {
 	roots = dedup(roots)
 	// Temp roots first: from here on a collector keeps these paths and
 	// everything they reference, so what we find valid stays valid.
@@ -234,7 +201,7 @@ func (f *Fetcher) FetchProgress(ctx context.Context, roots []storepath.Path, pro
 		return nil, err
 	}
 	if closure, err := f.store.Closure(ctx, roots); err == nil {
-		return &Result{Closure: closure}, nil
+		return &fetchapi.Result{Closure: closure}, nil
 	} else if !errors.Is(err, store.ErrNotValid) {
 		return nil, err
 	}
@@ -250,7 +217,7 @@ func (f *Fetcher) FetchProgress(ctx context.Context, roots []storepath.Path, pro
 	r.mu.Lock()
 	cacheBytes := maps.Clone(r.progress.CacheBytes)
 	r.mu.Unlock()
-	return &Result{Closure: closure, Fetched: r.fetched, Downloaded: r.downloaded.Load(), CacheBytes: cacheBytes}, nil
+	return &fetchapi.Result{Closure: closure, Fetched: r.fetched, Downloaded: r.downloaded.Load(), CacheBytes: cacheBytes}, nil
 }
 
 func dedup(paths []storepath.Path) []storepath.Path {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/pkg/fetch"
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/store"
 	"github.com/storepkg/storepkg/pkg/storepath"
@@ -92,7 +93,7 @@ func publicKey(t *testing.T, k nixtest.Key) narinfo.PublicKey {
 }
 
 // fetchInto runs one Fetch of root into a fresh store under storeRoot.
-func fetchInto(t *testing.T, storeRoot string, opts fetch.Options, roots ...string) (*fetch.Result, error) {
+func fetchInto(t *testing.T, storeRoot string, opts fetch.Options, roots ...string) (*fetchapi.Result, error) {
 	t.Helper()
 	ctx := context.Background()
 	st, err := store.Open(ctx, storeRoot)

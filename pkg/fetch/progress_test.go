@@ -11,6 +11,7 @@ import (
 
 	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/pkg/fetch"
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/store"
 	"github.com/storepkg/storepkg/pkg/storepath"
@@ -41,15 +42,15 @@ func TestProgressPerCache(t *testing.T) {
 	f, err := fetch.New(st, fetch.Options{
 		Substituters: []string{untrusted, trusted},
 		TrustedKeys:  []narinfo.PublicKey{publicKey(t, key)},
-		Progress:     func(fetch.Progress) { t.Error("Options.Progress called although FetchProgress names another") },
+		Progress:     func(fetchapi.Progress) { t.Error("Options.Progress called although FetchProgress names another") },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var mu sync.Mutex
-	var last fetch.Progress
+	var last fetchapi.Progress
 	reports := 0
-	res, err := f.FetchProgress(ctx, []storepath.Path{mustPath(t, fx.Root)}, func(p fetch.Progress) {
+	res, err := f.FetchProgress(ctx, []storepath.Path{mustPath(t, fx.Root)}, func(p fetchapi.Progress) {
 		mu.Lock()
 		defer mu.Unlock()
 		reports++
@@ -82,7 +83,7 @@ func TestProgressPerCache(t *testing.T) {
 	mu.Unlock()
 
 	// Fetching again costs nothing and reports nothing.
-	res, err = f.FetchProgress(ctx, []storepath.Path{mustPath(t, fx.Root)}, func(p fetch.Progress) { t.Errorf("report for a valid closure: %+v", p) })
+	res, err = f.FetchProgress(ctx, []storepath.Path{mustPath(t, fx.Root)}, func(p fetchapi.Progress) { t.Errorf("report for a valid closure: %+v", p) })
 	if err != nil || len(res.Fetched) != 0 || res.CacheBytes != nil {
 		t.Errorf("second fetch: %+v, %v", res, err)
 	}
@@ -98,9 +99,9 @@ func TestProgressPerCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	last = fetch.Progress{}
-	_, err = f3.FetchProgress(ctx, []storepath.Path{mustPath(t, fx.Root)}, func(p fetch.Progress) { mu.Lock(); last = p; mu.Unlock() })
-	if fetch.ErrorKind(err) != fetch.KindUntrusted {
+	last = fetchapi.Progress{}
+	_, err = f3.FetchProgress(ctx, []storepath.Path{mustPath(t, fx.Root)}, func(p fetchapi.Progress) { mu.Lock(); last = p; mu.Unlock() })
+	if fetch.ErrorKind(err) != fetchapi.KindUntrusted {
 		t.Fatalf("untrusted cache only: %v", err)
 	}
 	mu.Lock()
@@ -139,9 +140,9 @@ func TestProgressPerCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	last = fetch.Progress{}
-	_, err = f2.FetchProgress(ctx, []storepath.Path{mustPath(t, hello)}, func(p fetch.Progress) { mu.Lock(); last = p; mu.Unlock() })
-	if fetch.ErrorKind(err) != fetch.KindHashMismatch {
+	last = fetchapi.Progress{}
+	_, err = f2.FetchProgress(ctx, []storepath.Path{mustPath(t, hello)}, func(p fetchapi.Progress) { mu.Lock(); last = p; mu.Unlock() })
+	if fetch.ErrorKind(err) != fetchapi.KindHashMismatch {
 		t.Fatalf("tampered NAR: %v (kind %q)", err, fetch.ErrorKind(err))
 	}
 	mu.Lock()

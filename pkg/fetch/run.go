@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/nar"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/store"
@@ -58,8 +59,8 @@ type run struct {
 	mu         sync.Mutex
 	fetched    []storepath.Path
 	downloaded atomic.Int64
-	progress   Progress // CacheBytes is ours: copied for each report
-	progressFn func(Progress)
+	progress   fetchapi.Progress // CacheBytes is ours: copied for each report
+	progressFn func(fetchapi.Progress)
 }
 
 func newRun(ctx context.Context, f *Fetcher) *run {

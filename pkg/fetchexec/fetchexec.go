@@ -7,10 +7,10 @@
 // keeps their code pages and the fetch's peak heap out of every pod's
 // shim, the way containerd rather than the runc shim pulls images.
 //
-// The child writes one JSON object per line on stdout: progress reports
-// while it works, then exactly one result or error. Its stderr is its log.
-// This package knows nothing of the fetcher or the store: it is the
-// contract, the shim's side of it, and the encoder the CLI uses.
+// The child reports on stdout in pkg/fetchapi's JSON lines; its stderr is
+// its log. This package knows nothing of the fetcher or the store: it is
+// the shim's side, the child's command line and the reading of its
+// reports.
 package fetchexec
 
 import (
@@ -24,59 +24,16 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
-// Failure kinds, as pkg/fetch's ErrorKind names them, plus
-// KindInvalidArgument for a request the child refused before fetching.
-const (
-	KindNotFound        = "not_found"
-	KindUntrusted       = "untrusted"
-	KindHashMismatch    = "hash_mismatch"
-	KindTimeout         = "timeout"
-	KindCanceled        = "canceled"
-	KindOther           = "other"
-	KindInvalidArgument = "invalid_argument"
-)
-
-// Progress is the child's running count.
-type Progress struct {
-	PathsTotal        int              `json:"pathsTotal"` // paths to download (not those already valid)
-	PathsDone         int              `json:"pathsDone"`
-	PathsFetched      int              `json:"pathsFetched"` // downloaded by this child
-	BytesTotal        int64            `json:"bytesTotal"`   // compressed bytes
-	BytesDone         int64            `json:"bytesDone"`
-	CacheBytes        map[string]int64 `json:"cacheBytes,omitempty"` // compressed bytes read, by cache URL
-	SignatureRefusals int              `json:"signatureRefusals,omitempty"`
-	HashRefusals      int              `json:"hashRefusals,omitempty"`
-}
-
-// Result is a completed substitution: the whole closure is valid.
-type Result struct {
-	Closure    []storepath.Path `json:"closure"` // sorted
-	Fetched    []storepath.Path `json:"fetched"` // downloaded by this child
-	Downloaded int64            `json:"downloaded"`
-	CacheBytes map[string]int64 `json:"cacheBytes,omitempty"`
-}
-
-// Failure is the child's error. Message is what the user reads (path,
-// cache and cause); Kind classifies it.
-type Failure struct {
-	Message string `json:"message"`
-	Kind    string `json:"kind"`
-	Path    string `json:"path,omitempty"`  // the store path that could not be fetched
-	Cache   string `json:"cache,omitempty"` // the cache at fault, if one is
-}
-
-func (f *Failure) Error() string { return f.Message }
-
-// check refuses a result naming anything but store paths: the shim
-// mounts what it names.
-func (res *Result) check() error {
+// checkResult refuses a result naming anything but store paths: the
+// shim mounts what it names.
+func checkResult(res *fetchapi.Result) error {
 	for _, list := range [][]storepath.Path{res.Closure, res.Fetched} {
 		for _, p := range list {
 			if _, err := storepath.ParseBase(string(p)); err != nil {
@@ -89,32 +46,6 @@ func (res *Result) check() error {
 	}
 	return nil
 }
-
-// report is one line of the child's stdout.
-type report struct {
-	Progress *Progress `json:"progress,omitempty"`
-	Result   *Result   `json:"result,omitempty"`
-	Error    *Failure  `json:"error,omitempty"`
-}
-
-// Reporter is the child's side: it writes the reports, safely from
-// several goroutines.
-type Reporter struct {
-	mu  sync.Mutex
-	enc *json.Encoder
-}
-
-func NewReporter(w io.Writer) *Reporter { return &Reporter{enc: json.NewEncoder(w)} }
-
-func (r *Reporter) write(rep *report) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.enc.Encode(rep)
-}
-
-func (r *Reporter) Progress(p Progress) error { return r.write(&report{Progress: &p}) }
-func (r *Reporter) Result(res *Result) error  { return r.write(&report{Result: res}) }
-func (r *Reporter) Fail(f *Failure) error     { return r.write(&report{Error: f}) }
 
 // GCRoot is a permanent GC root the child makes before it downloads
 // anything: gcroots/storepkg/<Name> -> Path.
@@ -135,8 +66,8 @@ type Request struct {
 	Paths             []storepath.Path
 	GCRoots           []GCRoot
 
-	Progress func(Progress) // called for each progress report
-	Log      func(string)   // called for each line the child logs
+	Progress func(fetchapi.Progress) // called for each progress report
+	Log      func(string)            // called for each line the child logs
 
 	// Start starts the child and returns how to wait for its exit, for a
 	// caller that reaps its children itself (containerd's shim reaper
@@ -178,8 +109,8 @@ const stopGrace = 10 * time.Second
 
 // Run starts the child and waits for its result. A cancelled ctx sends
 // the child SIGTERM; the child also gets SIGTERM if this process dies.
-// The error is a *Failure when the child reported one.
-func Run(ctx context.Context, r Request) (*Result, error) {
+// The error is a *fetchapi.Failure when the child reported one.
+func Run(ctx context.Context, r Request) (*fetchapi.Result, error) {
 	if r.Binary == "" {
 		return nil, errors.New("fetchexec: no storepkg binary given")
 	}
@@ -236,13 +167,13 @@ func Run(ctx context.Context, r Request) (*Result, error) {
 	}()
 
 	var (
-		res      *Result
-		failure  *Failure
+		res      *fetchapi.Result
+		failure  *fetchapi.Failure
 		protoErr error
 	)
 	dec := json.NewDecoder(bufio.NewReaderSize(stdout, 64<<10))
 	for {
-		var rep report
+		var rep fetchapi.Report
 		if err := dec.Decode(&rep); err != nil {
 			if !errors.Is(err, io.EOF) {
 				protoErr = fmt.Errorf("reading the report of %s fetch: %w", r.Binary, err)
@@ -255,7 +186,7 @@ func Run(ctx context.Context, r Request) (*Result, error) {
 				r.Progress(*rep.Progress)
 			}
 		case rep.Result != nil:
-			if err := rep.Result.check(); err != nil {
+			if err := checkResult(rep.Result); err != nil {
 				protoErr = fmt.Errorf("the result of %s fetch: %w", r.Binary, err)
 				continue
 			}
@@ -274,11 +205,11 @@ func Run(ctx context.Context, r Request) (*Result, error) {
 	case res != nil && waitErr == nil && protoErr == nil:
 		return res, nil
 	case ctx.Err() != nil:
-		kind := KindCanceled
+		kind := fetchapi.KindCanceled
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			kind = KindTimeout
+			kind = fetchapi.KindTimeout
 		}
-		return nil, &Failure{Kind: kind, Message: fmt.Sprintf("substituting %s: %v", Describe(r.Paths), ctx.Err())}
+		return nil, &fetchapi.Failure{Kind: kind, Message: fmt.Sprintf("substituting %s: %v", Describe(r.Paths), ctx.Err())}
 	}
 	msg := fmt.Sprintf("%s fetch of %s ended without a result", r.Binary, Describe(r.Paths))
 	if waitErr != nil {
@@ -289,7 +220,7 @@ func Run(ctx context.Context, r Request) (*Result, error) {
 	if len(lastLog) > 0 {
 		msg += " (its last log: " + strings.Join(lastLog, " | ") + ")"
 	}
-	return nil, &Failure{Kind: KindOther, Message: msg}
+	return nil, &fetchapi.Failure{Kind: fetchapi.KindOther, Message: msg}
 }
 
 // Describe names paths for messages: the first, and how many more.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/storepkg/storepkg/internal/nixtest"
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/fetchexec"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
@@ -81,7 +82,7 @@ func TestRunRealCLI(t *testing.T) {
 	storeRoot := t.TempDir()
 	var (
 		mu       sync.Mutex
-		progress []fetchexec.Progress
+		progress []fetchapi.Progress
 		logged   []string
 	)
 	req := fetchexec.Request{
@@ -92,7 +93,7 @@ func TestRunRealCLI(t *testing.T) {
 		Timeout:           time.Minute,
 		Paths:             []storepath.Path{f.root},
 		GCRoots:           []fetchexec.GCRoot{{Name: "pod-1-" + f.root.HashPart(), Path: f.root}},
-		Progress:          func(p fetchexec.Progress) { mu.Lock(); progress = append(progress, p); mu.Unlock() },
+		Progress:          func(p fetchapi.Progress) { mu.Lock(); progress = append(progress, p); mu.Unlock() },
 		Log:               func(l string) { mu.Lock(); logged = append(logged, l); mu.Unlock() },
 	}
 	res, err := fetchexec.Run(context.Background(), req)
@@ -138,11 +139,11 @@ func TestRunFailures(t *testing.T) {
 	bin := storepkgCLI(t)
 	url := nixtest.Serve(t, f.cache, nil)
 	missing := storepath.Path("00000000000000000000000000000000-not-in-any-cache")
-	run := func(req fetchexec.Request) *fetchexec.Failure {
+	run := func(req fetchexec.Request) *fetchapi.Failure {
 		t.Helper()
 		req.Binary, req.StoreRoot = bin, t.TempDir()
 		res, err := fetchexec.Run(context.Background(), req)
-		var fail *fetchexec.Failure
+		var fail *fetchapi.Failure
 		if !errors.As(err, &fail) {
 			t.Fatalf("Run: %+v, %v; want a *Failure", res, err)
 		}
@@ -150,16 +151,16 @@ func TestRunFailures(t *testing.T) {
 	}
 
 	fail := run(fetchexec.Request{Substituters: []string{url}, TrustedPublicKeys: []string{f.key.Public}, Paths: []storepath.Path{missing}})
-	if fail.Kind != fetchexec.KindNotFound || fail.Path != missing.Absolute() || !strings.Contains(fail.Message, "not found") {
+	if fail.Kind != fetchapi.KindNotFound || fail.Path != missing.Absolute() || !strings.Contains(fail.Message, "not found") {
 		t.Errorf("missing path: %+v", fail)
 	}
 	stranger := nixtest.GenerateKey(t, t.TempDir(), "stranger-1")
 	fail = run(fetchexec.Request{Substituters: []string{url}, TrustedPublicKeys: []string{stranger.Public}, Paths: []storepath.Path{f.root}})
-	if fail.Kind != fetchexec.KindUntrusted || !strings.Contains(fail.Message, "no trusted signature") {
+	if fail.Kind != fetchapi.KindUntrusted || !strings.Contains(fail.Message, "no trusted signature") {
 		t.Errorf("untrusted: %+v", fail)
 	}
 	fail = run(fetchexec.Request{Substituters: []string{url}, TrustedPublicKeys: []string{"nocolon"}, Paths: []storepath.Path{f.root}})
-	if fail.Kind != fetchexec.KindInvalidArgument || !strings.Contains(fail.Message, "--trusted-public-key") {
+	if fail.Kind != fetchapi.KindInvalidArgument || !strings.Contains(fail.Message, "--trusted-public-key") {
 		t.Errorf("bad key: %+v", fail)
 	}
 
@@ -179,7 +180,7 @@ func TestRunFailures(t *testing.T) {
 	req := fetchexec.Request{
 		Binary: bin, StoreRoot: storeRoot, Substituters: []string{slow}, TrustedPublicKeys: []string{f.key.Public},
 		Paths: []storepath.Path{f.root},
-		Progress: func(fetchexec.Progress) {
+		Progress: func(fetchapi.Progress) {
 			select {
 			case started <- struct{}{}:
 			default:
@@ -189,9 +190,9 @@ func TestRunFailures(t *testing.T) {
 	go func() { <-started; cancel() }()
 	begin := time.Now()
 	_, err := fetchexec.Run(ctx, req)
-	var cf *fetchexec.Failure
-	if !errors.As(err, &cf) || cf.Kind != fetchexec.KindCanceled {
-		t.Errorf("cancelled run: %v (%+v), want kind %s", err, cf, fetchexec.KindCanceled)
+	var cf *fetchapi.Failure
+	if !errors.As(err, &cf) || cf.Kind != fetchapi.KindCanceled {
+		t.Errorf("cancelled run: %v (%+v), want kind %s", err, cf, fetchapi.KindCanceled)
 	}
 	if d := time.Since(begin); d > 2500*time.Millisecond {
 		t.Errorf("cancelled run took %v: the child did not stop on SIGTERM", d)

@@ -24,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/procid"
 )
 
@@ -80,17 +81,6 @@ type Refusals struct {
 	Hash      int `json:"hash"`      // NARs whose size or hash differed from the signed narinfo
 }
 
-// Failure says why a fetch failed.
-type Failure struct {
-	Message string `json:"message"`         // the error as the user sees it: path, cache and cause
-	Kind    string `json:"kind"`            // fetch.ErrorKind's names, or KindAborted
-	Path    string `json:"path,omitempty"`  // the store path that could not be fetched
-	Cache   string `json:"cache,omitempty"` // the cache at fault, if one is
-}
-
-// KindAborted is a reader's failure kind for a fetch whose writer died.
-const KindAborted = "aborted"
-
 // Record is one closure fetch.
 type Record struct {
 	Version   int       `json:"version"`
@@ -106,9 +96,9 @@ type Record struct {
 	Paths     Paths     `json:"paths"`
 	Bytes     Bytes     `json:"bytes"`
 	// Caches holds the compressed bytes downloaded from each cache (URL).
-	Caches   map[string]int64 `json:"caches,omitempty"`
-	Refusals Refusals         `json:"refusals"`
-	Error    *Failure         `json:"error,omitempty"`
+	Caches   map[string]int64  `json:"caches,omitempty"`
+	Refusals Refusals          `json:"refusals"`
+	Error    *fetchapi.Failure `json:"error,omitempty"` // why it failed
 }
 
 // Completed reports whether the record is in a final state.

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/procid"
 )
 
@@ -18,7 +19,7 @@ func TestWriteRead(t *testing.T) {
 		State: Failed, Writer: procid.Self(), Start: start, Updated: start.Add(2 * time.Second), End: start.Add(2 * time.Second),
 		Paths: Paths{Total: 3, Done: 1, Fetched: 1}, Bytes: Bytes{Total: 30, Done: 10},
 		Caches: map[string]int64{"http://c": 10}, Refusals: Refusals{Signature: 2},
-		Error: &Failure{Message: "m", Kind: "untrusted", Path: "/nix/store/x", Cache: "http://c"},
+		Error: &fetchapi.Failure{Message: "m", Kind: "untrusted", Path: "/nix/store/x", Cache: "http://c"},
 	}
 	if err := Write(dir, r); err != nil {
 		t.Fatal(err)

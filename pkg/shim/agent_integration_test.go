@@ -32,6 +32,7 @@ import (
 	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/internal/tmpfstest"
 	"github.com/storepkg/storepkg/pkg/agent"
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/fetchstatus"
 	"github.com/storepkg/storepkg/pkg/gcowner"
 	"github.com/storepkg/storepkg/pkg/narinfo"
@@ -322,7 +323,7 @@ func TestStatusRecordsAndMetrics(t *testing.T) {
 	if r.Error != nil || r.Refusals != (fetchstatus.Refusals{}) {
 		t.Errorf("pod ok's error %+v refusals %+v", r.Error, r.Refusals)
 	}
-	for name, want := range map[string]fetchstatus.Failure{
+	for name, want := range map[string]fetchapi.Failure{
 		"unknown":   {Kind: "not_found", Path: unknown, Message: unknown + ": not found in any cache"},
 		"untrusted": {Kind: "untrusted", Path: strangerRoot.Absolute(), Cache: untrusted, Message: strangerRoot.Absolute() + ": no trusted signature"},
 	} {

@@ -23,6 +23,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/fetchexec"
 	"github.com/storepkg/storepkg/pkg/gcowner"
 	"github.com/storepkg/storepkg/pkg/mount"
@@ -64,7 +65,7 @@ type fetchCall struct {
 	owner  string // whose GC roots the child made
 	cancel context.CancelFunc
 	done   chan struct{}
-	res    *fetchexec.Result
+	res    *fetchapi.Result
 	err    error
 }
 
@@ -284,16 +285,16 @@ func (c *core) viewMounts(ctx context.Context, id, bundle string, state *contain
 // fetchError gives a substitution failure the errdefs kind CRI reports.
 func fetchError(err error) error {
 	var kind error = errdefs.ErrUnknown
-	var f *fetchexec.Failure
+	var f *fetchapi.Failure
 	if errors.As(err, &f) {
 		switch f.Kind {
-		case fetchexec.KindNotFound:
+		case fetchapi.KindNotFound:
 			kind = errdefs.ErrNotFound
-		case fetchexec.KindUntrusted, fetchexec.KindHashMismatch:
+		case fetchapi.KindUntrusted, fetchapi.KindHashMismatch:
 			kind = errdefs.ErrFailedPrecondition
-		case fetchexec.KindTimeout:
+		case fetchapi.KindTimeout:
 			kind = errdefs.ErrUnavailable
-		case fetchexec.KindInvalidArgument:
+		case fetchapi.KindInvalidArgument:
 			kind = errdefs.ErrInvalidArgument
 		}
 	}

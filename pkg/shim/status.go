@@ -15,7 +15,7 @@ import (
 
 	"github.com/containerd/log"
 
-	"github.com/storepkg/storepkg/pkg/fetchexec"
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/fetchstatus"
 	"github.com/storepkg/storepkg/pkg/procid"
 	"github.com/storepkg/storepkg/pkg/storepath"
@@ -138,14 +138,14 @@ func (r *statusReporter) newFetchStatus(ctx context.Context, pod podRef, paths [
 }
 
 // progressFunc returns the callback for the fetch child's progress.
-func (s *fetchStatus) progressFunc() func(fetchexec.Progress) {
+func (s *fetchStatus) progressFunc() func(fetchapi.Progress) {
 	if s == nil {
 		return nil
 	}
 	return s.progress
 }
 
-func (s *fetchStatus) progress(p fetchexec.Progress) {
+func (s *fetchStatus) progress(p fetchapi.Progress) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.rec.Paths.Total, s.rec.Paths.Done, s.rec.Paths.Fetched = p.PathsTotal, p.PathsDone, p.PathsFetched
@@ -176,7 +176,7 @@ func (s *fetchStatus) loop() {
 }
 
 // finish writes the final record.
-func (s *fetchStatus) finish(res *fetchexec.Result, err error) {
+func (s *fetchStatus) finish(res *fetchapi.Result, err error) {
 	if s == nil {
 		return
 	}
@@ -188,8 +188,8 @@ func (s *fetchStatus) finish(res *fetchexec.Result, err error) {
 	s.rec.End = now
 	if err != nil {
 		s.rec.State = fetchstatus.Failed
-		f := &fetchstatus.Failure{Message: err.Error(), Kind: fetchexec.KindOther}
-		var fe *fetchexec.Failure
+		f := &fetchapi.Failure{Message: err.Error(), Kind: fetchapi.KindOther}
+		var fe *fetchapi.Failure
 		if errors.As(err, &fe) {
 			f.Kind, f.Path, f.Cache = fe.Kind, fe.Path, fe.Cache
 		}

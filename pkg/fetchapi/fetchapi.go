@@ -1,0 +1,105 @@
+// Package fetchapi is the vocabulary of a closure fetch, declared once
+// for everyone who speaks about one: the fetcher (pkg/fetch) reports
+// Progress and a Result or an error of one of the failure kinds;
+// `storepkg fetch --json` writes them as JSON lines (Report, Reporter),
+// which the shim reads from its fetch child (pkg/fetchexec); the shim's
+// fetch records (pkg/fetchrecord) carry the Failure to the node agent,
+// which counts failures by kind.
+//
+// The JSON forms cross process and version boundaries on a node (a shim
+// and the storepkg binary it runs, shims and the agent): keep them
+// compatible. The package holds no fetcher, store, decoder or SQLite,
+// so the shim links it at no cost.
+package fetchapi
+
+import (
+	"encoding/json"
+	"io"
+	"sync"
+
+	"github.com/storepkg/storepkg/pkg/storepath"
+)
+
+// Kinds of fetch failure (Failure.Kind): pkg/fetch's ErrorKind names its
+// errors with the first six; the shim maps them to errdefs kinds and the
+// agent counts failures by them.
+const (
+	KindNotFound     = "not_found"     // no cache has a path
+	KindUntrusted    = "untrusted"     // no trusted signature
+	KindHashMismatch = "hash_mismatch" // a NAR differs from its signed narinfo
+	KindTimeout      = "timeout"       // a deadline passed
+	KindCanceled     = "canceled"      // the caller gave up
+	KindOther        = "other"         // network, HTTP, disk, ...
+	// KindInvalidArgument: the fetch child refused its request before
+	// fetching anything.
+	KindInvalidArgument = "invalid_argument"
+	// KindAborted: a record reader's kind for a fetch whose writer died
+	// before it ended.
+	KindAborted = "aborted"
+)
+
+// Progress is a snapshot of one fetch.
+type Progress struct {
+	PathsTotal int `json:"pathsTotal"` // paths to download (not those already valid)
+	// PathsDone also counts the paths another process made valid
+	// meanwhile; PathsFetched only those this fetch downloaded and made
+	// valid.
+	PathsDone    int   `json:"pathsDone"`
+	PathsFetched int   `json:"pathsFetched"`
+	BytesTotal   int64 `json:"bytesTotal"` // compressed bytes (NAR bytes where a cache gives no size)
+	BytesDone    int64 `json:"bytesDone"`
+	// CacheBytes holds the compressed bytes read so far from each cache
+	// (by URL); the map is the callee's copy.
+	CacheBytes map[string]int64 `json:"cacheBytes,omitempty"`
+	// SignatureRefusals counts narinfos refused for want of a trusted
+	// signature, HashRefusals NARs refused because size or hash differed
+	// from their signed narinfo.
+	SignatureRefusals int `json:"signatureRefusals,omitempty"`
+	HashRefusals      int `json:"hashRefusals,omitempty"`
+}
+
+// Result is a completed fetch: the whole closure is valid.
+type Result struct {
+	Closure    []storepath.Path `json:"closure"`              // every path of the closure, sorted
+	Fetched    []storepath.Path `json:"fetched"`              // the ones this fetch downloaded
+	Downloaded int64            `json:"downloaded"`           // compressed bytes read from caches
+	CacheBytes map[string]int64 `json:"cacheBytes,omitempty"` // Downloaded by cache URL
+}
+
+// Failure is a failed fetch. Message is what the user reads (path, cache
+// and cause); Kind classifies it.
+type Failure struct {
+	Message string `json:"message"`
+	Kind    string `json:"kind"`
+	Path    string `json:"path,omitempty"`  // the store path that could not be fetched
+	Cache   string `json:"cache,omitempty"` // the cache at fault, if one is
+}
+
+func (f *Failure) Error() string { return f.Message }
+
+// Report is one line of `storepkg fetch --json`'s stdout: progress
+// reports while it works, then exactly one result or error. Its stderr
+// is its log.
+type Report struct {
+	Progress *Progress `json:"progress,omitempty"`
+	Result   *Result   `json:"result,omitempty"`
+	Error    *Failure  `json:"error,omitempty"`
+}
+
+// Reporter writes Reports, one per line, safely from several goroutines.
+type Reporter struct {
+	mu  sync.Mutex
+	enc *json.Encoder
+}
+
+func NewReporter(w io.Writer) *Reporter { return &Reporter{enc: json.NewEncoder(w)} }
+
+func (r *Reporter) write(rep *Report) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.enc.Encode(rep)
+}
+
+func (r *Reporter) Progress(p Progress) error { return r.write(&Report{Progress: &p}) }
+func (r *Reporter) Result(res *Result) error  { return r.write(&Report{Result: res}) }
+func (r *Reporter) Fail(f *Failure) error     { return r.write(&Report{Error: f}) }
