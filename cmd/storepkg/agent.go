@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/storepkg/storepkg/pkg/agent"
-	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/fetchrecord"
 )
 
 // DefaultAgentListen is where `storepkg agent` serves /metrics and
@@ -83,7 +83,7 @@ service account needs create and patch on events, nothing else.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.StoreRoot, "root", "/", "root directory of the node store (the store is ROOT/nix/store)")
-	f.StringVar(&cfg.StatusDir, "status-dir", fetchstatus.DefaultDir, "directory where the shims write fetch status records")
+	f.StringVar(&cfg.StatusDir, "status-dir", fetchrecord.DefaultDir, "directory where the shims write fetch status records")
 	f.StringVar(&cfg.ListenAddress, "listen-address", DefaultAgentListen, "`ADDRESS` to serve /metrics and /healthz on (empty: none)")
 	f.DurationVar(&cfg.Interval, "interval", agent.DefaultInterval, "how often to check the store filesystem's usage")
 	f.Float64Var(&cfg.HighPercent, "gc-high-percent", agent.DefaultHighPercent, "collect garbage when the store filesystem's usage reaches this percentage")

@@ -133,7 +133,7 @@ type Env struct {
 	// directory (the store would be StoreRoot/nix/store).
 	StoreRoot string
 	// StatusDir is the storepkg runtime's default StatusDir, where shims
-	// write fetch status records (pkg/fetchstatus) instead of the node's
+	// write fetch status records (pkg/fetchrecord) instead of the node's
 	// /run/storepkg/fetches.
 	StatusDir string
 	// ConfigPath is containerd's config file, LogPath its log.

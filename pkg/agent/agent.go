@@ -1,8 +1,8 @@
 // Package agent is storepkg's node agent, the long-running process of the
 // DaemonSet: it collects the node store's garbage when its filesystem
 // fills up (high and low thresholds and a minimum age, like kubelet's
-// image garbage collection), turns the shims' fetch status records
-// (pkg/fetchstatus) into Prometheus metrics and pod events, and answers
+// image garbage collection), turns the shims' fetch records
+// (pkg/fetchrecord) into Prometheus metrics and pod events, and answers
 // health probes.
 package agent
 
@@ -19,7 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 
-	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/fetchrecord"
 	"github.com/storepkg/storepkg/pkg/store"
 )
 
@@ -29,8 +29,8 @@ type Config struct {
 	// StoreRoot is the root of the node store (the store is
 	// <StoreRoot>/nix/store); default "/".
 	StoreRoot string
-	// StatusDir is where the shims write fetch status records; default
-	// fetchstatus.DefaultDir.
+	// StatusDir is where the shims write fetch records; default
+	// fetchrecord.DefaultDir.
 	StatusDir string
 	// ListenAddress serves /metrics and /healthz (e.g. ":9477",
 	// "127.0.0.1:0"); empty serves nothing.
@@ -85,7 +85,7 @@ func (c *Config) setDefaults() error {
 		c.StoreRoot = "/"
 	}
 	if c.StatusDir == "" {
-		c.StatusDir = fetchstatus.DefaultDir
+		c.StatusDir = fetchrecord.DefaultDir
 	}
 	if c.Interval <= 0 {
 		c.Interval = DefaultInterval
@@ -125,7 +125,7 @@ type Agent struct {
 	log     *logrus.Entry
 	store   *store.Store
 	metrics *metrics
-	status  *statusWatcher
+	records *recordWatcher
 	events  chan PodEvent
 
 	listener net.Listener
@@ -149,7 +149,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, store: st, metrics: newMetrics(st), events: make(chan PodEvent, 256)}
-	a.status = newStatusWatcher(a)
+	a.records = newRecordWatcher(a)
 	return a, nil
 }
 
@@ -187,7 +187,7 @@ func (a *Agent) Start(ctx context.Context) error {
 
 	a.wg.Add(3)
 	go func() { defer a.wg.Done(); a.gcLoop(ctx) }()
-	go func() { defer a.wg.Done(); a.statusLoop(ctx) }()
+	go func() { defer a.wg.Done(); a.recordLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.eventLoop(ctx) }()
 	go func() {
 		<-ctx.Done()
@@ -226,12 +226,12 @@ func (a *Agent) Addr() string {
 	return a.listener.Addr().String()
 }
 
-func (a *Agent) statusLoop(ctx context.Context) {
+func (a *Agent) recordLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.PollInterval)
 	defer t.Stop()
 	for {
 		now := time.Now()
-		a.status.poll(ctx, now)
+		a.records.poll(ctx, now)
 		a.mu.Lock()
 		a.lastPoll = now
 		a.mu.Unlock()

@@ -14,7 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/fetchrecord"
 )
 
 // Event reasons the agent posts on pods.
@@ -26,7 +26,7 @@ const (
 
 // PodEvent is an event about a pod.
 type PodEvent struct {
-	Pod     fetchstatus.Pod
+	Pod     fetchrecord.Pod
 	Type    string // corev1.EventTypeNormal or EventTypeWarning
 	Reason  string
 	Message string

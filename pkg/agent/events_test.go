@@ -13,25 +13,25 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/storepkg/storepkg/pkg/fetchapi"
-	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/fetchrecord"
 )
 
-var testPod = fetchstatus.Pod{Namespace: "shop", Name: "web-7d9f", UID: "0b1c2d3e-aaaa-4bbb-8ccc-0123456789ab"}
+var testPod = fetchrecord.Pod{Namespace: "shop", Name: "web-7d9f", UID: "0b1c2d3e-aaaa-4bbb-8ccc-0123456789ab"}
 
 // TestEventMessages: what `kubectl describe pod` shows for a fetch.
 func TestEventMessages(t *testing.T) {
 	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	hello := "/nix/store/0c7d8mjhb7z2r4dbbz5d2m5m5kzx0a9h-hello-2.12"
-	rec := &fetchstatus.Record{
+	rec := &fetchrecord.Record{
 		Roots: []string{hello, "/nix/store/1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bash-5.2"},
 		Start: start, Updated: start.Add(12 * time.Second),
-		Paths: fetchstatus.Paths{Total: 120, Done: 37, Fetched: 37},
-		Bytes: fetchstatus.Bytes{Total: 210_400_000, Done: 45_200_000},
+		Paths: fetchrecord.Paths{Total: 120, Done: 37, Fetched: 37},
+		Bytes: fetchrecord.Bytes{Total: 210_400_000, Done: 45_200_000},
 	}
 	for _, c := range []struct{ got, want string }{
 		{fetchingMessage(rec), "fetching 120 paths, 45/210 MB for " + hello + " and 1 more"},
-		{fetchingMessage(&fetchstatus.Record{Roots: []string{hello}}), "looking up the closure of " + hello + " in the binary caches"},
-		{fetchingMessage(&fetchstatus.Record{Roots: []string{hello}, Paths: fetchstatus.Paths{Total: 3}, Bytes: fetchstatus.Bytes{Total: 2_345_678, Done: 1_000_000}}),
+		{fetchingMessage(&fetchrecord.Record{Roots: []string{hello}}), "looking up the closure of " + hello + " in the binary caches"},
+		{fetchingMessage(&fetchrecord.Record{Roots: []string{hello}, Paths: fetchrecord.Paths{Total: 3}, Bytes: fetchrecord.Bytes{Total: 2_345_678, Done: 1_000_000}}),
 			"fetching 3 paths, 1.0/2.3 MB for " + hello},
 	} {
 		if c.got != c.want {
@@ -39,14 +39,14 @@ func TestEventMessages(t *testing.T) {
 		}
 	}
 	done := *rec
-	done.State, done.End = fetchstatus.Done, start.Add(42*time.Second+30*time.Millisecond)
+	done.State, done.End = fetchrecord.Done, start.Add(42*time.Second+30*time.Millisecond)
 	done.Paths.Fetched, done.Bytes.Done = 120, 210_400_000
 	if got, want := fetchedMessage(&done), "fetched 120 paths (210 MB) for "+hello+" and 1 more in 42s"; got != want {
 		t.Errorf("got  %q\nwant %q", got, want)
 	}
 	missing := "/nix/store/2bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-missing-1.0"
 	failed := *rec
-	failed.State = fetchstatus.Failed
+	failed.State = fetchrecord.Failed
 	failed.Error = &fetchapi.Failure{Kind: "not_found", Path: missing,
 		Message: missing + " (needed by " + hello + "): not found in any cache (http://cache.example: not found)"}
 	if got, want := failedMessage(&failed), "cannot fetch "+failed.Error.Message; got != want {

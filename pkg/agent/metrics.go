@@ -8,7 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/storepkg/storepkg/pkg/fetchapi"
-	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/fetchrecord"
 	"github.com/storepkg/storepkg/pkg/store"
 )
 
@@ -98,9 +98,9 @@ func newMetrics(st *store.Store) *metrics {
 }
 
 // countCompleted adds a completed record to the counters.
-func (m *metrics) countCompleted(r *fetchstatus.Record) {
+func (m *metrics) countCompleted(r *fetchrecord.Record) {
 	result := resultSuccess
-	if r.State != fetchstatus.Done {
+	if r.State != fetchrecord.Done {
 		result = resultFailure
 		kind := fetchapi.KindOther
 		if r.Error != nil && r.Error.Kind != "" {

@@ -33,7 +33,7 @@ import (
 	"github.com/storepkg/storepkg/internal/tmpfstest"
 	"github.com/storepkg/storepkg/pkg/agent"
 	"github.com/storepkg/storepkg/pkg/fetchapi"
-	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/fetchrecord"
 	"github.com/storepkg/storepkg/pkg/gcowner"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/store"
@@ -95,18 +95,18 @@ func syntheticCache(t *testing.T, seed string, n int) (dir string, root storepat
 }
 
 // readRecords reads every record in the status directory.
-func readRecords(t *testing.T, dir string) []*fetchstatus.Record {
+func readRecords(t *testing.T, dir string) []*fetchrecord.Record {
 	t.Helper()
 	entries, err := os.ReadDir(dir)
 	if err != nil && !os.IsNotExist(err) {
 		t.Fatal(err)
 	}
-	var out []*fetchstatus.Record
+	var out []*fetchrecord.Record
 	for _, e := range entries {
-		if _, ok := fetchstatus.IDOf(e.Name()); !ok {
+		if _, ok := fetchrecord.IDOf(e.Name()); !ok {
 			continue
 		}
-		r, err := fetchstatus.Read(filepath.Join(dir, e.Name()))
+		r, err := fetchrecord.Read(filepath.Join(dir, e.Name()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -115,8 +115,8 @@ func readRecords(t *testing.T, dir string) []*fetchstatus.Record {
 	return out
 }
 
-func recordsOf(recs []*fetchstatus.Record, pod string) []*fetchstatus.Record {
-	var out []*fetchstatus.Record
+func recordsOf(recs []*fetchrecord.Record, pod string) []*fetchrecord.Record {
+	var out []*fetchrecord.Record
 	for _, r := range recs {
 		if r.Pod.Name == pod {
 			out = append(out, r)
@@ -310,17 +310,17 @@ func TestStatusRecordsAndMetrics(t *testing.T) {
 		t.Fatalf("%d records for pod ok, want 1 (the prefetch, joined by the container)", len(ok))
 	}
 	r := ok[0]
-	if r.State != fetchstatus.Done || r.Pod.UID != podUID(okPod) || r.SandboxID != okPodID || !slices.Equal(r.Roots, []string{fx.Hello, fx.Tools}) {
+	if r.State != fetchrecord.Done || r.Pod.UID != podUID(okPod) || r.SandboxID != okPodID || !slices.Equal(r.Roots, []string{fx.Hello, fx.Tools}) {
 		t.Errorf("pod ok's record: state %s pod %+v sandbox %s roots %v", r.State, r.Pod, r.SandboxID, r.Roots)
 	}
 	n := len(fx.Closure)
-	if r.Paths != (fetchstatus.Paths{Total: n, Done: n, Fetched: n, Closure: n}) {
+	if r.Paths != (fetchrecord.Paths{Total: n, Done: n, Fetched: n, Closure: n}) {
 		t.Errorf("pod ok's paths %+v, want all %d", r.Paths, n)
 	}
 	if served := narBytes(); r.Bytes.Done != served || r.Bytes.Total != served || len(r.Caches) != 1 || r.Caches[url] != served {
 		t.Errorf("pod ok's bytes %+v per cache %v; the cache served %d", r.Bytes, r.Caches, served)
 	}
-	if r.Error != nil || r.Refusals != (fetchstatus.Refusals{}) {
+	if r.Error != nil || r.Refusals != (fetchrecord.Refusals{}) {
 		t.Errorf("pod ok's error %+v refusals %+v", r.Error, r.Refusals)
 	}
 	for name, want := range map[string]fetchapi.Failure{
@@ -332,7 +332,7 @@ func TestStatusRecordsAndMetrics(t *testing.T) {
 			t.Errorf("no record for pod %s", name)
 		}
 		for _, r := range rs {
-			if r.State != fetchstatus.Failed || r.Error == nil || r.Pod.UID != podUID(failing[name]) {
+			if r.State != fetchrecord.Failed || r.Error == nil || r.Pod.UID != podUID(failing[name]) {
 				t.Errorf("pod %s: record state %s error %+v pod %+v", name, r.State, r.Error, r.Pod)
 				continue
 			}
@@ -349,7 +349,7 @@ func TestStatusRecordsAndMetrics(t *testing.T) {
 	var failures, signatureRefusals float64
 	byKind := map[string]float64{}
 	for _, r := range recs {
-		if r.State == fetchstatus.Failed {
+		if r.State == fetchrecord.Failed {
 			failures++
 			byKind[r.Error.Kind]++
 		}
@@ -415,7 +415,7 @@ func TestStatusRecordsAndMetrics(t *testing.T) {
 		return m.Get("storepkg_fetches_in_progress") == 1
 	})
 	running := readRecords(t, statusDir)
-	if len(running) != 1 || running[0].State != fetchstatus.Fetching || running[0].Pod.Name != "slow" {
+	if len(running) != 1 || running[0].State != fetchrecord.Fetching || running[0].Pod.Name != "slow" {
 		t.Fatalf("records during the slow fetch: %+v", running)
 	}
 	shimPID := running[0].Writer.PID
@@ -664,7 +664,7 @@ func TestRunningClosureSurvivesDiskPressure(t *testing.T) {
 	junkPodID := env.RunPodSandbox(t, critest.HandlerStorepkg, junkPod)
 	var junkFetched time.Time // no later than the junk's registration
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		if rs := recordsOf(readRecords(t, statusDir), "gone"); len(rs) == 1 && rs[0].State == fetchstatus.Done {
+		if rs := recordsOf(readRecords(t, statusDir), "gone"); len(rs) == 1 && rs[0].State == fetchrecord.Done {
 			junkFetched = rs[0].Start
 			break
 		}

@@ -31,7 +31,7 @@ type Config struct {
 	NetrcFile         string
 	MaxJobs           int
 	FetchTimeout      string // a Go duration; how long one closure may take in all; default 30m
-	StatusDir         string // fetch status records for the node agent; default /run/storepkg/fetches, "-" for none
+	StatusDir         string // where the fetch records (pkg/fetchrecord) for the node agent go; default /run/storepkg/fetches, "-" for none
 	FetchBinary       string // the storepkg CLI that substitutes closures; default: storepkg beside the shim, else in PATH
 
 	// runc's own options, translated to its type (never passed raw).

@@ -44,8 +44,8 @@ type core struct {
 	fetches    map[string]*fetchCall
 	containers map[string]*containerState
 	roots      map[string][]string // GC root names by owner (sandbox or container ID)
-	status     *statusReporter     // nil: no status records
-	pod        podRef              // the pod this shim serves (status.go)
+	records    *recordWriter       // nil: no fetch records
+	pod        podRef              // the pod this shim serves (fetchrecord.go)
 
 	// startChild starts the fetch child where the shim reaps children
 	// itself (task_v3.go); nil: os/exec.
@@ -89,7 +89,7 @@ func (c *core) setup(ctx context.Context, cfg *Config) error {
 		return err
 	}
 	c.cfg, c.fetchBin = cfg, bin
-	c.status = newStatusReporter(cfg.StatusDir)
+	c.records = newRecordWriter(cfg.StatusDir)
 	return nil
 }
 
@@ -153,9 +153,9 @@ func (c *core) startFetch(ctx context.Context, owner string, paths []storepath.P
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.fetchTimeout()+time.Minute)
 	call := &fetchCall{owner: owner, cancel: cancel, done: make(chan struct{})}
 	c.fetches[key] = call
-	status := c.status.newFetchStatus(fctx, c.pod, paths)
+	rec := c.records.start(fctx, c.pod, paths)
 	req := c.cfg.fetchRequest(c.fetchBin, paths, roots)
-	req.Progress = status.progressFunc()
+	req.Progress = rec.progressFunc()
 	req.Start = c.startChild
 	logger := log.G(fctx).WithField("component", "storepkg-fetch")
 	req.Log = func(line string) { logger.Info(line) }
@@ -164,7 +164,7 @@ func (c *core) startFetch(ctx context.Context, owner string, paths []storepath.P
 		defer close(call.done)
 		start := time.Now()
 		call.res, call.err = fetchexec.Run(fctx, req)
-		status.finish(call.res, call.err)
+		rec.finish(call.res, call.err)
 		l := log.G(fctx).WithField("paths", len(paths)).WithField("duration", time.Since(start))
 		if call.err != nil {
 			l.WithError(call.err).Warn("storepkg: substitution failed")

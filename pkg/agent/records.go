@@ -15,7 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/storepkg/storepkg/pkg/fetchapi"
-	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/fetchrecord"
 )
 
 const (
@@ -31,12 +31,13 @@ const (
 	eventMaxAge = 10 * time.Minute
 )
 
-// statusWatcher reads the status directory: it counts every completed
-// record once, expires records of dead writers, posts pod events, and
-// keeps the directory small by removing what it consumed. A record is
-// read again only when its file changed, so a poll of a quiet directory
-// costs one readdir and one lstat per record.
-type statusWatcher struct {
+// recordWatcher reads the shims' fetch records (pkg/fetchrecord) in the
+// status directory: it counts every completed record once, expires
+// records of dead writers, posts pod events, and keeps the directory
+// small by removing what it consumed. A record is read again only when
+// its file changed, so a poll of a quiet directory costs one readdir and
+// one lstat per record.
+type recordWatcher struct {
 	a        *Agent
 	dir      string
 	tracked  map[string]*trackedRecord
@@ -47,7 +48,7 @@ type statusWatcher struct {
 type trackedRecord struct {
 	mod        time.Time
 	size       int64
-	rec        *fetchstatus.Record
+	rec        *fetchrecord.Record
 	slowPosted time.Time // last StorepkgFetching event
 	slowMsg    string
 	running    bool // counted in fetches_in_progress by the last poll
@@ -56,18 +57,18 @@ type trackedRecord struct {
 // settle takes a record the last poll counted as running out of the
 // gauge before its completion is counted, so no scrape sees a fetch both
 // finished and in progress.
-func (w *statusWatcher) settle(t *trackedRecord) {
+func (w *recordWatcher) settle(t *trackedRecord) {
 	if t.running {
 		w.a.metrics.fetchesRunning.Dec()
 		t.running = false
 	}
 }
 
-func newStatusWatcher(a *Agent) *statusWatcher {
-	return &statusWatcher{a: a, dir: a.cfg.StatusDir, tracked: map[string]*trackedRecord{}, consumed: map[string]time.Time{}}
+func newRecordWatcher(a *Agent) *recordWatcher {
+	return &recordWatcher{a: a, dir: a.cfg.StatusDir, tracked: map[string]*trackedRecord{}, consumed: map[string]time.Time{}}
 }
 
-func (w *statusWatcher) poll(ctx context.Context, now time.Time) {
+func (w *recordWatcher) poll(ctx context.Context, now time.Time) {
 	f, err := os.Open(w.dir)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -95,7 +96,7 @@ func (w *statusWatcher) poll(ctx context.Context, now time.Time) {
 			return
 		}
 		file := filepath.Join(w.dir, name)
-		id, ok := fetchstatus.IDOf(name)
+		id, ok := fetchrecord.IDOf(name)
 		if !ok {
 			w.sweepOther(name, file, now)
 			continue
@@ -114,7 +115,7 @@ func (w *statusWatcher) poll(ctx context.Context, now time.Time) {
 		if !rec.Completed() {
 			if why := w.expired(rec, now); why != "" {
 				expired := *rec
-				expired.State = fetchstatus.Failed
+				expired.State = fetchrecord.Failed
 				expired.End = rec.Updated
 				expired.Error = &fetchapi.Failure{Kind: fetchapi.KindAborted,
 					Message: fmt.Sprintf("fetching the closure of %s stopped: %s", describeRoots(rec.Roots), why)}
@@ -145,7 +146,7 @@ func (w *statusWatcher) poll(ctx context.Context, now time.Time) {
 }
 
 // load returns the record of file, read again only if the file changed.
-func (w *statusWatcher) load(id, file string) (*trackedRecord, bool) {
+func (w *recordWatcher) load(id, file string) (*trackedRecord, bool) {
 	fi, err := os.Lstat(file)
 	if err != nil {
 		return nil, false // replaced or removed meanwhile
@@ -154,7 +155,7 @@ func (w *statusWatcher) load(id, file string) (*trackedRecord, bool) {
 	if t != nil && fi.ModTime().Equal(t.mod) && fi.Size() == t.size {
 		return t, true
 	}
-	rec, err := fetchstatus.Read(file)
+	rec, err := fetchrecord.Read(file)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, false
@@ -175,7 +176,7 @@ func (w *statusWatcher) load(id, file string) (*trackedRecord, bool) {
 }
 
 // sweepOther removes writers' temporary files left by dead writers.
-func (w *statusWatcher) sweepOther(name, file string, now time.Time) {
+func (w *recordWatcher) sweepOther(name, file string, now time.Time) {
 	if !strings.HasPrefix(name, ".") || !strings.HasSuffix(name, ".tmp") {
 		return
 	}
@@ -187,7 +188,7 @@ func (w *statusWatcher) sweepOther(name, file string, now time.Time) {
 }
 
 // expired says why a running fetch's record is dead, or "".
-func (w *statusWatcher) expired(rec *fetchstatus.Record, now time.Time) string {
+func (w *recordWatcher) expired(rec *fetchrecord.Record, now time.Time) string {
 	alive, known := rec.Writer.Alive()
 	if known {
 		if alive {
@@ -202,7 +203,7 @@ func (w *statusWatcher) expired(rec *fetchstatus.Record, now time.Time) string {
 }
 
 // complete counts a completed record, posts its event and removes it.
-func (w *statusWatcher) complete(id, file string, t *trackedRecord, now time.Time) {
+func (w *recordWatcher) complete(id, file string, t *trackedRecord, now time.Time) {
 	rec := t.rec
 	w.a.metrics.countCompleted(rec)
 	l := w.a.log.WithFields(logrus.Fields{
@@ -211,7 +212,7 @@ func (w *statusWatcher) complete(id, file string, t *trackedRecord, now time.Tim
 		"duration": rec.Duration().Round(time.Millisecond).String(), "record": id,
 	})
 	recent := now.Sub(rec.End) <= eventMaxAge
-	if rec.State == fetchstatus.Failed {
+	if rec.State == fetchrecord.Failed {
 		msg := "?"
 		if rec.Error != nil {
 			msg = rec.Error.Message
@@ -237,7 +238,7 @@ func (w *statusWatcher) complete(id, file string, t *trackedRecord, now time.Tim
 }
 
 // progressEvent posts, then updates, the event of a slow fetch.
-func (w *statusWatcher) progressEvent(id string, t *trackedRecord, now time.Time) {
+func (w *recordWatcher) progressEvent(id string, t *trackedRecord, now time.Time) {
 	rec := t.rec
 	if now.Sub(rec.Start) < w.a.cfg.SlowFetchAfter {
 		return
@@ -257,7 +258,7 @@ func (w *statusWatcher) progressEvent(id string, t *trackedRecord, now time.Time
 // Event messages. They name the paths asked for, so `kubectl describe
 // pod` says what the pod waits for.
 
-func fetchingMessage(r *fetchstatus.Record) string {
+func fetchingMessage(r *fetchrecord.Record) string {
 	if r.Paths.Total == 0 {
 		return fmt.Sprintf("looking up the closure of %s in the binary caches", describeRoots(r.Roots))
 	}
@@ -272,11 +273,11 @@ func countPaths(n int) string {
 	return fmt.Sprintf("%d paths", n)
 }
 
-func fetchedMessage(r *fetchstatus.Record) string {
+func fetchedMessage(r *fetchrecord.Record) string {
 	return fmt.Sprintf("fetched %s (%s MB) for %s in %s", countPaths(r.Paths.Fetched), megabytes(r.Bytes.Done), describeRoots(r.Roots), r.Duration().Round(100*time.Millisecond))
 }
 
-func failedMessage(r *fetchstatus.Record) string {
+func failedMessage(r *fetchrecord.Record) string {
 	msg := "unknown error"
 	if r.Error != nil && r.Error.Message != "" {
 		msg = r.Error.Message

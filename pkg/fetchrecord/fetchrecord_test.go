@@ -1,4 +1,4 @@
-package fetchstatus
+package fetchrecord
 
 import (
 	"os"

@@ -1,9 +1,10 @@
 package shim
 
-// Status records: for every closure fetch the shim writes a small JSON
-// file (pkg/fetchstatus) into the node's status directory, so the node
-// agent can count substitutions, bytes per cache and refusals, and tell
-// users through pod events what their pod is waiting for.
+// Fetch records: for every closure fetch the shim writes a small JSON
+// file (pkg/fetchrecord) into the node's record directory (StatusDir in
+// the node configuration), so the node agent can count substitutions,
+// bytes per cache and refusals, and tell users through pod events what
+// their pod is waiting for.
 
 import (
 	"context"
@@ -16,7 +17,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/storepkg/storepkg/pkg/fetchapi"
-	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/fetchrecord"
 	"github.com/storepkg/storepkg/pkg/procid"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
@@ -28,19 +29,19 @@ const (
 	criSandboxUID       = "io.kubernetes.cri.sandbox-uid"
 )
 
-// statusFlushInterval is how often a running fetch's record is rewritten
+// recordFlushInterval is how often a running fetch's record is rewritten
 // when it made progress; a fetch that ends sooner writes one record.
-const statusFlushInterval = time.Second
+const recordFlushInterval = time.Second
 
 // podRef is the pod this shim serves.
 type podRef struct {
-	pod       fetchstatus.Pod
+	pod       fetchrecord.Pod
 	sandboxID string
 }
 
 func podFromAnnotations(a map[string]string) podRef {
 	return podRef{
-		pod:       fetchstatus.Pod{Namespace: a[criSandboxNamespace], Name: a[criSandboxName], UID: a[criSandboxUID]},
+		pod:       fetchrecord.Pod{Namespace: a[criSandboxNamespace], Name: a[criSandboxName], UID: a[criSandboxUID]},
 		sandboxID: a[criSandboxID],
 	}
 }
@@ -48,7 +49,7 @@ func podFromAnnotations(a map[string]string) podRef {
 // notePod remembers the pod from the first spec that names it.
 func (c *core) notePod(annotations map[string]string) {
 	p := podFromAnnotations(annotations)
-	if p.pod == (fetchstatus.Pod{}) && p.sandboxID == "" {
+	if p.pod == (fetchrecord.Pod{}) && p.sandboxID == "" {
 		return
 	}
 	c.mu.Lock()
@@ -58,32 +59,32 @@ func (c *core) notePod(annotations map[string]string) {
 	}
 }
 
-// statusReporter writes this shim's records.
-type statusReporter struct {
+// recordWriter writes this shim's records.
+type recordWriter struct {
 	dir  string
 	self procid.ID
 	seq  atomic.Int64
 	full atomic.Bool // logged once: the directory is full
 }
 
-func newStatusReporter(dir string) *statusReporter {
+func newRecordWriter(dir string) *recordWriter {
 	if dir == "-" {
 		return nil
 	}
 	if dir == "" {
-		dir = fetchstatus.DefaultDir
+		dir = fetchrecord.DefaultDir
 	}
-	return &statusReporter{dir: dir, self: procid.Self()}
+	return &recordWriter{dir: dir, self: procid.Self()}
 }
 
-// fetchStatus is the record of one fetchCall. Its methods are safe on a
-// nil receiver (status reporting off).
-type fetchStatus struct {
-	rep *statusReporter
-	log *log.Entry
+// liveRecord is the record of one fetchCall, rewritten while it runs.
+// Its methods are safe on a nil receiver (no records written).
+type liveRecord struct {
+	writer *recordWriter
+	log    *log.Entry
 
 	mu      sync.Mutex
-	rec     fetchstatus.Record
+	rec     fetchrecord.Record
 	dirty   bool
 	written time.Time // last write; zero before the first
 	off     bool      // not written (directory full)
@@ -93,9 +94,9 @@ type fetchStatus struct {
 	done chan struct{}
 }
 
-// newFetchStatus prepares the record of a fetch of paths for pod; it is
-// written once the fetch has run for statusFlushInterval, or when it ends.
-func (r *statusReporter) newFetchStatus(ctx context.Context, pod podRef, paths []storepath.Path) *fetchStatus {
+// start prepares the record of a fetch of paths for pod; it is
+// written once the fetch has run for recordFlushInterval, or when it ends.
+func (r *recordWriter) start(ctx context.Context, pod podRef, paths []storepath.Path) *liveRecord {
 	if r == nil {
 		return nil
 	}
@@ -111,15 +112,15 @@ func (r *statusReporter) newFetchStatus(ctx context.Context, pod podRef, paths [
 		roots[i] = p.Absolute()
 	}
 	now := time.Now()
-	s := &fetchStatus{
-		rep: r,
-		log: log.G(ctx).WithField("component", "storepkg-status"),
-		rec: fetchstatus.Record{
+	s := &liveRecord{
+		writer: r,
+		log:    log.G(ctx).WithField("component", "storepkg-status"),
+		rec: fetchrecord.Record{
 			ID:        fmt.Sprintf("%s-%d-%d", prefix, r.self.PID, r.seq.Add(1)),
 			Pod:       pod.pod,
 			SandboxID: pod.sandboxID,
 			Roots:     roots,
-			State:     fetchstatus.Fetching,
+			State:     fetchrecord.Fetching,
 			Writer:    r.self,
 			Start:     now,
 			Updated:   now,
@@ -127,7 +128,7 @@ func (r *statusReporter) newFetchStatus(ctx context.Context, pod podRef, paths [
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
 	}
-	if n, err := fetchstatus.Count(r.dir); err == nil && n >= fetchstatus.MaxRecords {
+	if n, err := fetchrecord.Count(r.dir); err == nil && n >= fetchrecord.MaxRecords {
 		s.off = true
 		if !r.full.Swap(true) {
 			s.log.WithField("dir", r.dir).Warnf("storepkg: %d fetch status records wait to be read (is the node agent running?); writing no more", n)
@@ -138,28 +139,28 @@ func (r *statusReporter) newFetchStatus(ctx context.Context, pod podRef, paths [
 }
 
 // progressFunc returns the callback for the fetch child's progress.
-func (s *fetchStatus) progressFunc() func(fetchapi.Progress) {
+func (s *liveRecord) progressFunc() func(fetchapi.Progress) {
 	if s == nil {
 		return nil
 	}
 	return s.progress
 }
 
-func (s *fetchStatus) progress(p fetchapi.Progress) {
+func (s *liveRecord) progress(p fetchapi.Progress) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.rec.Paths.Total, s.rec.Paths.Done, s.rec.Paths.Fetched = p.PathsTotal, p.PathsDone, p.PathsFetched
-	s.rec.Bytes = fetchstatus.Bytes{Total: p.BytesTotal, Done: p.BytesDone}
+	s.rec.Bytes = fetchrecord.Bytes{Total: p.BytesTotal, Done: p.BytesDone}
 	s.rec.Caches = p.CacheBytes
-	s.rec.Refusals = fetchstatus.Refusals{Signature: p.SignatureRefusals, Hash: p.HashRefusals}
+	s.rec.Refusals = fetchrecord.Refusals{Signature: p.SignatureRefusals, Hash: p.HashRefusals}
 	s.dirty = true
 }
 
 // loop rewrites the record while the fetch runs: after the first
 // interval, then whenever it progressed, and at least every heartbeat.
-func (s *fetchStatus) loop() {
+func (s *liveRecord) loop() {
 	defer close(s.done)
-	t := time.NewTicker(statusFlushInterval)
+	t := time.NewTicker(recordFlushInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -167,7 +168,7 @@ func (s *fetchStatus) loop() {
 			return
 		case now := <-t.C:
 			s.mu.Lock()
-			if s.written.IsZero() || s.dirty || now.Sub(s.written) >= fetchstatus.HeartbeatInterval/2 {
+			if s.written.IsZero() || s.dirty || now.Sub(s.written) >= fetchrecord.HeartbeatInterval/2 {
 				s.writeLocked(now)
 			}
 			s.mu.Unlock()
@@ -176,7 +177,7 @@ func (s *fetchStatus) loop() {
 }
 
 // finish writes the final record.
-func (s *fetchStatus) finish(res *fetchapi.Result, err error) {
+func (s *liveRecord) finish(res *fetchapi.Result, err error) {
 	if s == nil {
 		return
 	}
@@ -187,7 +188,7 @@ func (s *fetchStatus) finish(res *fetchapi.Result, err error) {
 	now := time.Now()
 	s.rec.End = now
 	if err != nil {
-		s.rec.State = fetchstatus.Failed
+		s.rec.State = fetchrecord.Failed
 		f := &fetchapi.Failure{Message: err.Error(), Kind: fetchapi.KindOther}
 		var fe *fetchapi.Failure
 		if errors.As(err, &fe) {
@@ -195,7 +196,7 @@ func (s *fetchStatus) finish(res *fetchapi.Result, err error) {
 		}
 		s.rec.Error = f
 	} else {
-		s.rec.State = fetchstatus.Done
+		s.rec.State = fetchrecord.Done
 		s.rec.Paths.Closure = len(res.Closure)
 		s.rec.Paths.Fetched = len(res.Fetched)
 		if res.CacheBytes != nil {
@@ -205,12 +206,12 @@ func (s *fetchStatus) finish(res *fetchapi.Result, err error) {
 	s.writeLocked(now)
 }
 
-func (s *fetchStatus) writeLocked(now time.Time) {
+func (s *liveRecord) writeLocked(now time.Time) {
 	if s.off {
 		return
 	}
 	s.rec.Updated = now
-	if err := fetchstatus.Write(s.rep.dir, &s.rec); err != nil {
+	if err := fetchrecord.Write(s.writer.dir, &s.rec); err != nil {
 		if !s.failed {
 			s.log.WithError(err).Warn("storepkg: writing fetch status")
 			s.failed = true

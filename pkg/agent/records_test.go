@@ -12,7 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/storepkg/storepkg/internal/metricstest"
-	"github.com/storepkg/storepkg/pkg/fetchstatus"
+	"github.com/storepkg/storepkg/pkg/fetchrecord"
 	"github.com/storepkg/storepkg/pkg/procid"
 )
 
@@ -47,7 +47,7 @@ func TestStatusDirHousekeeping(t *testing.T) {
 	defer a.store.Close()
 	now := time.Now()
 
-	a.status.poll(ctx, now) // no directory yet: nothing to do, no error
+	a.records.poll(ctx, now) // no directory yet: nothing to do, no error
 	if got := gather(t, a).Get("storepkg_fetches_in_progress"); got != 0 {
 		t.Errorf("fetches_in_progress %v without a directory", got)
 	}
@@ -63,28 +63,28 @@ func TestStatusDirHousekeeping(t *testing.T) {
 	cmd.Process.Kill()
 	cmd.Wait()
 	foreign := procid.ID{PID: 1234, PIDNamespace: "pid:[1]"}
-	base := fetchstatus.Record{Pod: fetchstatus.Pod{Namespace: "ns", Name: "p", UID: "u"}, Roots: []string{"/nix/store/x-a"},
+	base := fetchrecord.Record{Pod: fetchrecord.Pod{Namespace: "ns", Name: "p", UID: "u"}, Roots: []string{"/nix/store/x-a"},
 		Start: now.Add(-3 * time.Minute), Updated: now.Add(-2 * time.Minute)}
-	write := func(id string, edit func(r *fetchstatus.Record)) {
+	write := func(id string, edit func(r *fetchrecord.Record)) {
 		r := base
 		r.ID = id
 		edit(&r)
-		if err := fetchstatus.Write(dir, &r); err != nil {
+		if err := fetchrecord.Write(dir, &r); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write("dead", func(r *fetchstatus.Record) {
-		r.State, r.Writer = fetchstatus.Fetching, dead
+	write("dead", func(r *fetchrecord.Record) {
+		r.State, r.Writer = fetchrecord.Fetching, dead
 		r.Caches = map[string]int64{"http://c": 100}
 		r.Paths.Fetched = 2
 	})
-	write("foreign-stale", func(r *fetchstatus.Record) { r.State, r.Writer = fetchstatus.Fetching, foreign })
-	write("foreign-live", func(r *fetchstatus.Record) {
-		r.State, r.Writer, r.Updated = fetchstatus.Fetching, foreign, now.Add(-10*time.Second)
+	write("foreign-stale", func(r *fetchrecord.Record) { r.State, r.Writer = fetchrecord.Fetching, foreign })
+	write("foreign-live", func(r *fetchrecord.Record) {
+		r.State, r.Writer, r.Updated = fetchrecord.Fetching, foreign, now.Add(-10*time.Second)
 	})
-	write("me", func(r *fetchstatus.Record) { r.State, r.Writer = fetchstatus.Fetching, procid.Self() })
-	write("done", func(r *fetchstatus.Record) {
-		r.State, r.Writer, r.End = fetchstatus.Done, procid.Self(), now.Add(-time.Minute)
+	write("me", func(r *fetchrecord.Record) { r.State, r.Writer = fetchrecord.Fetching, procid.Self() })
+	write("done", func(r *fetchrecord.Record) {
+		r.State, r.Writer, r.End = fetchrecord.Done, procid.Self(), now.Add(-time.Minute)
 		r.Caches = map[string]int64{"http://c": 50}
 		r.Paths.Fetched = 1
 	})
@@ -93,7 +93,7 @@ func TestStatusDirHousekeeping(t *testing.T) {
 	os.Chtimes(filepath.Join(dir, ".old.tmp"), now.Add(-time.Hour), now.Add(-time.Hour))
 	os.WriteFile(filepath.Join(dir, ".new.tmp"), nil, 0o644)
 
-	a.status.poll(ctx, now)
+	a.records.poll(ctx, now)
 	m := gather(t, a)
 	for _, c := range []struct {
 		name   string
@@ -124,12 +124,12 @@ func TestStatusDirHousekeeping(t *testing.T) {
 
 	// A consumed record that reappears (its writer was not dead after
 	// all) is removed, not counted again.
-	write("dead", func(r *fetchstatus.Record) { r.State, r.Writer = fetchstatus.Done, dead })
-	a.status.poll(ctx, now.Add(time.Second))
+	write("dead", func(r *fetchrecord.Record) { r.State, r.Writer = fetchrecord.Done, dead })
+	a.records.poll(ctx, now.Add(time.Second))
 	if got := gather(t, a).Get("storepkg_fetches_total", "result", "success"); got != 1 {
 		t.Errorf("a reappearing record counted: fetches_total{success} = %v", got)
 	}
-	if _, err := os.Stat(fetchstatus.File(dir, "dead")); !os.IsNotExist(err) {
+	if _, err := os.Stat(fetchrecord.File(dir, "dead")); !os.IsNotExist(err) {
 		t.Errorf("the reappearing record is still there: %v", err)
 	}
 }

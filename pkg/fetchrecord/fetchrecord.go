@@ -1,4 +1,4 @@
-// Package fetchstatus is the node-local contract between the shims, which
+// Package fetchrecord is the node-local contract between the shims, which
 // substitute pods' closures, and the node agent, which turns those
 // substitutions into metrics and pod events.
 //
@@ -12,7 +12,7 @@
 //
 // The package knows nothing of containerd or Kubernetes: a record names
 // its pod by namespace, name and UID as the CRI gave them.
-package fetchstatus
+package fetchrecord
 
 import (
 	"encoding/json"
@@ -148,7 +148,7 @@ func File(dir, id string) string { return filepath.Join(dir, id+suffix) }
 // Write replaces the record's file atomically, creating dir if needed.
 func Write(dir string, r *Record) error {
 	if !ValidID(r.ID) {
-		return fmt.Errorf("fetchstatus: invalid record id %q", r.ID)
+		return fmt.Errorf("fetchrecord: invalid record id %q", r.ID)
 	}
 	r.Version = Version
 	data, err := json.Marshal(r)
@@ -159,17 +159,17 @@ func Write(dir string, r *Record) error {
 	err = os.WriteFile(tmp, data, 0o644)
 	if errors.Is(err, fs.ErrNotExist) {
 		if mkErr := os.MkdirAll(dir, 0o755); mkErr != nil {
-			return fmt.Errorf("fetchstatus: %w", mkErr)
+			return fmt.Errorf("fetchrecord: %w", mkErr)
 		}
 		err = os.WriteFile(tmp, data, 0o644)
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("fetchstatus: %w", err)
+		return fmt.Errorf("fetchrecord: %w", err)
 	}
 	if err := os.Rename(tmp, File(dir, r.ID)); err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("fetchstatus: %w", err)
+		return fmt.Errorf("fetchrecord: %w", err)
 	}
 	return nil
 }
@@ -182,13 +182,13 @@ func Read(file string) (*Record, error) {
 	}
 	var r Record
 	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, fmt.Errorf("fetchstatus: %s: %w", file, err)
+		return nil, fmt.Errorf("fetchrecord: %s: %w", file, err)
 	}
 	if r.Version != Version {
-		return nil, fmt.Errorf("fetchstatus: %s: record version %d, want %d", file, r.Version, Version)
+		return nil, fmt.Errorf("fetchrecord: %s: record version %d, want %d", file, r.Version, Version)
 	}
 	if id, _ := IDOf(filepath.Base(file)); r.ID != id {
-		return nil, fmt.Errorf("fetchstatus: %s: record id %q does not match its file name", file, r.ID)
+		return nil, fmt.Errorf("fetchrecord: %s: record id %q does not match its file name", file, r.ID)
 	}
 	return &r, nil
 }
