@@ -154,12 +154,12 @@ main() {
   if ((${#benches[@]} > 0)); then
     local pattern
     pattern=$(IFS='|'; echo "${benches[*]}")
-    log "rows 2-6: go test -bench '^(${pattern})\$' ./pkg/shim"
+    log "rows 2-6: go test -bench '^(${pattern})\$' ./integration"
     # CGO_ENABLED=0: the shims under test are static, as install-deps
     # builds containerd-shim-runc-v2 and the installer image ships ours.
     (cd "${REPO_ROOT}" && CGO_ENABLED=0 TMPDIR="${SCRATCH}" STOREPKG_BENCH_OUT="${SCRATCH}/out" STOREPKG_BENCH_RUNS="${RUNS}" \
       STOREPKG_BENCH_DIR="${BENCH_DIR}" STOREPKG_BENCH_IDLE_WAIT="${IDLE_WAIT}s" \
-      go test ./pkg/shim -run '^$' -bench "^(${pattern})\$" -benchtime 1x -count 1 -timeout 90m -v) >"${SCRATCH}/gotest.log" 2>&1 || {
+      go test ./integration -run '^$' -bench "^(${pattern})\$" -benchtime 1x -count 1 -timeout 90m -v) >"${SCRATCH}/gotest.log" 2>&1 || {
       tail -60 "${SCRATCH}/gotest.log" >&2
       die "the pod benchmarks failed (log above)"
     }

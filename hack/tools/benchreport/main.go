@@ -1,5 +1,5 @@
 // Command benchreport turns the measurements of `make bench` (JSON files
-// written by hack/bench-fetch.sh and the benchmarks in pkg/shim) into
+// written by hack/bench-fetch.sh and the benchmarks in integration/) into
 // bench/results/latest.md: the machine, the versions, one summary table
 // with every issue-4 target judged met or missed, a section per row, and
 // for each missed target why and what would close it.
@@ -19,7 +19,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/storepkg/storepkg/internal/benchtest"
+	"github.com/storepkg/storepkg/integration/benchtest"
 )
 
 type envInfo struct {

@@ -1,4 +1,4 @@
-package shim_test
+package integration
 
 // Helpers of the pod benchmarks (pods_bench_test.go, sharing_bench_test.go):
 // the benchmark closure of hack/mkbench-closure.sh, starting a pod and
@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/storepkg/storepkg/internal/benchtest"
-	"github.com/storepkg/storepkg/internal/critest"
+	"github.com/storepkg/storepkg/integration/benchtest"
+	"github.com/storepkg/storepkg/integration/critest"
 	"github.com/storepkg/storepkg/pkg/store"
 )
 

@@ -1,4 +1,4 @@
-package shim_test
+package integration
 
 import (
 	"context"
@@ -16,9 +16,9 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/storepkg/storepkg/internal/benchtest"
+	"github.com/storepkg/storepkg/integration/benchtest"
+	"github.com/storepkg/storepkg/integration/critest"
 	"github.com/storepkg/storepkg/internal/cachetest"
-	"github.com/storepkg/storepkg/internal/critest"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )

@@ -6,7 +6,7 @@
 // memory of a process from /proc, and the moment a log file shows a line.
 //
 // Nothing here measures time by itself or asserts on it: the benchmarks
-// in pkg/shim do, and report numbers, never pass/fail on timing.
+// in integration/ do, and report numbers, never pass/fail on timing.
 package benchtest
 
 import (

@@ -1,4 +1,4 @@
-package shim_test
+package integration
 
 import (
 	"context"
@@ -11,8 +11,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/storepkg/storepkg/internal/benchtest"
-	"github.com/storepkg/storepkg/internal/critest"
+	"github.com/storepkg/storepkg/integration/benchtest"
+	"github.com/storepkg/storepkg/integration/critest"
 )
 
 // startImage is the benchmark closure as an OCI image in one layout,

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/storepkg/storepkg/pkg/mount"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/storepkg/storepkg/pkg/mount"
 
 	"golang.org/x/sys/unix"
 )

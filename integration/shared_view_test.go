@@ -1,4 +1,4 @@
-package shim_test
+package integration
 
 import (
 	"os"
@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/storepkg/storepkg/internal/critest"
+	"github.com/storepkg/storepkg/integration/critest"
 	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/pkg/store/views"
 )

@@ -11,7 +11,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/storepkg/storepkg/internal/benchtest"
+	"github.com/storepkg/storepkg/integration/benchtest"
 	"github.com/storepkg/storepkg/internal/testimages"
 )
 

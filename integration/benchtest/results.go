@@ -1,6 +1,6 @@
 package benchtest
 
-// The JSON results of the pod benchmarks in pkg/shim, as they write them
+// The JSON results of the pod benchmarks in integration/, as they write them
 // (WriteResult) and hack/tools/benchreport reads them: pods.json
 // (BenchmarkPods), start.json (BenchmarkStart) and sharing.json
 // (BenchmarkSharing). The json tags are the files' format: result

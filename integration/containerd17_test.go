@@ -1,4 +1,4 @@
-package shim_test
+package integration
 
 import (
 	"os"
@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/storepkg/storepkg/internal/critest"
+	"github.com/storepkg/storepkg/integration/critest"
 )
 
 // TestContainerd17: the same shim binary under containerd 1.7, which

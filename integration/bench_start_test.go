@@ -1,4 +1,4 @@
-package shim_test
+package integration
 
 import (
 	"crypto/ed25519"
@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/storepkg/storepkg/internal/benchtest"
+	"github.com/storepkg/storepkg/integration/benchtest"
+	"github.com/storepkg/storepkg/integration/critest"
 	"github.com/storepkg/storepkg/internal/cachetest"
-	"github.com/storepkg/storepkg/internal/critest"
 	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 )
