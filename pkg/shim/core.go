@@ -1,8 +1,9 @@
 // Package shim is the task service of containerd-shim-storepkg-v1: it wraps
 // runc's task service from containerd, so process management, io, exec,
 // pty, OOM events and cgroups are containerd's tested code, and adds what
-// storepkg does on create, exec and delete. The containerd-version-specific
-// glue is in task_v3.go; everything else here is version-neutral.
+// storepkg does on create, exec and delete. plugin.go registers it;
+// task_v3.go and task_v2.go speak the two task APIs (containerd 2.x, 1.7)
+// over service.go; everything else here is version-neutral.
 package shim
 
 import (
@@ -48,7 +49,7 @@ type core struct {
 	pod        podRef              // the pod this shim serves (fetchrecord.go)
 
 	// startChild starts the fetch child where the shim reaps children
-	// itself (task_v3.go); nil: os/exec.
+	// itself (set in plugin.go, reaper.go); nil: os/exec.
 	startChild func(*exec.Cmd) (wait func() error, err error)
 }
 
