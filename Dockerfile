@@ -1,6 +1,6 @@
 # The storepkg installer image: `storepkg node install` (init container of
 # the node DaemonSet), then `storepkg agent`. `make image` builds the same
-# layout without Docker (hack/tools/installer-image).
+# layout without Docker (integration/cmd/installer-image).
 #
 #   docker build -t ghcr.io/storepkg/storepkg:dev .
 FROM golang:1.26 AS build

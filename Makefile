@@ -22,7 +22,7 @@ build:
 IMAGE ?= ghcr.io/storepkg/storepkg:dev
 image:
 	CGO_ENABLED=0 $(GO) build -buildvcs=auto -trimpath -ldflags=-s -o $(BIN)/static/ ./cmd/storepkg ./cmd/containerd-shim-storepkg-v1
-	$(GO) run ./hack/tools/installer-image -bin $(BIN)/static -ref $(IMAGE) -o $(BIN)/storepkg-installer.tar
+	cd integration && $(GO) run ./cmd/installer-image -bin $(CURDIR)/$(BIN)/static -ref $(IMAGE) -o $(CURDIR)/$(BIN)/storepkg-installer.tar
 
 deps:
 	hack/install-deps.sh
@@ -30,13 +30,16 @@ deps:
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
+	cd integration && $(GO) vet ./...
 	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
+	@cd integration && $(GO) mod tidy -diff || { echo "integration/go.mod/go.sum are not tidy: run go mod tidy in integration/"; exit 1; }
 
 # No test or script may change a tracked file or leave an untracked one in
 # the checkout: the tree is compared before and after.
 test: deps vet build
 	@hack/tree-state.sh save
 	$(GO) test -count=1 ./...
+	cd integration && $(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
 	$(MAKE) e2e
 	@hack/tree-state.sh check

@@ -157,9 +157,9 @@ main() {
     log "rows 2-6: go test -bench '^(${pattern})\$' ./integration"
     # CGO_ENABLED=0: the shims under test are static, as install-deps
     # builds containerd-shim-runc-v2 and the installer image ships ours.
-    (cd "${REPO_ROOT}" && CGO_ENABLED=0 TMPDIR="${SCRATCH}" STOREPKG_BENCH_OUT="${SCRATCH}/out" STOREPKG_BENCH_RUNS="${RUNS}" \
+    (cd "${REPO_ROOT}/integration" && CGO_ENABLED=0 TMPDIR="${SCRATCH}" STOREPKG_BENCH_OUT="${SCRATCH}/out" STOREPKG_BENCH_RUNS="${RUNS}" \
       STOREPKG_BENCH_DIR="${BENCH_DIR}" STOREPKG_BENCH_IDLE_WAIT="${IDLE_WAIT}s" \
-      go test ./integration -run '^$' -bench "^(${pattern})\$" -benchtime 1x -count 1 -timeout 90m -v) >"${SCRATCH}/gotest.log" 2>&1 || {
+      go test . -run '^$' -bench "^(${pattern})\$" -benchtime 1x -count 1 -timeout 90m -v) >"${SCRATCH}/gotest.log" 2>&1 || {
       tail -60 "${SCRATCH}/gotest.log" >&2
       die "the pod benchmarks failed (log above)"
     }
@@ -172,7 +172,7 @@ main() {
   mkdir -p "${keep}" "$(dirname "${OUT}")"
   cp "${SCRATCH}"/out/*.json "${keep}/"
   [[ -f "${SCRATCH}/gotest.log" ]] && cp "${SCRATCH}/gotest.log" "${keep}/"
-  (cd "${REPO_ROOT}" && go run ./hack/tools/benchreport -in "${keep}" -o "${OUT}")
+  (cd "${REPO_ROOT}/integration" && go run ./cmd/benchreport -in "${keep}" -o "${OUT}")
   log "wrote ${OUT} in $((SECONDS - START))s; raw results in ${keep}"
 }
 

@@ -48,7 +48,7 @@ prepare() {
   source "${STOREPKG_TOOLS:-/var/cache/storepkg/tools}/env.sh"
   make -C "$REPO" --no-print-directory build >/dev/null
   mkdir -p "$WORK/images"
-  (cd "$REPO" && go run ./hack/tools/images "$WORK/images" >/dev/null)
+  (cd "$REPO/integration" && go run ./cmd/images "$WORK/images" >/dev/null)
 }
 
 build_cache() {

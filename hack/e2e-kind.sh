@@ -119,7 +119,7 @@ build_cache() {
   # A second cache, the only one with sleepy, answers NAR requests slowly.
   nix_run nix copy --store "local?root=$WORK/build" \
     --to "file://$WORK/slowcache?compression=zstd&secret-key=$WORK/secret-key" "$SLEEPY" 2>/dev/null
-  (cd "$REPO" && go build -o "$WORK/slowcache-server" ./hack/tools/slowcache)
+  (cd "$REPO/integration" && go build -o "$WORK/slowcache-server" ./cmd/slowcache)
   log "busybox $BUSYBOX"
   log "hello   $HELLO"
   log "sleepy  $SLEEPY (slow cache only)"

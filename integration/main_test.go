@@ -9,7 +9,6 @@ package integration
 import (
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -59,9 +58,7 @@ func setup(t testing.TB) {
 		nixtest.Run(t, "nix", "copy", "--store", nixtest.StoreURI(fixture.fx.Store), "--to", to, fixture.fx.Hello, fixture.fx.Tools)
 		// The shim and, beside it, the storepkg CLI it runs to fetch.
 		fixture.shim = filepath.Join(dir, "containerd-shim-storepkg-v1")
-		if out, err := exec.Command("go", "build", "-o", dir+"/", critest.ShimPackage, critest.CLIPackage).CombinedOutput(); err != nil {
-			t.Fatalf("go build %s %s: %v\n%s", critest.ShimPackage, critest.CLIPackage, err, out)
-		}
+		critest.BuildProduct(t, dir, critest.ShimPackage, critest.CLIPackage)
 		fixture.failed = false
 	})
 	if fixture.failed {

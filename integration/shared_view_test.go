@@ -102,10 +102,9 @@ func TestSharedStoreView(t *testing.T) {
 		t.Errorf("view users left after the pods are gone: %v", users)
 	}
 
-	cli := filepath.Join(t.TempDir(), "storepkg")
-	if out, err := exec.Command("go", "build", "-o", cli, "github.com/storepkg/storepkg/cmd/storepkg").CombinedOutput(); err != nil {
-		t.Fatalf("go build storepkg: %v\n%s", err, out)
-	}
+	bin := t.TempDir()
+	critest.BuildProduct(t, bin, critest.CLIPackage)
+	cli := filepath.Join(bin, "storepkg")
 	// Let the shims exit: a live shim's temporary roots keep the closure.
 	deadline := time.Now().Add(20 * time.Second)
 	for {

@@ -31,7 +31,7 @@ APT_PACKAGES=(
   docker.io iptables
   # the node image's Debian root filesystem
   debootstrap
-  # the smoke test's image (internal/testimages.WriteBusybox)
+  # the smoke test's image (integration/testimages.WriteBusybox)
   busybox-static
 )
 

@@ -54,13 +54,16 @@ cleanup() {
   ((rc == 0)) || log "failed"
 }
 
-# build_go_programs builds kindnet-lite and mkimage (this module's own) into
-# $WORK/bin. Reproducible (-trimpath, no VCS stamp), so their hashes can go
-# into the image tag.
+# build_go_programs builds kindnet-lite (hack/kind/kindnet-lite) and mkimage
+# (integration/cmd/mkimage, in the integration module) into $WORK/bin.
+# Reproducible (-trimpath, no VCS stamp), so their hashes can go into the
+# image tag.
 build_go_programs() {
   mkdir -p "$WORK/bin"
   run_logged "$WORK/go-build.log" env -C "$REPO_ROOT" CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
-    go build -trimpath -ldflags=-s -o "$WORK/bin/" ./hack/kind/kindnet-lite ./hack/kind/mkimage
+    go build -trimpath -ldflags=-s -o "$WORK/bin/" ./hack/kind/kindnet-lite
+  run_logged "$WORK/go-build.log" env -C "$REPO_ROOT/integration" CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
+    go build -trimpath -ldflags=-s -o "$WORK/bin/" ./cmd/mkimage
 }
 
 # kindnet_image is the image the kindnet-lite manifest names.

@@ -3,7 +3,7 @@
 #
 #   hack/kind/smoke.sh NAME
 #
-#   - a locally built image (busybox, internal/testimages) loaded with
+#   - a locally built image (busybox, integration/testimages) loaded with
 #     `kind load image-archive` runs on each node, no pull;
 #   - `kubectl exec` and `kubectl logs` work;
 #   - a pod reaches a pod on the other node by pod IP, through a Service
@@ -95,7 +95,7 @@ main() {
   # A locally built image, loaded the way tests load theirs.
   WORK=$(mktemp -d)
   local line
-  line=$(cd "$REPO_ROOT" && GOFLAGS=-buildvcs=false go run ./hack/kind/mkimage -out "$WORK" docker.io/library/busybox:storepkg-test)
+  line=$(cd "$REPO_ROOT/integration" && GOFLAGS=-buildvcs=false go run ./cmd/mkimage -out "$WORK" docker.io/library/busybox:storepkg-test)
   BUSYBOX=${line#* }
   kind load image-archive "${line%% *}" --name "$name" >/dev/null
   log "ok: kind load image-archive $BUSYBOX"

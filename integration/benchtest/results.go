@@ -1,7 +1,7 @@
 package benchtest
 
 // The JSON results of the pod benchmarks in integration/, as they write them
-// (WriteResult) and hack/tools/benchreport reads them: pods.json
+// (WriteResult) and integration/cmd/benchreport reads them: pods.json
 // (BenchmarkPods), start.json (BenchmarkStart) and sharing.json
 // (BenchmarkSharing). The json tags are the files' format: result
 // directories of earlier runs are rendered again with these types.

@@ -43,8 +43,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/storepkg/storepkg/integration/testimages"
 	"github.com/storepkg/storepkg/internal/testenv"
-	"github.com/storepkg/storepkg/internal/testimages"
 )
 
 // Runtime handlers configured in containerd's CRI plugin.

@@ -12,7 +12,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/storepkg/storepkg/integration/benchtest"
-	"github.com/storepkg/storepkg/internal/testimages"
+	"github.com/storepkg/storepkg/integration/testimages"
 )
 
 // TestRegistryPullAndShimPID: with RegistryHosts, CRI pulls an image from

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -36,10 +37,24 @@ func BuildShim(t testing.TB) string {
 	dir := t.TempDir()
 	out := filepath.Join(dir, StorepkgShimBinary)
 	started := time.Now()
-	cmd := exec.Command("go", "build", "-o", dir+"/", ShimPackage, CLIPackage)
-	if output, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("critest: go build %s %s: %v\n%s", ShimPackage, CLIPackage, err, output)
-	}
+	BuildProduct(t, dir, ShimPackage, CLIPackage)
 	t.Logf("critest: built %s in %v", StorepkgShimBinary, time.Since(started).Round(time.Millisecond))
 	return out
+}
+
+// BuildProduct builds storepkg's packages (main packages of the product
+// module, github.com/storepkg/storepkg) into dir. It builds in the product
+// module, so the binaries under test have exactly the dependency versions
+// of the product's go.mod, not those this module's graph selects.
+func BuildProduct(t testing.TB, dir string, pkgs ...string) {
+	t.Helper()
+	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/storepkg/storepkg").Output()
+	if err != nil {
+		t.Fatalf("critest: finding the storepkg module: %v", err)
+	}
+	cmd := exec.Command("go", append([]string{"build", "-o", dir + "/"}, pkgs...)...)
+	cmd.Dir = strings.TrimSpace(string(root))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("critest: go build %s (in %s): %v\n%s", strings.Join(pkgs, " "), cmd.Dir, err, out)
+	}
 }

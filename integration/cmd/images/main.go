@@ -1,13 +1,13 @@
 // Command images writes the pause image (the CRI sandbox image, also the
 // placeholder image storepkg pods name) as an image tarball, built in Go:
-// nothing is pulled. Usage: go run ./hack/tools/images DIR
+// nothing is pulled. Usage (in integration/): go run ./cmd/images DIR
 package main
 
 import (
 	"fmt"
 	"os"
 
-	"github.com/storepkg/storepkg/internal/testimages"
+	"github.com/storepkg/storepkg/integration/testimages"
 )
 
 func main() {

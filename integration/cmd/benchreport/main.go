@@ -4,7 +4,7 @@
 // with every issue-4 target judged met or missed, a section per row, and
 // for each missed target why and what would close it.
 //
-// Usage: go run ./hack/tools/benchreport -in DIR [-o FILE]
+// Usage (in integration/): go run ./cmd/benchreport -in DIR [-o FILE]
 package main
 
 import (

@@ -1,5 +1,5 @@
 // Command mkimage writes the container images a kind node needs, as
-// one-layer image tarballs built in Go (internal/testimages): nothing is
+// one-layer image tarballs built in Go (integration/testimages): nothing is
 // pulled and no registry is involved. hack/kind/node-image.sh imports them
 // into the node image's containerd; the smoke test loads the busybox one
 // with `kind load image-archive`.
@@ -17,8 +17,8 @@
 //	etcd             -etcd in /usr/local/bin
 //	coredns          -coredns as /coredns
 //	kindnet-lite     -kindnet as /bin/kindnet-lite, plus iptables from -rootfs
-//	pause            internal/testimages' pause image (REF must be testimages.PauseRef)
-//	busybox          internal/testimages' busybox image (REF must be testimages.BusyboxRef)
+//	pause            integration/testimages' pause image (REF must be testimages.PauseRef)
+//	busybox          integration/testimages' busybox image (REF must be testimages.BusyboxRef)
 //
 // -rootfs is a Debian root filesystem (the node's): iptables comes with
 // the shared libraries it needs, found the way the dynamic loader finds
@@ -40,7 +40,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/storepkg/storepkg/internal/testimages"
+	"github.com/storepkg/storepkg/integration/testimages"
 )
 
 const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -130,11 +130,11 @@ func (o *options) write(ref string) (string, error) {
 	return tarPath, testimages.Write(tarPath, ref, files, cfg)
 }
 
-// writeFixed writes one of internal/testimages' own images, whose
+// writeFixed writes one of integration/testimages' own images, whose
 // reference is fixed: ref must be that reference.
 func writeFixed(ref, fixed string, write func(string) (string, string, error), dir string) (string, error) {
 	if ref != fixed {
-		return "", fmt.Errorf("internal/testimages builds this image as %s only", fixed)
+		return "", fmt.Errorf("integration/testimages builds this image as %s only", fixed)
 	}
 	tar, _, err := write(dir)
 	return tar, err

@@ -21,7 +21,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/storepkg/storepkg/internal/testimages"
+	"github.com/storepkg/storepkg/integration/testimages"
 )
 
 // binaries are the files of the image, all under /usr/local/bin.
