@@ -432,10 +432,10 @@ func (r *report) startRows() {
 		"with one bind per path, 3,000 paths cost +208 ms in the last stop's numbers).\n\n", s.Runs)
 	fmt.Fprintf(&d, "| row | paths | median ms | vs runc | vs 10 paths |\n|---|---:|---:|---:|---:|\n")
 	ms := map[string]float64{}
-	for _, row := range s.Rows {
+	for _, row := range s.Variants {
 		ms[row.Name] = row.MedianMS
 	}
-	for _, row := range s.Rows {
+	for _, row := range s.Variants {
 		vs10 := ""
 		if strings.HasPrefix(row.Name, "storepkg-paths-") {
 			vs10 = fmt.Sprintf("%+.0f ms", row.MedianMS-ms["storepkg-paths-10"])
