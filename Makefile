@@ -10,7 +10,7 @@ BIN      := bin
 # (golang/go#75804, fixed in Go 1.27).
 FUZZTIME ?= 300000x
 
-.PHONY: all build image test e2e unit fuzz vet demo bench bench-fetch bench-start deps clean
+.PHONY: all build image test e2e unit fuzz vet demo bench bench-fetch bench-start bench-pods bench-sharing deps clean
 
 all: build
 
@@ -64,16 +64,16 @@ bench: deps build
 	hack/bench.sh
 
 bench-fetch: deps build
-	ROWS=fetch hack/bench.sh
+	BENCHMARKS=fetch hack/bench.sh
 
 bench-start: deps build
-	ROWS=start hack/bench.sh
+	BENCHMARKS=start hack/bench.sh
 
 bench-pods: deps build
-	ROWS=pods hack/bench.sh
+	BENCHMARKS=pods hack/bench.sh
 
 bench-sharing: deps build
-	ROWS=sharing hack/bench.sh
+	BENCHMARKS=sharing hack/bench.sh
 
 clean:
 	rm -rf $(BIN)

@@ -4,15 +4,15 @@
 # bench-fetch.sh: `storepkg fetch` against Nix's own substituter
 # (`nix-store -r` into a chroot store): the same closure from the same local
 # binary cache, xz and zstd. Prints the ratio nix/storepkg, the peak RSS and
-# the CPU time of each. Row 1 of `make bench` (hack/bench.sh), which reads
-# RESULTS_JSON.
+# the CPU time of each. The cold fetch benchmark of `make bench`
+# (hack/bench.sh), which reads RESULTS_JSON.
 #
 # Usage: hack/bench-fetch.sh            (or: make bench-fetch)
 #
 # Every run substitutes the whole closure (hack/mkbench-closure.sh: ~130
 # paths, ~370 MB) into a fresh, empty chroot store. Nix runs twice over:
 #   nix       its default configuration (max-jobs = 1: one substitution at a
-#             time); the issue's targets are ratios against this one
+#             time); the targets are ratios against this one
 #   nix -j    --max-jobs auto (as NixOS configures it): parallel substitutions
 # Below them: the decode limit, every compressed NAR of the cache piped by
 # `xz -dc`/`zstd -dc` to /dev/null on all cores, and the largest NAR alone.
@@ -34,7 +34,7 @@
 #   RESULTS       a file to append the table to (default: none, print only)
 #   RESULTS_JSON  a file to write the medians to as JSON (hack/bench.sh)
 #
-# Targets (issue): storepkg >= 1.5x faster than Nix on xz, >= 2x on zstd.
+# Targets: storepkg >= 1.5x faster than Nix on xz, >= 2x on zstd.
 
 set -o errexit -o nounset -o pipefail -o errtrace
 
@@ -215,6 +215,7 @@ nars_largest_first() {
 decode_limit() {
   local comp="$1" tf
   tf=$(mktemp)
+  # shellcheck disable=SC2086 # the command and its flags, one word each
   nars_largest_first "${comp}" |
     /usr/bin/time -f '%e %U %S' -o "${tf}" xargs -d '\n' -P "$(nproc)" -n 1 ${DECOMPRESS[${comp}]} >/dev/null
   tail -1 "${tf}" | awk '{ printf "%s %.2f\n", $1, $2 + $3 }'

@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
-# bench.sh: `make bench`. Every row of issue 4, each side by side with its
-# peer in the same run, into one results file, bench/results/latest.md
-# (also printed): the machine, the versions, the load, one summary table
-# with every target judged met or missed, and why where missed.
+# bench.sh: `make bench`. Every benchmark, each side by side with its peer
+# in the same run, into one results file, bench/results/latest.md (also
+# printed): the machine, the versions, the load, one summary table with
+# every target judged met or missed, and why where missed.
 #
-#   row 1  cold fetch: storepkg fetch vs nix-store -r          hack/bench-fetch.sh
-#   row 2  cold pod start: storepkg vs an OCI pull             BenchmarkPods/cold
-#   row 3  warm pod start: storepkg vs runc                    BenchmarkPods/warm
-#   row 4  closure size scaling, create+start                  BenchmarkStart
-#   row 5  sharing, ten pods: bytes transferred and on disk    BenchmarkSharing
-#   row 6  shim memory: storepkg shim vs containerd-shim-runc  BenchmarkPods/memory
+#   name     what                                               measured by
+#   fetch    cold fetch: storepkg fetch vs nix-store -r         hack/bench-fetch.sh
+#   pods     cold pod start: storepkg vs an OCI pull            BenchmarkPods/cold
+#            warm pod start: storepkg vs runc                   BenchmarkPods/warm
+#            shim memory: storepkg's shim vs runc's shim        BenchmarkPods/memory
+#   start    closure-size scaling, warm create+start            BenchmarkStart
+#   sharing  ten pods: bytes transferred and on disk            BenchmarkSharing
 #
-# Usage: hack/bench.sh   (or make bench; make bench-fetch / bench-start run
-# one row and write elsewhere)
+# Usage: hack/bench.sh   (or make bench; make bench-fetch, bench-pods,
+# bench-start and bench-sharing run one benchmark and write elsewhere)
 #
 # Environment:
-#   ROWS       which rows: any of "fetch pods start sharing" (default all);
-#              only a full run writes bench/results/latest.md
+#   BENCHMARKS which to run, by name: any of "fetch pods start sharing"
+#              (default all); only a full run writes bench/results/latest.md.
+#              ROWS is accepted as another name for it.
 #   OUT        the results file (default bench/results/latest.md for a full
-#              run, $BENCH_DIR/results/latest-<rows>.md otherwise)
-#   RUNS       runs per variant (default 5; row 1 uses 3, its own default)
+#              run, $BENCH_DIR/results/latest-<names>.md otherwise)
+#   RUNS       runs per variant (default 5; the cold fetch's own default is 3)
 #   BENCH_FS   tmpfs (default) or disk: where containerd's root and state, the
 #              node store and the images live while measuring. ext4 on these
 #              VMs (mounted with discard) costs 0.2-2 ms per inode created or
@@ -32,16 +34,16 @@ set -o errexit -o nounset -o pipefail -o errtrace
 LOG_PREFIX=bench
 # shellcheck source=hack/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-ALL_ROWS="fetch pods start sharing"
-ROWS="${ROWS:-${ALL_ROWS}}"
+ALL_BENCHMARKS="fetch pods start sharing"
+BENCHMARKS="${BENCHMARKS:-${ROWS:-${ALL_BENCHMARKS}}}"
 RUNS="${RUNS:-5}"
 BENCH_FS="${BENCH_FS:-tmpfs}"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/storepkg-bench}"
 IDLE_WAIT="${IDLE_WAIT:-15}"
-if [[ "${ROWS}" == "${ALL_ROWS}" ]]; then
+if [[ "${BENCHMARKS}" == "${ALL_BENCHMARKS}" ]]; then
   OUT="${OUT:-${REPO_ROOT}/bench/results/latest.md}"
 else
-  OUT="${OUT:-${BENCH_DIR}/results/latest-${ROWS// /-}.md}"
+  OUT="${OUT:-${BENCH_DIR}/results/latest-${BENCHMARKS// /-}.md}"
 fi
 
 SCRATCH=""
@@ -83,7 +85,7 @@ sample_load() {
   done
 }
 
-has_row() { [[ " ${ROWS} " == *" $1 "* ]]; }
+has_bench() { [[ " ${BENCHMARKS} " == *" $1 "* ]]; }
 
 versions_json() {
   local commit dirty
@@ -103,7 +105,7 @@ versions_json() {
   "load_max": "$(cat "${SCRATCH}/load-max" 2>/dev/null || echo "?")",
   "fs": "$([[ ${BENCH_FS} == tmpfs ]] && echo "tmpfs" || echo "ext4 disk ($(findmnt -n -o FSTYPE,OPTIONS --target "${SCRATCH}" | cut -c1-60))")",
   "runs": ${RUNS},
-  "rows": "${ROWS}",
+  "rows": "${BENCHMARKS}",
   "duration_s": $((SECONDS - START)),
   "dirty": "${dirty}",
   "raw": "${KEEP}",
@@ -126,7 +128,7 @@ main() {
   source "${STOREPKG_TOOLS:-/var/cache/storepkg/tools}/env.sh"
   [[ -x "${REPO_ROOT}/bin/storepkg" ]] || die "bin/storepkg missing: make build"
   LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-  log "rows: ${ROWS}; load ${LOAD_BEFORE}; $(nproc) cores"
+  log "benchmarks: ${BENCHMARKS}; load ${LOAD_BEFORE}; $(nproc) cores"
 
   log "benchmark closure in ${BENCH_DIR}"
   "${REPO_ROOT}/hack/mkbench-closure.sh" "${BENCH_DIR}" >/dev/null
@@ -141,20 +143,20 @@ main() {
   sample_load "${SCRATCH}/load-max" &
   SAMPLER_PID=$!
 
-  if has_row fetch; then
-    log "row 1: cold fetch (hack/bench-fetch.sh)"
+  if has_bench fetch; then
+    log "cold fetch (hack/bench-fetch.sh)"
     STOREPKG="${REPO_ROOT}/bin/storepkg" IDLE_WAIT="${IDLE_WAIT}" RESULTS_JSON="${SCRATCH}/out/fetch.json" \
       BENCH_DIR="${BENCH_DIR}" "${REPO_ROOT}/hack/bench-fetch.sh" >&2
   fi
 
   local benches=()
-  has_row pods && benches+=(BenchmarkPods)
-  has_row start && benches+=(BenchmarkStart)
-  has_row sharing && benches+=(BenchmarkSharing)
+  has_bench pods && benches+=(BenchmarkPods)
+  has_bench start && benches+=(BenchmarkStart)
+  has_bench sharing && benches+=(BenchmarkSharing)
   if ((${#benches[@]} > 0)); then
     local pattern
     pattern=$(IFS='|'; echo "${benches[*]}")
-    log "rows 2-6: go test -bench '^(${pattern})\$' ./integration"
+    log "pod benchmarks: go test -bench '^(${pattern})\$' ./integration"
     # CGO_ENABLED=0: the shims under test are static, as install-deps
     # builds containerd-shim-runc-v2 and the installer image ships ours.
     (cd "${REPO_ROOT}/integration" && CGO_ENABLED=0 TMPDIR="${SCRATCH}" STOREPKG_BENCH_OUT="${SCRATCH}/out" STOREPKG_BENCH_RUNS="${RUNS}" \

@@ -23,7 +23,8 @@ type startImage struct {
 	layers []*benchtest.Layer
 }
 
-// BenchmarkPods: rows 2, 3 and 6 of `make bench`, one containerd, the
+// BenchmarkPods: the pod start benchmarks of `make bench` (cold against an
+// OCI pull, warm against runc) and the shims' memory, one containerd, the
 // same files either way: the benchmark closure (hack/mkbench-closure.sh)
 // plus a dynamically linked program whose first output line ends the
 // measurement.

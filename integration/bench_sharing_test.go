@@ -23,7 +23,7 @@ import (
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
-// sharingApp is one of the ten workloads of the sharing row, with its
+// sharingApp is one of the ten workloads of BenchmarkSharing, with its
 // own code: a store path of real Go sources.
 type sharingApp struct {
 	benchtest.SharingApp
@@ -61,15 +61,15 @@ var (
 	}
 )
 
-// BenchmarkSharing: row 5 of `make bench`. Ten pods whose closures
-// overlap as real software does (one libc, libssl, python and perl
-// shared by several apps, app-specific top paths) start on an empty node,
-// all at once: with storepkg from a binary cache, and with runc from OCI
-// images in a registry whose layers are what Dockerfiles make of the same
-// files (base / runtime / installs / app; a base and a runtime built on
-// two dates, runtimes installed by an app's own RUN line). It counts
-// what the servers sent and what the node keeps, and checks that storepkg
-// fetched and stored every shared path exactly once.
+// BenchmarkSharing: the sharing benchmark of `make bench`. Ten pods whose
+// closures overlap as real software does (one libc, libssl, python and
+// perl shared by several apps, app-specific top paths) start on an empty
+// node, all at once: with storepkg from a binary cache, and with runc
+// from OCI images in a registry whose layers are what Dockerfiles make of
+// the same files (base / runtime / installs / app; a base and a runtime
+// built on two dates, runtimes installed by an app's own RUN line). It
+// counts what the servers sent and what the node keeps, and checks that
+// storepkg fetched and stored every shared path exactly once.
 func BenchmarkSharing(b *testing.B) {
 	setup(b)
 	bc := loadBenchClosure(b)

@@ -14,13 +14,14 @@ import (
 	"github.com/storepkg/storepkg/pkg/narinfo"
 )
 
-// BenchmarkStart (row 4 of `make bench`) measures crictl create+start of
-// one container in a running pod, warm (closure already in the node
-// store, image present), for plain runc and for storepkg with synthetic
-// closures of 10 to 3,000 paths. Each op also pays two crictl process
-// starts; compare ratios, not absolute numbers. The rows are measured in
-// turn, round after round, so a drift of the machine hits all alike;
-// STOREPKG_BENCH_RUNS rounds (default 5), medians. Run with -benchtime 1x.
+// BenchmarkStart, the closure-size scaling benchmark of `make bench`,
+// measures crictl create+start of one container in a running pod, warm
+// (closure already in the node store, image present), for plain runc and
+// for storepkg with synthetic closures of 10 to 3,000 paths. Each op also
+// pays two crictl process starts; compare ratios, not absolute numbers.
+// The variants are measured in turn, round after round, so a drift of the
+// machine hits all alike; STOREPKG_BENCH_RUNS rounds (default 5), medians.
+// Run with -benchtime 1x.
 func BenchmarkStart(b *testing.B) {
 	setup(b)
 	_, priv, _ := ed25519.GenerateKey(nil)
@@ -49,24 +50,24 @@ func BenchmarkStart(b *testing.B) {
 		},
 	})
 
-	type row struct {
-		benchtest.StartRow
+	type variant struct {
+		benchtest.StartVariant
 		handler     string
 		annotations map[string]string
 		image       string
 		podID       string
 		pod         map[string]any
 	}
-	rows := []*row{
-		{StartRow: benchtest.StartRow{Name: "runc"}, handler: critest.HandlerRunc, image: critest.BusyboxImage},
-		{StartRow: benchtest.StartRow{Name: "storepkg-image"}, handler: critest.HandlerStorepkg, image: critest.BusyboxImage},
+	variants := []*variant{
+		{StartVariant: benchtest.StartVariant{Name: "runc"}, handler: critest.HandlerRunc, image: critest.BusyboxImage},
+		{StartVariant: benchtest.StartVariant{Name: "storepkg-image"}, handler: critest.HandlerStorepkg, image: critest.BusyboxImage},
 	}
 	for _, n := range sizes {
-		rows = append(rows, &row{StartRow: benchtest.StartRow{Name: fmt.Sprintf("storepkg-paths-%d", n), Paths: n + 2},
+		variants = append(variants, &variant{StartVariant: benchtest.StartVariant{Name: fmt.Sprintf("storepkg-paths-%d", n), Paths: n + 2},
 			handler: critest.HandlerStorepkg, annotations: paths(roots[n], fixture.fx.Tools), image: critest.PauseImage})
 	}
 	attempt := 0
-	once := func(r *row) (time.Duration, string) {
+	once := func(r *variant) (time.Duration, string) {
 		attempt++
 		ctr := env.ContainerConfig("app", r.image, []string{"sleep", "3600"})
 		ctr["metadata"] = map[string]any{"name": "app", "attempt": attempt}
@@ -78,7 +79,7 @@ func BenchmarkStart(b *testing.B) {
 		env.Start(b, id)
 		return time.Since(start), id
 	}
-	for _, r := range rows {
+	for _, r := range variants {
 		r.pod = env.PodConfig("bench-"+r.Name, "default", r.annotations)
 		r.podID = env.RunPodSandbox(b, r.handler, r.pod)
 		// Warm-up: the closure is fetched here, outside the measurement.
@@ -88,8 +89,8 @@ func BenchmarkStart(b *testing.B) {
 	}
 	runs := benchtest.Runs(5)
 	for i := 0; i < runs; i++ {
-		for k := range rows {
-			r := rows[(i+k)%len(rows)]
+		for k := range variants {
+			r := variants[(i+k)%len(variants)]
 			if waitIdle() {
 				r.Busy++
 			}
@@ -100,10 +101,10 @@ func BenchmarkStart(b *testing.B) {
 		}
 	}
 	result := benchtest.StartResult{Runs: runs, Load: map[string]string{"end": benchtest.LoadAvg()}}
-	for _, r := range rows {
+	for _, r := range variants {
 		r.MedianMS = benchtest.Median(r.Samples)
 		b.ReportMetric(r.MedianMS, "ms-"+r.Name)
-		result.Rows = append(result.Rows, r.StartRow)
+		result.Variants = append(result.Variants, r.StartVariant)
 		env.StopPod(b, r.podID)
 		env.RmPod(b, r.podID)
 	}

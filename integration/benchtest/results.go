@@ -6,7 +6,8 @@ package benchtest
 // (BenchmarkSharing). The json tags are the files' format: result
 // directories of earlier runs are rendered again with these types.
 
-// PodsResult is what BenchmarkPods writes to pods.json: rows 2, 3 and 6.
+// PodsResult is what BenchmarkPods writes to pods.json: cold and warm pod
+// start against OCI images, and the shims' memory.
 type PodsResult struct {
 	Closure   PodsClosure                   `json:"closure"`
 	Images    []PodsImage                   `json:"images"`
@@ -51,7 +52,8 @@ type PodRun struct {
 	Busy   bool    `json:"busy,omitempty"`
 }
 
-// MemoryResult is row 6.
+// MemoryResult is the memory of the shims serving the pods of
+// BenchmarkPods: storepkg's shim against containerd-shim-runc-v2.
 type MemoryResult struct {
 	// Kinds: storepkg-cold (the shim fetched the closure), storepkg-warm
 	// (closure already present), runc (same files from the image),
@@ -72,23 +74,26 @@ type MemSample struct {
 	Steady Mem `json:"steady"`
 }
 
-// StartResult is what BenchmarkStart writes to start.json: row 4.
+// StartResult is what BenchmarkStart writes to start.json: warm container
+// create+start by closure size.
 type StartResult struct {
-	Rows []StartRow        `json:"rows"`
-	Runs int               `json:"runs"`
-	Load map[string]string `json:"load"`
+	Variants []StartVariant    `json:"rows"`
+	Runs     int               `json:"runs"`
+	Load     map[string]string `json:"load"`
 }
 
-// StartRow is one row of BenchmarkStart.
-type StartRow struct {
+// StartVariant is one variant of BenchmarkStart: plain runc, or the
+// storepkg shim with a plain image or a closure of Paths paths.
+type StartVariant struct {
 	Name     string    `json:"name"`
-	Paths    int       `json:"paths,omitempty"` // closure size (storepkg rows)
+	Paths    int       `json:"paths,omitempty"` // closure size (storepkg-paths-N variants)
 	MedianMS float64   `json:"median_ms"`
 	Samples  []float64 `json:"samples_ms"`
 	Busy     int       `json:"busy_samples,omitempty"`
 }
 
-// SharingResult is what BenchmarkSharing writes to sharing.json: row 5.
+// SharingResult is what BenchmarkSharing writes to sharing.json: ten pods
+// whose closures overlap, on one node, with storepkg and with OCI images.
 type SharingResult struct {
 	Apps  []SharingAppResult `json:"apps"`
 	Union struct {
@@ -110,7 +115,7 @@ type SharingResult struct {
 	Load         map[string]string `json:"load"`
 }
 
-// SharingApp is one of the ten workloads of the sharing row: its own code
+// SharingApp is one of the ten workloads of BenchmarkSharing: its own code
 // on a base, a language runtime and the libraries its Dockerfile would
 // install.
 type SharingApp struct {
@@ -120,7 +125,7 @@ type SharingApp struct {
 	Extras  []string `json:"installs"`          // store path names its Dockerfile installs
 }
 
-// SharingAppResult is an app of the sharing row with its closure and image.
+// SharingAppResult is an app of BenchmarkSharing with its closure and image.
 type SharingAppResult struct {
 	SharingApp
 	Paths     int      `json:"closure_paths"`
@@ -129,7 +134,7 @@ type SharingAppResult struct {
 	ImageZstd int64    `json:"image_compressed_bytes"`
 }
 
-// SharingSide is what the ten pods of the sharing row cost one way
+// SharingSide is what the ten pods of BenchmarkSharing cost one way
 // (storepkg or OCI images).
 type SharingSide struct {
 	ServedBytes  int64            `json:"served_bytes"`     // everything the cache or registry sent
