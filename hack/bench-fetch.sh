@@ -10,7 +10,7 @@
 # Usage: hack/bench-fetch.sh            (or: make bench-fetch)
 #
 # Every run substitutes the whole closure (hack/mkbench-closure.sh: ~130
-# paths, ~370 MB) into a fresh, empty chroot store. Nix runs twice over:
+# paths, ~350 MB) into a fresh, empty chroot store. Nix runs twice over:
 #   nix       its default configuration (max-jobs = 1: one substitution at a
 #             time); the targets are ratios against this one
 #   nix -j    --max-jobs auto (as NixOS configures it): parallel substitutions
@@ -305,7 +305,7 @@ report() {
   echo "Closure: $(sed -n 's/^store paths: *//p' "${BENCH_DIR}/stats.txt") store paths," \
     "$(sed -n 's/^NAR bytes: *[0-9]* (\(.*\))/\1/p' "${BENCH_DIR}/stats.txt") unpacked;" \
     "local file:// cache; ${RUNS} runs each into a fresh store on ${ROOTS_FS}; warm page cache."
-  echo "Host: $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GiB; $(nix --version);" \
+  echo "Host: $(nproc) cores, $(awk '/^MemTotal:/ { print int($2 / 1048576) }' /proc/meminfo) GiB; $(nix --version);" \
     "xz $(xz --version | awk 'NR == 1 { print $4 }'); zstd $(zstd --version | grep -o 'v[0-9.]*');" \
     "storepkg ${version:-?} at ${commit}."
   if ((BUSY_RUNS > 0)); then

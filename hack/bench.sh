@@ -98,7 +98,7 @@ versions_json() {
   "date": "$(date -u '+%Y-%m-%d %H:%M UTC')",
   "cores": $(nproc),
   "cpu": "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)",
-  "mem_gib": "$(free -g | awk '/^Mem:/ { print $2 }')",
+  "mem_gib": "$(awk '/^MemTotal:/ { print int($2 / 1048576) }' /proc/meminfo)",
   "kernel": "$(uname -r)",
   "load_before": "${LOAD_BEFORE}",
   "load_after": "$(cut -d' ' -f1-3 /proc/loadavg)",

@@ -4,7 +4,7 @@
 # mkbench-closure.sh OUTDIR
 #
 # Builds, with real Nix and offline, a benchmark closure of ~130 store paths
-# (~370 MB unpacked) and writes two signed binary caches of it:
+# (~350 MB unpacked) and writes two signed binary caches of it:
 #
 #   OUTDIR/cache-xz      file:// binary cache, compression=xz
 #   OUTDIR/cache-zstd    file:// binary cache, compression=zstd
@@ -13,16 +13,24 @@
 #   OUTDIR/stats.txt     path count, bytes, file mix, compressed sizes
 #
 # The closure is built into a private chroot store (OUTDIR/build), never into
-# the machine's /nix. Its content is real, compressible data copied from the
-# host (shared libraries, binaries, interpreters' libraries, text data) so the
-# compression ratios and decode speeds are realistic:
+# the machine's /nix. Its content is real, compressible data: files of the
+# Debian 12 packages declared below (shared libraries, binaries,
+# interpreters' libraries, headers, text data), which this script installs
+# when they are missing, so the closure is the same on every Debian 12
+# machine. Only files that dpkg lists for a declared package are staged; one
+# that is missing is an error. Arranged as Nix packages:
 #
-#   - a few large paths (libLLVM, ICU data, python, git, vim runtime)
+#   - a few large paths (libLLVM, ICU, python, perl, git, vim runtime)
 #   - ~100 small library paths with a multi-level dependency graph and shared
 #     leaves, plus header-only "-dev" paths with many small files
-#   - data paths with thousands of small files and symlinks (tzdata, locales)
+#   - data paths with thousands of small files and symlinks (tzdata, locales,
+#     the MIME database)
 #   - single-file store paths (an executable wrapper, a config file, a
 #     builtins.toFile text), self-references, absolute and relative symlinks
+#
+# The benchmarks (pkg/shim/*bench*_test.go) look store paths up by name
+# ("libssl-3", "python3-3.11.2", ...): the names below are fixed, whatever
+# the Debian package versions.
 #
 # Running it again on a complete OUTDIR only prints the stats (a stamp file
 # records the version of this script that made it; a different version
@@ -38,14 +46,143 @@ set -o errexit -o nounset -o pipefail -o errtrace
 HOST_LIB=/usr/lib/x86_64-linux-gnu
 MIN_PATHS=120
 MIN_BYTES=$((220 * 1000 * 1000))
-SMALL_LIBS=100
-DEV_PKGS=15
 XZ_PARALLEL="${XZ_PARALLEL:-0}"
+
+# What the script itself runs.
+TOOL_PACKAGES=(xz-utils zstd)
+
+# Small libraries, "DEBIAN-PACKAGE FILE...": each FILE (in HOST_LIB) becomes
+# one store path named after it: libssl.so.3 -> libssl-3,
+# libyaml-0.so.2.0.9 -> libyaml-0-2.0.9. Files of packages the large paths
+# below stage are not here.
+SMALL_LIBS=(
+  "libacl1 libacl.so.1.1.2301"
+  "libapparmor1 libapparmor.so.1.8.4"
+  "libarchive13 libarchive.so.13.6.2"
+  "libargon2-1 libargon2.so.1"
+  "libatomic1 libatomic.so.1.2.0"
+  "libattr1 libattr.so.1.1.2501"
+  "libaudit1 libaudit.so.1.0.0"
+  "libblkid1 libblkid.so.1.1.0"
+  "libbrotli1 libbrotlicommon.so.1.0.9 libbrotlidec.so.1.0.9 libbrotlienc.so.1.0.9"
+  "libbsd0 libbsd.so.0.11.7"
+  "libbz2-1.0 libbz2.so.1.0.4"
+  "libcap-ng0 libcap-ng.so.0.0.0"
+  "libcap2 libcap.so.2.66 libpsx.so.2.66"
+  "libcom-err2 libcom_err.so.2.1"
+  "libcrypt1 libcrypt.so.1.1.0"
+  "libcurl3-gnutls libcurl-gnutls.so.4.8.0"
+  "libcurl3-nss libcurl-nss.so.4.8.0"
+  "libcurl4 libcurl.so.4.8.0"
+  "libdeflate0 libdeflate.so.0"
+  "libedit2 libedit.so.2.0.70"
+  "libevent-2.1-7 libevent-2.1.so.7.0.1"
+  "libevent-core-2.1-7 libevent_core-2.1.so.7.0.1"
+  "libexpat1 libexpat.so.1.8.10 libexpatw.so.1.8.10"
+  "libfdisk1 libfdisk.so.1.1.0"
+  "libffi8 libffi.so.8.1.2"
+  "libgc1 libgc.so.1.5.1"
+  "libgcrypt20 libgcrypt.so.20.4.1"
+  "libgdbm6 libgdbm.so.6.0.0"
+  "libgif7 libgif.so.7.2.0"
+  "libglib2.0-0 libglib-2.0.so.0.7400.6 libgmodule-2.0.so.0.7400.6 libgobject-2.0.so.0.7400.6"
+  "libgmp10 libgmp.so.10.4.1"
+  "libgpg-error0 libgpg-error.so.0.33.1"
+  "libgpm2 libgpm.so.2"
+  "libgssapi-krb5-2 libgssapi_krb5.so.2.2"
+  "libhogweed6 libhogweed.so.6.6"
+  "libidn2-0 libidn2.so.0.3.8"
+  "libjansson4 libjansson.so.4.14.0"
+  "libjpeg62-turbo libjpeg.so.62.3.0"
+  "libjq1 libjq.so.1.0.4"
+  "libjson-c5 libjson-c.so.5.2.0"
+  "libk5crypto3 libk5crypto.so.3.1"
+  "libkeyutils1 libkeyutils.so.1.10"
+  "libkmod2 libkmod.so.2.4.0"
+  "libkrb5-3 libkrb5.so.3.3"
+  "libkrb5support0 libkrb5support.so.0.1"
+  "libldap-2.5-0 liblber-2.5.so.0.1.8 libldap-2.5.so.0.1.8"
+  "liblz4-1 liblz4.so.1.9.4"
+  "liblzma5 liblzma.so.5.4.1"
+  "libmd0 libmd.so.0.0.5"
+  "libmnl0 libmnl.so.0.2.0"
+  "libmount1 libmount.so.1.1.0"
+  "libmpc3 libmpc.so.3.3.1"
+  "libmpfr6 libmpfr.so.6.2.0"
+  "libncursesw6 libformw.so.6.4 libmenuw.so.6.4 libpanelw.so.6.4"
+  "libnettle8 libnettle.so.8.6"
+  "libnfnetlink0 libnfnetlink.so.0.2.0"
+  "libnghttp2-14 libnghttp2.so.14.24.1"
+  "libnsl2 libnsl.so.2.0.1"
+  "libnuma1 libnuma.so.1.0.0"
+  "libonig5 libonig.so.5.3.0"
+  "libp11-kit0 libp11-kit.so.0.3.0"
+  "libpcre2-8-0 libpcre2-8.so.0.11.2"
+  "libpipeline1 libpipeline.so.1.5.7"
+  "libpng16-16 libpng16.so.16.39.0"
+  "libpq5 libpq.so.5.15"
+  "libpsl5 libpsl.so.5.3.4"
+  "libquadmath0 libquadmath.so.0.0.0"
+  "libreadline8 libhistory.so.8.2 libreadline.so.8.2"
+  "librtmp1 librtmp.so.1"
+  "libsasl2-2 libsasl2.so.2.0.25"
+  "libseccomp2 libseccomp.so.2.5.4"
+  "libselinux1 libselinux.so.1"
+  "libsepol2 libsepol.so.2"
+  "libsmartcols1 libsmartcols.so.1.1.0"
+  "libsodium23 libsodium.so.23.3.0"
+  "libsqlite3-0 libsqlite3.so.0.8.6"
+  "libssh2-1 libssh2.so.1.0.1"
+  "libssl3 libssl.so.3"
+  "libtasn1-6 libtasn1.so.6.6.3"
+  "libtinfo6 libtic.so.6.4"
+  "libtirpc3 libtirpc.so.3.0.0"
+  "libuchardet0 libuchardet.so.0.0.7"
+  "libudev1 libudev.so.1.7.5"
+  "libuuid1 libuuid.so.1.3.0"
+  "libwebp7 libwebp.so.7.1.5"
+  "libxxhash0 libxxhash.so.0.8.1"
+  "libyaml-0-2 libyaml-0.so.2.0.9"
+  "libzstd1 libzstd.so.1.5.4"
+  "zlib1g libz.so.1.2.13"
+)
+
+# Header-only packages, "DEBIAN-PACKAGE DIR": the package's files under DIR
+# become the store path <basename of DIR>-dev.
+DEV_DIRS=(
+  "libbrotli-dev /usr/include/brotli"
+  "libc6-dev /usr/include/x86_64-linux-gnu/bits"
+  "libfreetype-dev /usr/include/freetype2"
+  "liblzma-dev /usr/include/lzma"
+  "libnspr4-dev /usr/include/nspr"
+  "libnss3-dev /usr/include/nss"
+  "libp11-kit-dev /usr/include/p11-kit-1"
+  "libpng-dev /usr/include/libpng16"
+  "libpq-dev /usr/include/postgresql"
+  "libreadline-dev /usr/include/readline"
+  "libssl-dev /usr/include/openssl"
+  "libtirpc-dev /usr/include/tirpc"
+  "linux-libc-dev /usr/include/rdma"
+  "linux-libc-dev /usr/include/sound"
+  "nettle-dev /usr/include/nettle"
+)
+
+# The Debian packages whose files stage_sources stages (besides SMALL_LIBS
+# and DEV_DIRS).
+STAGED_PACKAGES=(
+  busybox-static libc6 libc-bin libstdc++6 libgcc-s1 libgomp1 libicu72 libllvm15
+  libncursesw6 libtinfo6 ncurses-base tzdata locales shared-mime-info linux-libc-dev
+  python3.11-minimal libpython3.11 libpython3.11-minimal libpython3.11-stdlib
+  perl-base libperl5.36 git vim vim-common vim-runtime
+)
 
 trap 'echo "ERROR: ${BASH_SOURCE[0]}:${LINENO}: ${BASH_COMMAND}" >&2' ERR
 
 log() { echo "+++ [$(date +%H:%M:%S)] $*" >&2; }
 die() { echo "ERROR: $*" >&2; exit 1; }
+
+# shellcheck source=hack/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 # timed LABEL CMD...: runs CMD and logs how long it took.
 timed() {
@@ -62,22 +199,32 @@ usage() {
   exit 2
 }
 
-# ensure_tools installs what this script needs when it can (root + apt-get).
-ensure_tools() {
-  local missing=()
+# all_packages prints every Debian package this script needs, sorted.
+all_packages() {
+  local spec
+  {
+    printf '%s\n' "${TOOL_PACKAGES[@]}" "${STAGED_PACKAGES[@]}"
+    for spec in "${SMALL_LIBS[@]}" "${DEV_DIRS[@]}"; do
+      echo "${spec%% *}"
+    done
+  } | LC_ALL=C sort -u
+}
+
+# ensure_packages installs, as root with apt-get, the Debian packages that
+# are missing: the tools this script runs and every package it stages
+# files of. Nix may come from elsewhere (nix-build on PATH).
+ensure_packages() {
+  local pkgs missing
+  mapfile -t pkgs < <(all_packages)
+  mapfile -t missing < <(missing_packages "${pkgs[@]}")
   command -v nix-build >/dev/null || missing+=(nix-bin)
-  [[ -x /bin/busybox ]] && ! ldd /bin/busybox >/dev/null 2>&1 || missing+=(busybox-static)
-  command -v xz >/dev/null || missing+=(xz-utils)
-  command -v zstd >/dev/null || missing+=(zstd)
-  if ((${#missing[@]} == 0)); then
-    return
-  fi
+  ((${#missing[@]} == 0)) && return 0
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    log "installing ${missing[*]}"
+    log "apt-get install ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    die "missing tools; install the Debian packages: ${missing[*]}"
+    die "missing Debian packages; install them (as root): apt-get install ${missing[*]}"
   fi
 }
 
@@ -93,106 +240,134 @@ script_version() {
 }
 
 # ---------------------------------------------------------------------------
-# Staging: copy host files into OUTDIR/src/<package>/ (one dir per package).
+# Staging: copy files of Debian packages into OUTDIR/src/<name>/ (one dir
+# per store path).
 
-# stage_file PKG SUBDIR FILE...: copies files (dereferenced) into PKG/SUBDIR.
-stage_file() {
-  local pkg="$1" sub="$2"; shift 2
-  mkdir -p "${SRC}/${pkg}/${sub}"
-  local f
+# pkg_list PKG: the file OUTDIR/dpkg/PKG.list, what dpkg installed for PKG,
+# one path a line, /bin, /sbin and /lib as /usr/bin, /usr/sbin and /usr/lib
+# (Debian 12's /usr is merged). Prints its name.
+pkg_list() {
+  local pkg="$1" list="${OUTDIR}/dpkg/$1.list"
+  if [[ ! -f "${list}" ]]; then
+    dpkg-query -W -f='${Status}' "${pkg}" 2>/dev/null | grep -q 'install ok installed' ||
+      die "Debian package ${pkg} is not installed"
+    mkdir -p "${OUTDIR}/dpkg"
+    dpkg-query -L "${pkg}" | grep '^/' | sed -E 's#^/(bin|sbin|lib|lib64)/#/usr/\1/#' |
+      LC_ALL=C sort -u >"${list}.tmp"
+    mv "${list}.tmp" "${list}"
+  fi
+  echo "${list}"
+}
+
+# check_owned PKG FILE...: dies unless each FILE is a file of PKG and is here.
+check_owned() {
+  local pkg="$1"; shift
+  local list f
+  list=$(pkg_list "${pkg}")
   for f in "$@"; do
-    if [[ -e "${f}" ]]; then
-      cp -L "${f}" "${SRC}/${pkg}/${sub}/"
-    else
-      log "warning: ${f} not found on this host, skipped"
-    fi
+    grep -Fxq -- "${f}" "${list}" || die "${f} is not a file of the Debian package ${pkg}"
+    [[ -e "${f}" ]] || die "${f} of the Debian package ${pkg} is missing"
   done
 }
 
-# stage_tree PKG SUBDIR DIR: copies a directory tree, keeping its symlinks.
+# stage_file NAME SUBDIR PKG FILE...: copies files of PKG (dereferenced)
+# into NAME/SUBDIR.
+stage_file() {
+  local name="$1" sub="$2" pkg="$3"; shift 3
+  check_owned "${pkg}" "$@"
+  mkdir -p "${SRC}/${name}/${sub}"
+  cp -L "$@" "${SRC}/${name}/${sub}/"
+}
+
+# stage_lib NAME PKG FILE...: stage_file NAME lib PKG HOST_LIB/FILE...
+stage_lib() {
+  local name="$1" pkg="$2"; shift 2
+  stage_file "${name}" lib "${pkg}" "${@/#/${HOST_LIB}/}"
+}
+
+# stage_tree NAME SUBDIR DIR PKG...: copies the files, symlinks and dirs
+# under DIR that the packages installed into NAME/SUBDIR/<basename of DIR>,
+# as they are (symlinks kept). Anything else under DIR is left out.
 stage_tree() {
-  local pkg="$1" sub="$2" dir="$3"
-  if [[ ! -d "${dir}" ]]; then
-    log "warning: ${dir} not found on this host, skipped"
-    return
-  fi
-  mkdir -p "${SRC}/${pkg}/${sub}"
-  cp -a "${dir}" "${SRC}/${pkg}/${sub}/"
-  find "${SRC}/${pkg}/${sub}" -name __pycache__ -prune -exec rm -rf {} +
+  local name="$1" sub="$2" dir="$3"; shift 3
+  local parent="${dir%/*}" pkg lists=() entries=() e nfiles=0
+  for pkg in "$@"; do
+    lists+=("$(pkg_list "${pkg}")")
+  done
+  mapfile -t entries < <(cat "${lists[@]}" | awk -v d="${dir}/" 'index($0, d) == 1' | LC_ALL=C sort -u)
+  for e in "${entries[@]}"; do
+    [[ -e "${e}" || -L "${e}" ]] || die "${e} of the Debian package(s) $* is missing"
+    [[ -f "${e}" && ! -L "${e}" ]] && nfiles=$((nfiles + 1))
+  done
+  ((nfiles > 0)) || die "the Debian package(s) $* installed no files under ${dir}"
+  mkdir -p "${SRC}/${name}/${sub}"
+  printf '%s\n' "${entries[@]#"${parent}/"}" |
+    tar -C "${parent}" --no-recursion --verbatim-files-from --no-unquote -cf - -T - |
+    tar -C "${SRC}/${name}/${sub}" -xf -
 }
 
 # A store path name may only hold these characters.
 valid_name() { [[ "$1" =~ ^[A-Za-z0-9+._?=-]+$ && "$1" != .* ]]; }
 
-# pick_spread N: reads lines on stdin, prints N of them evenly spread.
-pick_spread() {
-  awk -v n="$1" '{ l[NR] = $0 } END { if (NR <= n) { for (i = 1; i <= NR; i++) print l[i]; exit }
-    for (i = 0; i < n; i++) print l[int(i * NR / n) + 1] }'
-}
-
-# Small libraries: regular lib*.so.* files between 16 KB and 1.5 MB that the
-# large packages below do not already hold.
-list_small_libs() {
-  find "${HOST_LIB}" -maxdepth 1 -type f -name 'lib*.so.*' -size +16k -size -1536k -printf '%f\n' |
-    grep -vE '^lib(c|m|dl|rt|pthread|resolv|stdc\+\+|gcc_s|gomp|icu|LLVM|python|perl|ncurses|tinfo)[.-]' |
-    LC_ALL=C sort | pick_spread "${SMALL_LIBS}"
-}
-
-# Header-only packages: /usr/include subdirectories of 40 KB to 3 MB.
-list_dev_dirs() {
-  local d
-  for d in /usr/include/*/; do
-    d="${d%/}"
-    local kb
-    kb=$(du -sk "${d}" | cut -f1)
-    if ((kb >= 40 && kb <= 3072)) && valid_name "${d##*/}"; then
-      echo "${d##*/}"
-    fi
-  done | LC_ALL=C sort | pick_spread "${DEV_PKGS}"
-}
-
 stage_sources() {
-  rm -rf "${SRC}" "${OUTDIR}/bb"
+  rm -rf "${SRC}" "${OUTDIR}/bb" "${OUTDIR}/dpkg"
   mkdir -p "${SRC}" "${OUTDIR}/bb/bin"
-  cp /bin/busybox "${OUTDIR}/bb/bin/busybox"
+  check_owned busybox-static /usr/bin/busybox
+  cp /usr/bin/busybox "${OUTDIR}/bb/bin/busybox"
   ln -s busybox "${OUTDIR}/bb/bin/sh"
 
-  stage_file glibc lib "${HOST_LIB}"/{libc.so.6,ld-linux-x86-64.so.2,libm.so.6,libpthread.so.0,libdl.so.2,librt.so.1,libresolv.so.2}
-  stage_file glibc bin /usr/bin/{ldd,getconf,locale,iconv}
-  stage_file gcc-12-lib lib "${HOST_LIB}"/{libstdc++.so.6.0.30,libgcc_s.so.1,libgomp.so.1.0.0}
-  stage_file icu4c-72.1 lib "${HOST_LIB}"/libicu{data,uc,i18n,io}.so.72.1
-  stage_file llvm-15-lib lib "${HOST_LIB}/libLLVM-15.so.1"
-  stage_file ncurses-6.4 lib "${HOST_LIB}"/{libncursesw.so.6,libtinfo.so.6}
-  stage_tree ncurses-6.4 share /lib/terminfo
-  stage_tree tzdata-2025b share /usr/share/zoneinfo
-  stage_tree glibc-locales share/i18n /usr/share/i18n/locales
-  stage_tree glibc-locales share/i18n /usr/share/i18n/charmaps
-  stage_tree shared-mime-info-2.2 share /usr/share/mime
-  stage_tree linux-headers-6.1 include /usr/include/linux
-  stage_tree linux-headers-6.1 include /usr/include/asm-generic
-  stage_file python3-3.11.2 bin /usr/bin/python3.11
-  stage_file python3-3.11.2 lib "${HOST_LIB}/libpython3.11.so.1.0"
-  stage_tree python3-3.11.2 lib /usr/lib/python3.11
-  stage_file perl-5.36.0 bin /usr/bin/perl
-  stage_file perl-5.36.0 lib "${HOST_LIB}/libperl.so.5.36.0"
-  stage_tree perl-5.36.0 lib/perl5 "${HOST_LIB}/perl/5.36.0"
-  stage_tree git-2.39.5 libexec /usr/lib/git-core
-  stage_file vim-9.0 bin /usr/bin/vim.basic
-  stage_tree vim-9.0 share/vim /usr/share/vim/vim90
+  stage_lib glibc libc6 libc.so.6 ld-linux-x86-64.so.2 libm.so.6 libpthread.so.0 libdl.so.2 librt.so.1 libresolv.so.2
+  stage_file glibc bin libc-bin /usr/bin/{ldd,getconf,locale,iconv}
+  stage_lib gcc-12-lib libstdc++6 libstdc++.so.6.0.30
+  stage_lib gcc-12-lib libgcc-s1 libgcc_s.so.1
+  stage_lib gcc-12-lib libgomp1 libgomp.so.1.0.0
+  stage_lib icu4c-72.1 libicu72 libicu{data,uc,i18n,io}.so.72.1
+  stage_lib llvm-15-lib libllvm15 libLLVM-15.so.1
+  stage_lib ncurses-6.4 libncursesw6 libncursesw.so.6
+  stage_lib ncurses-6.4 libtinfo6 libtinfo.so.6
+  stage_tree ncurses-6.4 share /usr/lib/terminfo ncurses-base
+  stage_tree tzdata-2025b share /usr/share/zoneinfo tzdata
+  stage_tree glibc-locales share/i18n /usr/share/i18n/locales locales
+  stage_tree glibc-locales share/i18n /usr/share/i18n/charmaps locales
+  # The MIME database as update-mime-database makes it from the package's
+  # own definitions (the machine's is made from every package's).
+  stage_tree shared-mime-info-2.2 share /usr/share/mime shared-mime-info
+  check_owned shared-mime-info /usr/bin/update-mime-database
+  XDG_DATA_HOME="${SRC}/shared-mime-info-2.2/share" XDG_DATA_DIRS="${SRC}/shared-mime-info-2.2/share" \
+    update-mime-database "${SRC}/shared-mime-info-2.2/share/mime"
+  stage_tree linux-headers-6.1 include /usr/include/linux linux-libc-dev
+  stage_tree linux-headers-6.1 include /usr/include/asm-generic linux-libc-dev
+  stage_file python3-3.11.2 bin python3.11-minimal /usr/bin/python3.11
+  stage_lib python3-3.11.2 libpython3.11 libpython3.11.so.1.0
+  stage_tree python3-3.11.2 lib /usr/lib/python3.11 libpython3.11-minimal libpython3.11-stdlib
+  stage_file perl-5.36.0 bin perl-base /usr/bin/perl
+  stage_lib perl-5.36.0 libperl5.36 libperl.so.5.36.0
+  stage_tree perl-5.36.0 lib/perl5 "${HOST_LIB}/perl/5.36.0" libperl5.36
+  stage_tree git-2.39.5 libexec /usr/lib/git-core git
+  stage_file vim-9.0 bin vim /usr/bin/vim.basic
+  stage_tree vim-9.0 share/vim /usr/share/vim/vim90 vim-runtime vim-common
 
-  local f libs=() devs=()
-  while read -r f; do
-    local name="${f%%.so.*}-${f#*.so.}"
-    valid_name "${name}" || continue
-    stage_file "${name}" lib "${HOST_LIB}/${f}"
-    libs+=("\"${name}\"")
-  done < <(list_small_libs)
-  while read -r f; do
-    stage_tree "${f}-dev" include "/usr/include/${f}"
-    devs+=("\"${f}-dev\"")
-  done < <(list_dev_dirs)
+  local spec pkg f names=() libs=() devs=()
+  for spec in "${SMALL_LIBS[@]}"; do
+    read -r pkg f <<<"${spec}"
+    for f in ${f}; do
+      local name="${f%%.so.*}-${f#*.so.}"
+      valid_name "${name}" || die "${f}: ${name} is not a valid store path name"
+      stage_lib "${name}" "${pkg}" "${f}"
+      names+=("${name}")
+    done
+  done
+  mapfile -t names < <(printf '%s\n' "${names[@]}" | LC_ALL=C sort)
+  for f in "${names[@]}"; do
+    libs+=("\"${f}\"")
+  done
+  for spec in "${DEV_DIRS[@]}"; do
+    read -r pkg f <<<"${spec}"
+    stage_tree "${f##*/}-dev" include "${f}" "${pkg}"
+    devs+=("\"${f##*/}-dev\"")
+  done
   printf '{\n  libs = [ %s ];\n  devs = [ %s ];\n}\n' "${libs[*]}" "${devs[*]}" >"${SRC}/manifest.nix"
-  log "staged $(du -sh "${SRC}" | cut -f1) from the host (${#libs[@]} small libs, ${#devs[@]} -dev packages)"
+  log "staged $(du -sh "${SRC}" | cut -f1) from $(all_packages | wc -l) Debian packages (${#libs[@]} small libs, ${#devs[@]} -dev packages)"
 }
 
 # ---------------------------------------------------------------------------
@@ -300,7 +475,7 @@ let
 
   # Single-file store paths.
   readme = builtins.toFile "bench-closure-readme.txt" ''
-    storepkg benchmark closure: real host data arranged as Nix packages.
+    storepkg benchmark closure: files of Debian packages arranged as Nix packages.
   '';
   pyWrapper = mk "python-wrapper" ''
     printf '#!%s/bin/python3\nimport sys\nprint(sys.version)\n' ${python} >$out
@@ -430,11 +605,11 @@ main() {
     return
   fi
 
-  ensure_tools
+  ensure_packages
   nix_env
   reset_outdir "${version}"
   local start=${SECONDS}
-  timed "stage host files" stage_sources
+  timed "stage package files" stage_sources
   write_expression
   timed "nix-build (sandboxed, chroot store ${OUTDIR}/build)" build_closure
   ensure_key
@@ -443,7 +618,7 @@ main() {
   timed "write cache-xz" write_cache xz "${xz_extra}"
   timed "write cache-zstd" write_cache zstd
   timed "stats" compute_stats
-  rm -rf "${SRC}" "${OUTDIR}/bb"
+  rm -rf "${SRC}" "${OUTDIR}/bb" "${OUTDIR}/dpkg"
   echo "${version}" >"${OUTDIR}/.complete"
   rm -f "${OUTDIR}/.building"
   log "done in $((SECONDS - start))s"

@@ -18,8 +18,8 @@ import (
 )
 
 // benchClosure is the closure hack/mkbench-closure.sh builds with Nix
-// (~130 paths, ~370 MB of real host files) in its zstd cache, plus the
-// shim fixture's dynamically linked program and tools (also zstd).
+// (~130 paths, ~350 MB of files of Debian packages) in its zstd cache,
+// plus the shim fixture's dynamically linked program and tools (also zstd).
 type benchClosure struct {
 	dir   string          // STOREPKG_BENCH_DIR
 	key   string          // the bench cache's public key
