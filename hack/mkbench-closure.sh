@@ -178,11 +178,9 @@ STAGED_PACKAGES=(
 
 trap 'echo "ERROR: ${BASH_SOURCE[0]}:${LINENO}: ${BASH_COMMAND}" >&2' ERR
 
-log() { echo "+++ [$(date +%H:%M:%S)] $*" >&2; }
-die() { echo "ERROR: $*" >&2; exit 1; }
-
-# shellcheck source=hack/apt.sh
-. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+LOG_PREFIX=mkbench-closure
+# shellcheck source=hack/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # timed LABEL CMD...: runs CMD and logs how long it took.
 timed() {
@@ -211,28 +209,12 @@ all_packages() {
 }
 
 # ensure_packages installs, as root with apt-get, the Debian packages that
-# are missing: the tools this script runs and every package it stages
-# files of. Nix may come from elsewhere (nix-build on PATH).
+# are missing: the tools this script runs (Nix among them) and every
+# package it stages files of.
 ensure_packages() {
-  local pkgs missing
+  local pkgs
   mapfile -t pkgs < <(all_packages)
-  mapfile -t missing < <(missing_packages "${pkgs[@]}")
-  command -v nix-build >/dev/null || missing+=(nix-bin)
-  ((${#missing[@]} == 0)) && return 0
-  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    log "apt-get install ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  else
-    die "missing Debian packages; install them (as root): apt-get install ${missing[*]}"
-  fi
-}
-
-# Nix talks to no substituter and needs no build users: everything is local.
-nix_env() {
-  unset NIX_REMOTE
-  export NIX_CONFIG=$'experimental-features = nix-command\nsubstituters =\nbuild-users-group =\nwarn-dirty = false'
-  STORE="local?root=${OUTDIR}/build"
+  install_apt nix-bin "${pkgs[@]}"
 }
 
 script_version() {
@@ -509,7 +491,7 @@ EOF
 
 build_closure() {
   local root
-  root=$(nix-build --store "${STORE}" --option sandbox true --max-jobs "$(nproc)" \
+  root=$(nix_run nix-build --store "${STORE}" --option sandbox true --max-jobs "$(nproc)" \
     --no-out-link "${OUTDIR}/closure.nix" 2> >(grep -vE '^(building |these |  /nix/store/)' >&2 || true))
   [[ -n "${root}" ]] || die "nix-build printed no root path"
   echo "${root}" >"${OUTDIR}/root-path"
@@ -518,9 +500,9 @@ build_closure() {
 
 ensure_key() {
   if [[ ! -s "${OUTDIR}/secret-key" ]]; then
-    (umask 077 && nix key generate-secret --key-name bench-1 >"${OUTDIR}/secret-key")
+    (umask 077 && nix_run nix key generate-secret --key-name bench-1 >"${OUTDIR}/secret-key")
   fi
-  nix key convert-secret-to-public <"${OUTDIR}/secret-key" >"${OUTDIR}/public-key"
+  nix_run nix key convert-secret-to-public <"${OUTDIR}/secret-key" >"${OUTDIR}/public-key"
   echo >>"${OUTDIR}/public-key"
 }
 
@@ -528,7 +510,7 @@ ensure_key() {
 write_cache() {
   local comp="$1" extra="${2:-}"
   local url="file://${OUTDIR}/cache-${comp}?compression=${comp}&secret-key=${OUTDIR}/secret-key${extra}"
-  nix copy --store "${STORE}" --to "${url}" "$(cat "${OUTDIR}/root-path")" \
+  nix_run nix copy --store "${STORE}" --to "${url}" "$(cat "${OUTDIR}/root-path")" \
     2> >(grep -v '^copying path' >&2 || true)
   local n
   n=$(find "${OUTDIR}/cache-${comp}" -maxdepth 1 -name '*.narinfo' | wc -l)
@@ -539,11 +521,11 @@ compute_stats() {
   local root store_dir="${OUTDIR}/build"
   root=$(cat "${OUTDIR}/root-path")
   local paths nar_bytes
-  paths=$(nix path-info --store "${STORE}" -r "${root}" | wc -l)
-  nar_bytes=$(nix path-info --store "${STORE}" -rs "${root}" | awk '{ s += $2 } END { print s }')
+  paths=$(nix_run nix path-info --store "${STORE}" -r "${root}" | wc -l)
+  nar_bytes=$(nix_run nix path-info --store "${STORE}" -rs "${root}" | awk '{ s += $2 } END { print s }')
   # What the closure holds on disk: regular-file bytes, files, symlinks, dirs.
   local files
-  files=$(nix path-info --store "${STORE}" -r "${root}" | sed "s|^|${store_dir}|" |
+  files=$(nix_run nix path-info --store "${STORE}" -r "${root}" | sed "s|^|${store_dir}|" |
     xargs find | xargs -d '\n' stat -c '%F %s %A' | awk '
       /^regular/       { f++; b += $(NF-1); if ($NF ~ /x/) x++ }
       /^symbolic link/ { l++ }
@@ -552,7 +534,7 @@ compute_stats() {
   local file_bytes nfiles nexec nlinks ndirs
   read -r file_bytes nfiles nexec nlinks ndirs <<<"${files}"
   local single_file
-  single_file=$(nix path-info --store "${STORE}" -r "${root}" |
+  single_file=$(nix_run nix path-info --store "${STORE}" -r "${root}" |
     while read -r p; do if [[ -f "${store_dir}${p}" ]]; then echo "${p}"; fi; done | wc -l)
 
   {
@@ -567,7 +549,7 @@ compute_stats() {
       echo "cache-${c}:  $(printf '%12d' "${comp_bytes}") compressed bytes (ratio $(awk -v a="${nar_bytes}" -v b="${comp_bytes}" 'BEGIN { printf "%.2f", a / b }'))"
     done
     echo "largest NARs (bytes):"
-    nix path-info --store "${STORE}" -rs "${root}" | sort -k2 -rn | awk 'NR <= 5 { printf "  %11d  %s\n", $2, $1 }'
+    nix_run nix path-info --store "${STORE}" -rs "${root}" | sort -k2 -rn | awk 'NR <= 5 { printf "  %11d  %s\n", $2, $1 }'
     echo "xz parallel-compression: ${XZ_PARALLEL}"
   } >"${OUTDIR}/stats.txt"
 
@@ -606,7 +588,7 @@ main() {
   fi
 
   ensure_packages
-  nix_env
+  STORE="local?root=${OUTDIR}/build"
   reset_outdir "${version}"
   local start=${SECONDS}
   timed "stage package files" stage_sources
