@@ -65,11 +65,57 @@ func put(t *testing.T, root, p, data string) {
 
 func read(t *testing.T, root, p string) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(root, p))
+	b, err := os.ReadFile(inRoot(t, root, p))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// link makes the host path p a symbolic link to target.
+func link(t *testing.T, root, p, target string) {
+	t.Helper()
+	full := filepath.Join(root, p)
+	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, full); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// inRoot returns where the host path p is here, its links resolved the
+// way the host resolves them (absolute ones from root, `..` stopping at
+// root). It walks the path itself, not with the code under test.
+func inRoot(t *testing.T, root, p string) string {
+	t.Helper()
+	resolved := "/"
+	rest := strings.Split(p, "/")
+	for links := 0; len(rest) > 0; {
+		c := rest[0]
+		rest = rest[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			resolved = filepath.Dir(resolved)
+			continue
+		}
+		next := filepath.Join(resolved, c)
+		target, err := os.Readlink(filepath.Join(root, next))
+		if err != nil {
+			resolved = next // not a link, or absent
+			continue
+		}
+		if links++; links > 40 {
+			t.Fatalf("%s: too many levels of symbolic links", p)
+		}
+		if filepath.IsAbs(target) {
+			resolved = "/"
+		}
+		rest = append(strings.Split(target, "/"), rest...)
+	}
+	return filepath.Join(root, resolved)
 }
 
 func testdata(t *testing.T, name string) string {
