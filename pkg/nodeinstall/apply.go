@@ -1,79 +1,33 @@
 package nodeinstall
 
 import (
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
-	"syscall"
 )
 
 // Apply carries the plan out on the host. Files are written to a temporary
 // name in their directory and renamed into place, so containerd (or a
 // running shim) never sees half a file; a file we replace keeps its mode.
+//
+// Every path is resolved inside the host root (see hostFS); a file that
+// is a symbolic link was planned as the link's target, and Apply never
+// replaces or removes a link.
 func (p *Plan) Apply() error {
+	h := p.opts.hostFS()
 	for _, c := range p.Changes {
-		path := p.opts.host(c.Path)
 		var err error
 		switch c.Kind {
 		case Create, Update:
-			err = writeAtomic(path, c.Data, c.Mode)
+			err = h.writeFile(c.Path, c.Data, c.Mode)
 		case Remove:
-			if err = os.Remove(path); errors.Is(err, fs.ErrNotExist) {
-				err = nil
-			}
+			err = h.remove(c.Path)
 		case RemoveDir:
-			if err = os.Remove(path); errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
-				err = nil
-			}
+			err = h.removeDir(c.Path)
 		}
 		if err != nil {
 			return fmt.Errorf("%s %s: %w", c.Kind, c.Path, err)
 		}
-	}
-	return nil
-}
-
-func writeAtomic(path string, data []byte, mode fs.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	if fi, err := os.Stat(path); err == nil {
-		mode = fi.Mode().Perm()
-	} else if mode == 0 {
-		mode = 0o644
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".storepkg-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
 	}
 	return nil
 }
@@ -95,6 +49,9 @@ func (p *Plan) Describe(w io.Writer) {
 		fmt.Fprintf(w, "%s %s", c.Kind, c.Path)
 		if c.Why != "" {
 			fmt.Fprintf(w, " (%s)", c.Why)
+		}
+		if c.Via != "" {
+			fmt.Fprintf(w, " for %s", c.Via)
 		}
 		fmt.Fprintln(w)
 		if c.Binary || c.Kind == RemoveDir || strings.HasSuffix(c.Path, backupSuffix) {

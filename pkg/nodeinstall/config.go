@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -130,7 +129,7 @@ func (cf *configFile) hasKeys() bool { return len(cf.Doc) > 0 }
 
 // resolveImports mirrors containerd's: relative to the importing file's
 // directory, globs expanded (sorted), everything on the host.
-func resolveImports(hostRoot, parent string, imports []string) ([]string, error) {
+func resolveImports(h hostFS, parent string, imports []string) ([]string, error) {
 	var out []string
 	for _, p := range imports {
 		p = filepath.Clean(p)
@@ -141,17 +140,11 @@ func resolveImports(hostRoot, parent string, imports []string) ([]string, error)
 			out = append(out, p)
 			continue
 		}
-		matches, err := filepath.Glob(filepath.Join(hostRoot, p))
+		matches, err := h.glob(p)
 		if err != nil {
 			return nil, fmt.Errorf("containerd config %s: import %q: %w", parent, p, err)
 		}
-		for _, m := range matches {
-			rel, err := filepath.Rel(hostRoot, m)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, "/"+rel)
-		}
+		out = append(out, matches...)
 	}
 	return out, nil
 }
@@ -160,9 +153,9 @@ func resolveImports(hostRoot, parent string, imports []string) ([]string, error)
 // containerd's order (breadth first, each file once). A missing import is
 // an error for containerd too, except for the paths in optional (our own
 // drop-in, which may not exist yet or be gone already).
-func loadImports(hostRoot string, root *configFile, optional []string) ([]*configFile, error) {
+func loadImports(h hostFS, root *configFile, optional []string) ([]*configFile, error) {
 	loaded := map[string]bool{root.Path: true}
-	pending, err := resolveImports(hostRoot, root.Path, root.Imports)
+	pending, err := resolveImports(h, root.Path, root.Imports)
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +167,7 @@ func loadImports(hostRoot string, root *configFile, optional []string) ([]*confi
 			continue
 		}
 		loaded[p] = true
-		data, err := os.ReadFile(filepath.Join(hostRoot, p))
+		data, err := h.readFile(p)
 		if err != nil && errors.Is(err, fs.ErrNotExist) && slices.Contains(optional, p) {
 			continue
 		}
@@ -186,7 +179,7 @@ func loadImports(hostRoot string, root *configFile, optional []string) ([]*confi
 			return nil, err
 		}
 		out = append(out, cf)
-		more, err := resolveImports(hostRoot, p, cf.Imports)
+		more, err := resolveImports(h, p, cf.Imports)
 		if err != nil {
 			return nil, err
 		}

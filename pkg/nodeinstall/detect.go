@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Flavor is how containerd is run and configured on the node.
@@ -79,13 +80,14 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// host maps a host path to where it is here.
-func (o Options) host(p string) string { return filepath.Join(o.HostRoot, p) }
+// hostFS reaches the host's files, every path resolved inside HostRoot.
+func (o Options) hostFS() hostFS { return newHostFS(o.HostRoot) }
 
 // Detection is what we found on the node.
 type Detection struct {
 	Flavor        Flavor
 	ConfigPath    string // containerd's root config (k3s/rke2: the rendered one)
+	ConfigLink    string // the target of ConfigPath as written, when it is a symbolic link
 	ConfigExists  bool
 	ConfigVersion int // 0: no file, or a file without keys
 
@@ -138,7 +140,11 @@ func Detect(ctx context.Context, o Options) (*Detection, error) {
 	if err := d.findLayout(o); err != nil {
 		return nil, err
 	}
-	raw, err := os.ReadFile(o.host(d.ConfigPath))
+	h := o.hostFS()
+	if st, err := h.lstat(d.ConfigPath); err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		d.ConfigLink, _ = h.readlink(d.ConfigPath)
+	}
+	raw, err := h.readFile(d.ConfigPath)
 	switch {
 	case err == nil:
 		d.ConfigExists = true
@@ -153,7 +159,7 @@ func Detect(ctx context.Context, o Options) (*Detection, error) {
 	if d.TemplateDir != "" {
 		for _, name := range []string{"config-v3.toml.tmpl", "config.toml.tmpl"} {
 			p := filepath.Join(d.TemplateDir, name)
-			b, err := os.ReadFile(o.host(p))
+			b, err := h.readFile(p)
 			if err == nil {
 				d.Template, d.template = p, b
 				break
@@ -181,7 +187,7 @@ func Detect(ctx context.Context, o Options) (*Detection, error) {
 		}
 	}
 	d.ourDropIns = d.dropInCandidates()
-	imports, err := loadImports(o.HostRoot, root, d.ourDropIns)
+	imports, err := loadImports(h, root, d.ourDropIns)
 	if err != nil {
 		return nil, err
 	}
@@ -254,7 +260,7 @@ func (d *Detection) findLayout(o Options) error {
 			flavor Flavor
 			dir    string
 		}{{FlavorRKE2, rke2Dir}, {FlavorK3s, k3sDir}} {
-			if _, err := os.Stat(o.host(filepath.Join(f.dir, "config.toml"))); err == nil {
+			if o.hostFS().exists(filepath.Join(f.dir, "config.toml")) {
 				found = append(found, f.flavor)
 			}
 		}
@@ -374,6 +380,9 @@ func isOurs(data []byte) bool {
 func (d *Detection) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "layout %s, containerd config %s", d.Flavor, d.ConfigPath)
+	if d.ConfigLink != "" {
+		fmt.Fprintf(&b, " -> %s", d.ConfigLink)
+	}
 	switch {
 	case !d.ConfigExists:
 		b.WriteString(" (absent)")

@@ -118,6 +118,13 @@ func inRoot(t *testing.T, root, p string) string {
 	return filepath.Join(root, resolved)
 }
 
+// exists reports whether the host path p exists, links resolved in root.
+func exists(t *testing.T, root, p string) bool {
+	t.Helper()
+	_, err := os.Stat(inRoot(t, root, p))
+	return err == nil
+}
+
 func testdata(t *testing.T, name string) string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("testdata", name))
@@ -197,7 +204,8 @@ func dumpRuntimes(t *testing.T, dump map[string]any) map[string]any {
 	return nil
 }
 
-// snapshot hashes every file under root (but the test's tools).
+// snapshot hashes every file under root (but the test's tools) and
+// records every symbolic link's target.
 func snapshot(t *testing.T, root string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
@@ -212,6 +220,11 @@ func snapshot(t *testing.T, root string) map[string]string {
 		if e.IsDir() {
 			out[rel+"/"] = "dir"
 			return nil
+		}
+		if e.Type()&fs.ModeSymlink != 0 {
+			target, err := os.Readlink(p)
+			out[rel] = "link -> " + target
+			return err
 		}
 		b, err := os.ReadFile(p)
 		if err != nil {

@@ -140,7 +140,7 @@ func (in *Installer) run(ctx context.Context, argv []string) error {
 func (in *Installer) waitReady(ctx context.Context, d *Detection) error {
 	probe := in.Probe
 	if probe == nil {
-		probe = CRIProbe(in.Options.withDefaults().host(d.Socket), RuntimeName)
+		probe = CRIProbe(in.Options.withDefaults().hostFS().localPath(d.Socket), RuntimeName)
 	}
 	timeout := in.WaitTimeout
 	if timeout == 0 {

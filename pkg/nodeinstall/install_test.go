@@ -24,6 +24,7 @@ const (
 type installCase struct {
 	name       string
 	files      map[string]string // host path -> content
+	links      map[string]string // host path -> symbolic link target (made after files)
 	containerd string            // the node's containerd (also checks the result)
 	flavor     Flavor
 
@@ -165,6 +166,9 @@ func testInstall(t *testing.T, c installCase) {
 	ctx := context.Background()
 	bin := containerdBin(t, c.containerd)
 	root := newHost(t, c.files)
+	for p, target := range c.links {
+		link(t, root, p, target)
+	}
 	withContainerd(t, root, bin)
 	host := &fakeHost{root: root}
 	before := snapshot(t, root)
@@ -174,7 +178,7 @@ func testInstall(t *testing.T, c installCase) {
 		config = c.renderedPath
 	}
 	var dumpBefore map[string]any
-	if _, err := os.Stat(filepath.Join(root, config)); err == nil {
+	if exists(t, root, config) {
 		dumpBefore = configDump(t, root, config)
 	} else {
 		out, err := (HostRunner{Root: root}).Run(ctx, "containerd", "config", "default")
@@ -213,7 +217,7 @@ func testInstall(t *testing.T, c installCase) {
 
 	// What we wrote.
 	for _, p := range []string{c.wantDropIn, c.wantCreated} {
-		if p != "" && !exists(filepath.Join(root, p)) {
+		if p != "" && !exists(t, root, p) {
 			t.Errorf("%s not written", p)
 		}
 	}
@@ -243,7 +247,7 @@ func testInstall(t *testing.T, c installCase) {
 		}
 	} else {
 		for p := range c.files {
-			if p != c.renderedPath && exists(filepath.Join(root, p+backupSuffix)) {
+			if p != c.renderedPath && exists(t, root, p+backupSuffix) {
 				t.Errorf("%s backed up but not meant to be edited", p)
 			}
 		}
@@ -256,8 +260,13 @@ func testInstall(t *testing.T, c installCase) {
 			t.Errorf("%s changed, want it untouched:\n%s", p, got)
 		}
 	}
+	for p, target := range c.links {
+		if got, err := os.Readlink(filepath.Join(root, p)); err != nil || got != target {
+			t.Errorf("link %s -> %s is now %q (%v)", p, target, got, err)
+		}
+	}
 	for _, n := range []string{ShimBinary, CLIBinary} {
-		fi, err := os.Stat(filepath.Join(root, DefaultInstallDir, n))
+		fi, err := os.Stat(inRoot(t, root, filepath.Join(DefaultInstallDir, n)))
 		if err != nil || fi.Mode().Perm() != 0o755 {
 			t.Errorf("%s: %v %v", n, fi, err)
 		}
@@ -345,7 +354,7 @@ func rerenderK3s(t *testing.T, root, rendered, base string) {
 	dir := filepath.Dir(rendered)
 	out := base
 	for _, name := range []string{"config-v3.toml.tmpl", "config.toml.tmpl"} {
-		b, err := os.ReadFile(filepath.Join(root, dir, name))
+		b, err := os.ReadFile(inRoot(t, root, filepath.Join(dir, name)))
 		if err == nil {
 			out = renderK3s(t, string(b), base)
 			break

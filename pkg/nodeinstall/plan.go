@@ -28,7 +28,11 @@ const (
 // Change is one file operation on the host.
 type Change struct {
 	Kind ChangeKind
-	Path string // host path
+	Path string // host path, where the file really is (no symbolic link in it)
+	// Via, for people, is the path the change was planned for when the
+	// file is elsewhere: a symbolic link and its target, or a path
+	// through linked directories.
+	Via  string
 	Data []byte // the new content (create, update)
 	Old  []byte // the current content (update, remove), for showing a diff
 	Mode fs.FileMode
@@ -46,6 +50,7 @@ type Plan struct {
 	Changes   []Change
 	Notes     []string
 	opts      Options
+	fs        hostFS
 }
 
 // RestartNeeded reports whether containerd must restart to see the plan:
@@ -81,7 +86,7 @@ func PlanInstall(ctx context.Context, o Options) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Plan{Detection: d, opts: o}
+	p := &Plan{Detection: d, opts: o, fs: o.hostFS()}
 	if err := d.refuse(); err != nil {
 		return nil, err
 	}
@@ -109,25 +114,31 @@ func PlanInstall(ctx context.Context, o Options) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cur, err := os.ReadFile(o.host(o.NodeConfig)); err == nil && !isOurs(cur) {
+	if cur, err := p.fs.readFile(o.NodeConfig); err == nil && !isOurs(cur) {
 		p.Notes = append(p.Notes, o.NodeConfig+" exists and was not written by storepkg: replacing it (its settings belong in install's flags)")
 	}
-	p.want(o.NodeConfig, nodeCfg, 0o644, false, "storepkg node config (the runtime's ConfigPath)")
+	if err := p.want(o.NodeConfig, nodeCfg, 0o644, false, "storepkg node config (the runtime's ConfigPath)"); err != nil {
+		return nil, err
+	}
 
 	shim := filepath.Join(o.InstallDir, ShimBinary)
 	version := d.ConfigVersion
 	switch strat {
 	case stratDropIn, stratDropInImport:
-		if cur, err := os.ReadFile(o.host(dropIn)); err == nil && !isOurs(cur) {
+		if cur, err := p.fs.readFile(dropIn); err == nil && !isOurs(cur) {
 			return nil, fmt.Errorf("%s exists and was not written by storepkg: refusing to overwrite it", dropIn)
 		}
 		body := ownedHeader + "\n" + fmt.Sprintf("version = %d\n\n", version) + runtimeTable(version, shim, o.NodeConfig)
-		p.want(dropIn, []byte(body), 0o644, true, "containerd drop-in with the storepkg runtime")
+		if err := p.want(dropIn, []byte(body), 0o644, true, "containerd drop-in with the storepkg runtime"); err != nil {
+			return nil, err
+		}
 	}
 	// Drop-ins of ours elsewhere (an older layout) go.
 	for _, c := range d.ourDropIns {
 		if c != dropIn || (strat != stratDropIn && strat != stratDropInImport) {
-			p.removeOurs(c, "storepkg drop-in no longer used")
+			if err := p.removeOurs(c, "storepkg drop-in no longer used"); err != nil {
+				return nil, err
+			}
 		}
 	}
 
@@ -164,14 +175,16 @@ func PlanInstall(ctx context.Context, o Options) (*Plan, error) {
 			desired = rootBase
 		}
 		if err := p.planEdit(d.ConfigPath, d.rootRaw, d.ConfigExists, rootBase, desired, "containerd root config"); err != nil {
-			return nil, err
+			return nil, rootConfigHelp(err)
 		}
 	default:
 		if err := p.planTemplate(strat, shim); err != nil {
 			return nil, err
 		}
 	}
-	p.planCreatedDirs()
+	if err := p.planCreatedDirs(); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
@@ -183,7 +196,7 @@ func (o Options) stateFile() string {
 
 // createdDirs reads the state file.
 func (o Options) createdDirs() []string {
-	b, err := os.ReadFile(o.host(o.stateFile()))
+	b, err := o.hostFS().readFile(o.stateFile())
 	if err != nil {
 		return nil
 	}
@@ -198,11 +211,11 @@ func (o Options) createdDirs() []string {
 
 // planCreatedDirs records the directories this plan creates (and those
 // an earlier install created), first, so a failed install can be undone.
-func (p *Plan) planCreatedDirs() {
+func (p *Plan) planCreatedDirs() error {
 	o := p.opts
 	dirs := o.createdDirs()
 	add := func(path string) {
-		for dir := filepath.Dir(path); dir != "/" && dir != "." && !exists(o.host(dir)); dir = filepath.Dir(dir) {
+		for dir := filepath.Dir(path); dir != "/" && dir != "." && !p.fs.exists(dir); dir = filepath.Dir(dir) {
 			if !slices.Contains(dirs, dir) {
 				dirs = append(dirs, dir)
 			}
@@ -218,8 +231,9 @@ func (p *Plan) planCreatedDirs() {
 	body := ownedHeader + "\n# Directories storepkg node install created; uninstall removes them when empty.\n" + strings.Join(dirs, "\n") + "\n"
 	saved := p.Changes
 	p.Changes = nil
-	p.want(o.stateFile(), []byte(body), 0o644, false, "directories created by install")
+	err := p.want(o.stateFile(), []byte(body), 0o644, false, "directories created by install")
 	p.Changes = append(p.Changes, saved...)
+	return err
 }
 
 // refuse rejects configurations we will not touch.
@@ -341,25 +355,88 @@ func nodeConfig(o Options, d *Detection) ([]byte, error) {
 }
 
 // want makes path hold data.
-func (p *Plan) want(path string, data []byte, mode fs.FileMode, config bool, why string) {
-	cur, err := os.ReadFile(p.opts.host(path))
+func (p *Plan) want(path string, data []byte, mode fs.FileMode, config bool, why string) error {
+	cur, err := p.fs.readFile(path)
 	switch {
 	case err == nil && bytes.Equal(cur, data):
-		return
+		return nil
 	case err == nil:
-		p.Changes = append(p.Changes, Change{Kind: Update, Path: path, Data: data, Old: cur, Mode: mode, Why: why, Config: config})
+		return p.add(Change{Kind: Update, Path: path, Data: data, Old: cur, Mode: mode, Why: why, Config: config})
 	default:
-		p.Changes = append(p.Changes, Change{Kind: Create, Path: path, Data: data, Mode: mode, Why: why, Config: config})
+		return p.add(Change{Kind: Create, Path: path, Data: data, Mode: mode, Why: why, Config: config})
 	}
 }
 
 // removeOurs removes a whole file if we wrote it.
-func (p *Plan) removeOurs(path, why string) {
-	cur, err := os.ReadFile(p.opts.host(path))
+func (p *Plan) removeOurs(path, why string) error {
+	cur, err := p.fs.readFile(path)
 	if err != nil || !isOurs(cur) {
-		return
+		return nil
 	}
-	p.Changes = append(p.Changes, Change{Kind: Remove, Path: path, Old: cur, Why: why, Config: true})
+	return p.add(Change{Kind: Remove, Path: path, Old: cur, Why: why, Config: true})
+}
+
+// add appends a change of a file (see resolve).
+func (p *Plan) add(c Change) error {
+	c, err := p.resolve(c)
+	if err != nil {
+		return err
+	}
+	p.Changes = append(p.Changes, c)
+	return nil
+}
+
+// resolve addresses a change of a file where the file really is on the
+// host: every symbolic link in its path resolved inside the host root. A
+// file that is a link is changed at its target and the link stays (a link
+// whose target is missing is refused: nothing is created over it); a
+// change where the host cannot be written is refused.
+func (p *Plan) resolve(c Change) (Change, error) {
+	real, link, err := p.fs.resolve(c.Path)
+	if err != nil {
+		return c, err
+	}
+	switch {
+	case link != "":
+		c.Via = c.Path + " -> " + link
+	case real != c.Path:
+		c.Via = c.Path
+	}
+	if why := p.fs.readOnly(real); why != "" {
+		return c, &readOnlyError{path: c.Path, link: link, real: real, why: why}
+	}
+	c.Path = real
+	return c, nil
+}
+
+// readOnlyError: a file the plan would change is where the host cannot be
+// written.
+type readOnlyError struct {
+	path, link, real, why string
+}
+
+func (e *readOnlyError) Error() string {
+	switch {
+	case e.link != "":
+		return fmt.Sprintf("%s is a symbolic link to %s: storepkg would edit the file where it lives, %s, but %s (and it never replaces a link)", e.path, e.link, e.real, e.why)
+	case e.real != e.path:
+		return fmt.Sprintf("%s is %s on the host (its directory is a symbolic link), where storepkg cannot write: %s", e.path, e.real, e.why)
+	}
+	return fmt.Sprintf("%s cannot be written: %s", e.path, e.why)
+}
+
+// rootConfigHelp says, when containerd's root config cannot be edited (a
+// link into the Nix store: NixOS generates it), how to configure it.
+func rootConfigHelp(err error) error {
+	var ro *readOnlyError
+	if !errors.As(err, &ro) {
+		return err
+	}
+	return fmt.Errorf("%w. Configure containerd where its configuration is made (on NixOS: virtualisation.containerd.settings): "+
+		"with containerd 2.x, have it import drop-ins, imports = [\"/etc/containerd/conf.d/*.toml\"], and run install again: "+
+		"storepkg then writes its runtime into /etc/containerd/conf.d/storepkg.toml and leaves this file alone; "+
+		"containerd 1.7 replaces imported plugin tables whole, so there the runtime must be in the root config: "+
+		"start containerd with a config file that can be edited and name it with --containerd-config", err)
 }
 
 func (p *Plan) planBinaries() error {
@@ -375,13 +452,16 @@ func (p *Plan) planBinaries() error {
 			return fmt.Errorf("%s must sit beside storepkg in the installer image: %w", name, err)
 		}
 		dst := filepath.Join(o.InstallDir, name)
-		cur, err := os.ReadFile(o.host(dst))
+		cur, err := p.fs.readFile(dst)
 		switch {
 		case err == nil && bytes.Equal(cur, data):
 		case err == nil:
-			p.Changes = append(p.Changes, Change{Kind: Update, Path: dst, Data: data, Mode: 0o755, Binary: true, Why: "from " + src})
+			err = p.add(Change{Kind: Update, Path: dst, Data: data, Mode: 0o755, Binary: true, Why: "from " + src})
 		default:
-			p.Changes = append(p.Changes, Change{Kind: Create, Path: dst, Data: data, Mode: 0o755, Binary: true, Why: "from " + src})
+			err = p.add(Change{Kind: Create, Path: dst, Data: data, Mode: 0o755, Binary: true, Why: "from " + src})
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil
@@ -414,20 +494,27 @@ func (p *Plan) planEdit(path string, cur []byte, exists bool, base, desired []by
 	if !exists && len(desired) == 0 {
 		return nil
 	}
-	backup := path + backupSuffix
 	if exists {
+		update, err := p.resolve(Change{Kind: Update, Path: path, Data: desired, Old: cur, Why: what, Config: true})
+		if err != nil {
+			return err
+		}
+		// The backup goes beside the file we edit: a link's target.
+		backup := update.Path + backupSuffix
 		ours := len(bytes.TrimSpace(base)) == 0 && bytes.HasPrefix(cur, []byte(blockBegin))
-		if _, err := os.Stat(p.opts.host(backup)); errors.Is(err, fs.ErrNotExist) && !ours {
-			p.Changes = append(p.Changes, Change{Kind: Create, Path: backup, Data: base, Mode: 0o600,
-				Why: "backup of " + path + " as it was before storepkg edited it"})
+		if _, err := p.fs.stat(backup); errors.Is(err, fs.ErrNotExist) && !ours {
+			err := p.add(Change{Kind: Create, Path: backup, Data: base, Mode: 0o600,
+				Why: "backup of " + update.Path + " as it was before storepkg edited it"})
+			if err != nil {
+				return err
+			}
 		} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
-		p.Changes = append(p.Changes, Change{Kind: Update, Path: path, Data: desired, Old: cur, Why: what, Config: true})
+		p.Changes = append(p.Changes, update)
 		return nil
 	}
-	p.Changes = append(p.Changes, Change{Kind: Create, Path: path, Data: desired, Mode: 0o644, Why: what + " (there was none)", Config: true})
-	return nil
+	return p.add(Change{Kind: Create, Path: path, Data: desired, Mode: 0o644, Why: what + " (there was none)", Config: true})
 }
 
 func (p *Plan) planTemplate(strat strategy, shim string) error {
@@ -445,9 +532,8 @@ func (p *Plan) planTemplate(strat strategy, shim string) error {
 		if bytes.Equal(base, d.template) {
 			return nil
 		}
-		if created && !exists(p.opts.host(tmpl+backupSuffix)) {
-			p.Changes = append(p.Changes, Change{Kind: Remove, Path: tmpl, Old: d.template, Why: "storepkg's template, no longer used", Config: true})
-			return nil
+		if created && !p.hasBackup(tmpl) {
+			return p.add(Change{Kind: Remove, Path: tmpl, Old: d.template, Why: "storepkg's template, no longer used", Config: true})
 		}
 		return p.planEdit(tmpl, d.template, true, base, base, d.Flavor.String()+" containerd template")
 	}
@@ -459,24 +545,24 @@ func (p *Plan) planTemplate(strat strategy, shim string) error {
 		}
 		tmpl = filepath.Join(d.TemplateDir, name)
 		desired := appendBlock([]byte(k3sBase+"\n"), table)
-		p.Changes = append(p.Changes, Change{Kind: Create, Path: tmpl, Data: desired, Mode: 0o644, Config: true,
+		return p.add(Change{Kind: Create, Path: tmpl, Data: desired, Mode: 0o644, Config: true,
 			Why: d.Flavor.String() + " containerd template: " + d.Flavor.String() + "'s own (" + k3sBase + ") plus the storepkg runtime"})
-		return nil
 	}
 	desired := appendBlock(base, table)
 	if created {
 		if bytes.Equal(desired, d.template) {
 			return nil
 		}
-		p.Changes = append(p.Changes, Change{Kind: Update, Path: tmpl, Data: desired, Old: d.template, Why: "storepkg's template", Config: true})
-		return nil
+		return p.add(Change{Kind: Update, Path: tmpl, Data: desired, Old: d.template, Why: "storepkg's template", Config: true})
 	}
 	return p.planEdit(tmpl, d.template, true, base, desired, d.Flavor.String()+" containerd template")
 }
 
-func exists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
+// hasBackup reports whether the file at path (a link's target, when it
+// is a link) has a storepkg backup beside it.
+func (p *Plan) hasBackup(path string) bool {
+	real, _, err := p.fs.resolve(path)
+	return err == nil && p.fs.exists(real+backupSuffix)
 }
 
 // String returns the flavor's name.
@@ -490,7 +576,7 @@ func PlanUninstall(ctx context.Context, o Options) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Plan{Detection: d, opts: o}
+	p := &Plan{Detection: d, opts: o, fs: o.hostFS()}
 
 	switch d.Flavor {
 	case FlavorContainerd:
@@ -510,24 +596,32 @@ func PlanUninstall(ctx context.Context, o Options) (*Plan, error) {
 		}
 	}
 	for _, c := range d.ourDropIns {
-		p.removeOurs(c, "storepkg drop-in")
+		if err := p.removeOurs(c, "storepkg drop-in"); err != nil {
+			return nil, err
+		}
 	}
-	if cur, err := os.ReadFile(o.host(o.NodeConfig)); err == nil {
+	if cur, err := p.fs.readFile(o.NodeConfig); err == nil {
 		if isOurs(cur) {
-			p.Changes = append(p.Changes, Change{Kind: Remove, Path: o.NodeConfig, Old: cur, Why: "storepkg node config"})
+			if err := p.add(Change{Kind: Remove, Path: o.NodeConfig, Old: cur, Why: "storepkg node config"}); err != nil {
+				return nil, err
+			}
 		} else {
 			p.Notes = append(p.Notes, o.NodeConfig+" was not written by storepkg node install: kept")
 		}
 	}
 	for _, name := range []string{ShimBinary, CLIBinary} {
 		dst := filepath.Join(o.InstallDir, name)
-		if exists(o.host(dst)) {
-			p.Changes = append(p.Changes, Change{Kind: Remove, Path: dst, Binary: true, Why: "installed by storepkg"})
+		if p.fs.exists(dst) {
+			if err := p.add(Change{Kind: Remove, Path: dst, Binary: true, Why: "installed by storepkg"}); err != nil {
+				return nil, err
+			}
 		}
 	}
 	dirs := o.createdDirs()
-	if cur, err := os.ReadFile(o.host(o.stateFile())); err == nil && isOurs(cur) {
-		p.Changes = append(p.Changes, Change{Kind: Remove, Path: o.stateFile(), Old: cur, Why: "list of directories install created"})
+	if cur, err := p.fs.readFile(o.stateFile()); err == nil && isOurs(cur) {
+		if err := p.add(Change{Kind: Remove, Path: o.stateFile(), Old: cur, Why: "list of directories install created"}); err != nil {
+			return nil, err
+		}
 	}
 	for _, dir := range []string{o.InstallDir, filepath.Dir(o.InstallDir), filepath.Dir(o.NodeConfig)} {
 		if strings.Contains(dir, "storepkg") && !slices.Contains(dirs, dir) {
@@ -537,7 +631,7 @@ func PlanUninstall(ctx context.Context, o Options) (*Plan, error) {
 	// Deepest first.
 	slices.SortFunc(dirs, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
 	for _, dir := range dirs {
-		if exists(o.host(dir)) {
+		if p.fs.exists(dir) {
 			p.Changes = append(p.Changes, Change{Kind: RemoveDir, Path: dir, Why: "if empty"})
 		}
 	}
@@ -554,28 +648,35 @@ func (p *Plan) planRestore(path string, cur []byte, exists bool, strip func([]by
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	backupPath := path + backupSuffix
-	backup, berr := os.ReadFile(p.opts.host(backupPath))
+	// Install backed up a link's target beside the target.
+	real, _, err := p.fs.resolve(path)
+	if err != nil {
+		return err
+	}
+	backupPath := real + backupSuffix
+	backup, berr := p.fs.readFile(backupPath)
 	haveBackup := berr == nil
 	switch {
 	case haveBackup && (bytes.Equal(stripped, backup) || bytes.Equal(stripped, append(bytes.Clone(backup), '\n'))):
 		if !bytes.Equal(cur, backup) {
-			p.Changes = append(p.Changes, Change{Kind: Update, Path: path, Data: backup, Old: cur, Config: true,
-				Why: "restored byte for byte from " + backupPath})
+			if err := p.add(Change{Kind: Update, Path: path, Data: backup, Old: cur, Config: true,
+				Why: "restored byte for byte from " + backupPath}); err != nil {
+				return err
+			}
 		}
-		p.Changes = append(p.Changes, Change{Kind: Remove, Path: backupPath, Why: "backup no longer needed"})
+		return p.add(Change{Kind: Remove, Path: backupPath, Why: "backup no longer needed"})
 	case bytes.Equal(stripped, cur):
 		if haveBackup {
 			p.Notes = append(p.Notes, fmt.Sprintf("%s has no storepkg edits but differs from %s: kept both", path, backupPath))
 		}
 	case !haveBackup && (len(bytes.TrimSpace(stripped)) == 0 || string(stripped) == created):
-		p.Changes = append(p.Changes, Change{Kind: Remove, Path: path, Old: cur, Config: true, Why: "created by storepkg node install"})
+		return p.add(Change{Kind: Remove, Path: path, Old: cur, Config: true, Why: "created by storepkg node install"})
 	default:
-		p.Changes = append(p.Changes, Change{Kind: Update, Path: path, Data: stripped, Old: cur, Config: true,
-			Why: "storepkg's edits taken out"})
 		if haveBackup {
 			p.Notes = append(p.Notes, fmt.Sprintf("%s changed since storepkg edited it: kept those changes, and the original in %s", path, backupPath))
 		}
+		return p.add(Change{Kind: Update, Path: path, Data: stripped, Old: cur, Config: true,
+			Why: "storepkg's edits taken out"})
 	}
 	return nil
 }
