@@ -409,32 +409,40 @@ func (h hostFS) writeFile(p string, data []byte, mode fs.FileMode) error {
 // remove removes the host file p; a missing one is not an error, a link
 // is (the plan removes a link's target, never the link).
 func (h hostFS) remove(p string) error {
-	dir, base, err := h.parent(p)
-	if errors.Is(err, fs.ErrNotExist) {
+	return h.inParent(p, func(dir int, base string) error {
+		var st unix.Stat_t
+		switch err := unix.Fstatat(dir, base, &st, unix.AT_SYMLINK_NOFOLLOW); {
+		case errors.Is(err, unix.ENOENT):
+			return nil
+		case err != nil:
+			return hostPathError("lstat", p, err)
+		case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+			return hostPathError("remove", p, errors.New("is a symbolic link now; storepkg does not remove links"))
+		}
+		if err := unix.Unlinkat(dir, base, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+			return hostPathError("remove", p, err)
+		}
 		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer dir.Close()
-	var st unix.Stat_t
-	switch err := unix.Fstatat(int(dir.Fd()), base, &st, unix.AT_SYMLINK_NOFOLLOW); {
-	case errors.Is(err, unix.ENOENT):
-		return nil
-	case err != nil:
-		return hostPathError("lstat", p, err)
-	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
-		return hostPathError("remove", p, errors.New("is a symbolic link now; storepkg does not remove links"))
-	}
-	if err := unix.Unlinkat(int(dir.Fd()), base, 0); err != nil && !errors.Is(err, unix.ENOENT) {
-		return hostPathError("remove", p, err)
-	}
-	return nil
+	})
 }
 
 // removeDir removes the host directory p if it is empty; one that is not
 // (or is not a directory, a link included) stays and is not an error.
 func (h hostFS) removeDir(p string) error {
+	return h.inParent(p, func(dir int, base string) error {
+		err := unix.Unlinkat(dir, base, unix.AT_REMOVEDIR)
+		switch {
+		case err == nil, errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTEMPTY), errors.Is(err, unix.EEXIST), errors.Is(err, unix.ENOTDIR):
+			return nil
+		}
+		return hostPathError("rmdir", p, err)
+	})
+}
+
+// inParent runs fn on the directory of the host path p, opened in the
+// root, and p's last element; when the directory is missing, so is p, and
+// there is nothing to do.
+func (h hostFS) inParent(p string, fn func(dir int, base string) error) error {
 	dir, base, err := h.parent(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -443,12 +451,7 @@ func (h hostFS) removeDir(p string) error {
 		return err
 	}
 	defer dir.Close()
-	err = unix.Unlinkat(int(dir.Fd()), base, unix.AT_REMOVEDIR)
-	switch {
-	case err == nil, errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTEMPTY), errors.Is(err, unix.EEXIST), errors.Is(err, unix.ENOTDIR):
-		return nil
-	}
-	return hostPathError("rmdir", p, err)
+	return fn(int(dir.Fd()), base)
 }
 
 // localPath returns where the host path p is in this file system, its

@@ -138,6 +138,15 @@ func nixOSHost(t *testing.T, config string) string {
 	return root
 }
 
+// linkOnly makes a host whose only file is a link.
+func linkOnly(p, target string) func(t *testing.T) string {
+	return func(t *testing.T) string {
+		root := newHost(t, nil)
+		link(t, root, p, target)
+		return root
+	}
+}
+
 // What install refuses, with an error that names the link and its
 // target, and without changing anything on the host.
 func TestLinkRefusals(t *testing.T) {
@@ -170,30 +179,18 @@ func TestLinkRefusals(t *testing.T) {
 		version: "2.3.4",
 		want:    []string{"/etc/containerd/conf.d/storepkg.toml is /nix/store/0c5lrqc0qa2ib7gk4zqqz4vqbnc1f1a0-containerd/conf.d/storepkg.toml on the host", "in the Nix store"},
 	}, {
-		name: "dangling link",
-		host: func(t *testing.T) string {
-			root := newHost(t, nil)
-			link(t, root, etcConfig, "/etc/static/containerd/config.toml")
-			return root
-		},
+		name:    "dangling link",
+		host:    linkOnly(etcConfig, "/etc/static/containerd/config.toml"),
 		version: "2.3.4",
 		want:    []string{"/etc/containerd/config.toml is a symbolic link to /etc/static/containerd/config.toml, which does not exist on the host", "does not create a file over a link"},
 	}, {
-		name: "dangling relative link",
-		host: func(t *testing.T) string {
-			root := newHost(t, nil)
-			link(t, root, etcConfig, "../static/config.toml")
-			return root
-		},
+		name:    "dangling relative link",
+		host:    linkOnly(etcConfig, "../static/config.toml"),
 		version: "1.7.35",
 		want:    []string{"/etc/containerd/config.toml is a symbolic link to ../static/config.toml, which does not exist"},
 	}, {
-		name: "dangling link to a directory on the way",
-		host: func(t *testing.T) string {
-			root := newHost(t, nil)
-			link(t, root, "/etc/containerd", "/etc/static/containerd")
-			return root
-		},
+		name:    "dangling link to a directory on the way",
+		host:    linkOnly("/etc/containerd", "/etc/static/containerd"),
 		version: "2.3.4",
 		want:    []string{"/etc/containerd is a symbolic link to /etc/static/containerd, which does not exist"},
 	}} {
