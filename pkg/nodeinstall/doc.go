@@ -7,8 +7,28 @@
 // It runs from a DaemonSet pod that has the host's root directory mounted
 // somewhere (Options.HostRoot) and the host's PID namespace (commands on
 // the host run through nsenter into PID 1's namespaces, see HostRunner).
-// Every path in this package's API is a path as the host sees it; the
-// package joins it with HostRoot itself.
+// Every path in this package's API is a path as the host sees it.
+//
+// # Host paths and symbolic links
+//
+// The package never joins a host path to HostRoot and hands it to the os
+// package: the kernel would follow an absolute link (NixOS's
+// /etc/containerd/config.toml -> /etc/static/...) in the installer's own
+// file system, where it reads as absent and a write lands in the
+// container. Every path it reads, writes, creates, renames or removes is
+// resolved inside HostRoot as the host resolves it, absolute links from
+// HostRoot and `..` stopping there: openat2 with RESOLVE_IN_ROOT, or
+// github.com/cyphar/filepath-securejoin's user-space walk on kernels
+// without it (see hostFS).
+//
+// A file that is a symbolic link is edited where it really lives, at the
+// link's target, and the link stays as it is; its backup sits beside the
+// target, and uninstall restores the target's bytes. The plan refuses,
+// naming the link and its target, a link whose target does not exist
+// (nothing is ever created over a link) and a target it cannot write: in
+// the Nix store (NixOS generates containerd's config there) or on a
+// read-only mount. Directories on the way may be links too (/opt ->
+// /var/opt); files are created in their targets.
 //
 // # Where the runtime entry goes
 //
@@ -48,7 +68,7 @@
 // says how to migrate.
 //
 // Any file edited in place is backed up once, before the first edit, as
-// <file>.storepkg-backup. Uninstall removes exactly what install added and
+// <file>.storepkg-backup (beside a link's target, for a link). Uninstall removes exactly what install added and
 // compares the result with that backup: when they match the file is back
 // byte for byte and the backup goes; when the operator changed the file in
 // between, their changes stay and so does the backup.
