@@ -25,7 +25,8 @@ type GCOptions struct {
 	// the result without deleting anything. (Nix's --print-dead does
 	// delete a few things: stale temporary-roots files, stale indirect
 	// roots and store entries whose names are not store paths. A dry run
-	// here leaves them too, and only reports the last.)
+	// here leaves them, and only reports the last. Indirect roots are
+	// never removed here, dry run or not.)
 	DryRun bool
 	// MaxFreed stops the collection once at least this many bytes have
 	// been freed; 0 means no limit. Bytes are counted as Nix's deletePath
@@ -75,7 +76,21 @@ type GCResult struct {
 	// UnusedLinks counts the files removed from /nix/store/.links
 	// because no store file shares them any more.
 	UnusedLinks int
+	// Unresolved lists the possible roots that could not be read or
+	// followed (see ErrUnresolvedRoots); when there are any, every valid
+	// path was kept.
+	Unresolved []UnresolvedRoot
 }
+
+// ErrUnresolvedRoots is wrapped by the error of a collection that found
+// roots it could not resolve (GCResult.Unresolved): an indirect root
+// whose target cannot be looked up (a directory that cannot be read, a
+// loop of links, a top-level directory not visible under the store's
+// root), or a directory of roots that cannot be read. Such a root may
+// keep any path, so the collection keeps every valid path; it still
+// deletes what no root can keep (entries that are not valid paths and
+// not temporary roots), and its result says what it did.
+var ErrUnresolvedRoots = errors.New("GC roots that cannot be resolved keep every valid path")
 
 // testHookGC, when set by tests, is called at points of a collection:
 // "roots" once every root has been read (where Nix's _NIX_TEST_GC_SYNC
@@ -98,8 +113,9 @@ func gcHook(stage, name string) {
 //     the socket gc-socket/socket: processes that add temporary roots
 //     during the collection send them there (AddTempRoots does).
 //   - Roots are the symlinks (and store-path-named files) under gcroots/
-//     and profiles/, indirect roots (links to links into the store),
-//     runtime roots found in /proc, the temporary roots of live
+//     and profiles/, indirect roots (links to links into the store,
+//     looked up with the store's root as "/", never removed; see
+//     findRoots), runtime roots found in /proc, the temporary roots of live
 //     processes (temproots/<pid>) and those received on the socket, and
 //     with MinAge the recently registered paths. A temporary root
 //     protects every entry with its hash part (the path, its ".lock"
@@ -114,6 +130,8 @@ func gcHook(stage, name string) {
 //     collector's pending path (a socket client adding it as a root
 //     waits until its deletion is over), is unregistered in one
 //     transaction and then its files are removed.
+//   - A possible root that cannot be resolved makes every valid path
+//     live; the collection then returns ErrUnresolvedRoots.
 //
 // On error the result describes what was done until then.
 func (s *Store) CollectGarbage(ctx context.Context, opts GCOptions) (*GCResult, error) {
@@ -213,14 +231,34 @@ func (c *collector) run(ctx context.Context) error {
 	gcHook("plan", "")
 
 	if c.opts.DryRun {
-		return c.simulate(plan)
+		return errors.Join(c.simulate(plan), c.unresolvedErr())
 	}
 	if err := c.execute(ctx, plan); err != nil {
-		return err
+		return errors.Join(err, c.unresolvedErr())
 	}
 	n, err := removeUnusedLinks(filepath.Join(s.storeDir, ".links"))
 	c.res.UnusedLinks = n
-	return err
+	return errors.Join(err, c.unresolvedErr())
+}
+
+// unresolvedErr reports the roots that could not be resolved, if any.
+func (c *collector) unresolvedErr() error {
+	u := c.res.Unresolved
+	if len(u) == 0 {
+		return nil
+	}
+	const show = 3
+	var b strings.Builder
+	for i, r := range u[:min(len(u), show)] {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(r.String())
+	}
+	if len(u) > show {
+		fmt.Fprintf(&b, "; and %d more", len(u)-show)
+	}
+	return fmt.Errorf("store: gc: %w (%d found, no valid path deleted): %s", ErrUnresolvedRoots, len(u), b.String())
 }
 
 // clientAppendTimeout bounds how long a collection, before it releases
@@ -369,7 +407,8 @@ func (c *collector) readGraph(ctx context.Context) (*gcGraph, error) {
 	return g, nil
 }
 
-// liveSet marks the roots that are valid and their closure.
+// liveSet marks the roots that are valid and their closure; every valid
+// path if a root could not be resolved.
 func (c *collector) liveSet(g *gcGraph) []bool {
 	hashes := c.srv.tempRootHashes()
 	var cutoff int64
@@ -398,6 +437,11 @@ func (c *collector) liveSet(g *gcGraph) []bool {
 				live[m] = true
 				stack = append(stack, m)
 			}
+		}
+	}
+	if len(c.res.Unresolved) > 0 {
+		for n := range live {
+			live[n] = true
 		}
 	}
 	for _, l := range live {

@@ -49,22 +49,59 @@ func (c *collector) addRoot(target string) {
 	}
 }
 
-// findRoots is Nix 2.8's LocalStore::findRoots(path, type, roots):
+// UnresolvedRoot is a possible root the collector could not read: it may
+// keep any path, so a collection that finds one deletes no valid path.
+type UnresolvedRoot struct {
+	// Link is the file under gcroots or profiles, as a path on this
+	// machine (<root>/nix/var/nix/gcroots/...).
+	Link string
+	// Target is the path Link names, with the store's root as "/"; empty
+	// when Link itself (or the directory it is in) could not be read.
+	Target string
+	// Err says why: EACCES, ELOOP, or a top-level directory that is not
+	// visible under the root (a mount the node agent lacks).
+	Err error
+}
+
+func (u UnresolvedRoot) String() string {
+	if u.Target == "" {
+		return fmt.Sprintf("%s: %v", u.Link, u.Err)
+	}
+	return fmt.Sprintf("%s -> %s: %v", u.Link, u.Target, u.Err)
+}
+
+func (c *collector) unresolved(link, target string, err error) {
+	u := UnresolvedRoot{Link: link, Target: target, Err: err}
+	c.log.Warnf("cannot resolve potential root %s; keeping every valid path", u)
+	c.res.Unresolved = append(c.res.Unresolved, u)
+}
+
+// findRoots is Nix 2.8's LocalStore::findRoots(path, type, roots), with
+// indirect roots looked up inside the store's root, and never removed:
 //   - directories are scanned recursively (a symlink to a directory is
 //     not followed);
 //   - a symlink whose text is a path in the store is a root;
-//   - any other symlink may be an indirect root: its target (made
-//     absolute against the link's directory, on the real file system) is
-//     read if it is itself a symlink, and is a root if that points into
-//     the store. A link in gcroots/auto whose target is gone is removed
-//     (except on a dry run);
+//   - any other symlink may be an indirect root. Its target, made
+//     absolute against the link's directory (with the store's root as
+//     "/"), is looked up inside the root (inRootResolver): if it is
+//     itself a symlink pointing into the store, that path is a root; if
+//     it is certainly absent, or not a symlink, the link keeps nothing.
+//     Nix also removes a link in gcroots/auto whose target is absent; we
+//     never do: the link is not ours, and under a root other than "/"
+//     "absent" is what we see, not necessarily what the machine has;
 //   - a regular file named like a store path makes that path a root.
 //
-// Missing or unreadable entries (EACCES, ENOENT, ENOTDIR) are skipped.
+// Entries that vanish while we read them (ENOENT, ENOTDIR) are skipped.
+// What cannot be read (EACCES; a target that cannot be looked up) is
+// recorded as unresolved: Nix skips it, we keep every valid path.
 func (c *collector) findRoots(path string, typ rootFileType) error {
 	err := c.findRoots1(path, typ)
-	if errors.Is(err, unix.EACCES) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
-		c.log.Debugf("cannot read potential root '%s'", path)
+	switch {
+	case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR):
+		c.log.Debugf("cannot read potential root '%s': %v", path, err)
+		return nil
+	case errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM):
+		c.unresolved(path, "", err)
 		return nil
 	}
 	return err
@@ -98,38 +135,50 @@ func (c *collector) findRoots1(path string, typ rootFileType) error {
 			c.addRoot(target)
 			return nil
 		}
-		// Indirect root.
-		if !filepath.IsAbs(target) {
-			target = filepath.Join(filepath.Dir(path), target)
-		}
-		target = filepath.Clean(target)
-		fi, err := os.Lstat(target)
-		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
-			if isInDir(path, filepath.Join(c.s.stateDir, "gcroots", "auto")) && !c.opts.DryRun {
-				c.log.Infof("removing stale link from '%s' to '%s'", path, target)
-				os.Remove(path) // as Nix: a failure here is not an error
-			}
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			return nil
-		}
-		target2, err := os.Readlink(target)
-		if err != nil {
-			return err
-		}
-		if isInStore(target2) {
-			c.addRoot(target2)
-		}
+		c.indirectRoot(path, target)
 	case typeRegular:
 		if base, _, ok := parseNixStorePath(storepath.StoreDir + "/" + filepath.Base(path)); ok {
 			c.roots[base] = true
 		}
 	}
 	return nil
+}
+
+// indirectRoot follows the link at path (under the state directory),
+// whose text target is not in the store, to the link it names.
+func (c *collector) indirectRoot(path, target string) {
+	logical := c.logicalTarget(path, target)
+	r := inRootResolver{root: c.s.root, partial: c.s.root != "/"}
+	kind, text, err := r.lstat(logical)
+	switch {
+	case err != nil:
+		c.unresolved(path, logical, err)
+	case kind == foundNothing:
+		c.log.Debugf("link from '%s' to '%s' is stale (left for its owner)", path, logical)
+	case kind == foundLink && isInStore(text):
+		c.addRoot(text)
+	}
+}
+
+// logicalTarget is the absolute, cleaned path, with the store's root as
+// "/", that the link at path (a file under the root) names with target:
+// a relative target is taken from the link's directory, and ".." stops
+// at the root. One exception: Nix writes the links it makes inside a
+// store under another root (gcroots/profiles) with their path on this
+// machine, <root>/nix/...; such a target is read as /nix/....
+func (c *collector) logicalTarget(path, target string) string {
+	root := c.s.root
+	if !filepath.IsAbs(target) {
+		rel, err := filepath.Rel(root, filepath.Dir(path))
+		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+			rel = "" // not under the root: cannot happen for the state directory
+		}
+		return filepath.Join("/", rel, target)
+	}
+	if root != "/" && strings.HasPrefix(target, root+"/nix/") {
+		target = strings.TrimPrefix(target, root)
+	}
+	return filepath.Clean(target)
 }
 
 // readTempRoots is Nix 2.8's findTempRoots: every temproots/<pid> file
