@@ -29,6 +29,17 @@ does, and can run next to Nix and to storepkg fetches: roots are the links
 under nix/var/nix/gcroots and profiles, running processes' store paths and
 the temporary roots of live processes.
 
+Indirect roots (links to links into the store, such as gcroots/auto/*
+-> /home/u/result -> /nix/store/...) are looked up with --root as "/":
+links are followed inside --root and ".." stops there, never on this
+machine outside it. gc never removes a root it does not own (Nix removes
+gcroots/auto links whose target is gone; gc leaves them). A possible root
+it cannot resolve (a directory it cannot read, a loop of links, a target
+in a top-level directory that --root lacks, such as one not mounted into
+a container) could keep any path: then no valid path is deleted, the
+roots are listed and gc exits with an error. Entries of the store that
+are not valid paths are still deleted.
+
 First the GC roots of shims that are gone (killed, or from before a
 reboot) are removed, and the store views (the shared /nix/store
 directories of containers, hard links into the store) that no live
@@ -83,11 +94,17 @@ days: 7d, 1d12h).`,
 			var dead []string
 			if res.GC != nil {
 				dead = res.GC.Dead
+				if u := res.GC.Unresolved; len(u) > 0 {
+					fmt.Fprintf(stderr, "%d possible GC roots could not be resolved, so every valid path was kept:\n", len(u))
+					for _, r := range u {
+						fmt.Fprintf(stderr, "  %s\n", r)
+					}
+				}
 			}
 			out := cmd.OutOrStdout()
 			mib := float64(res.BytesFreed()) / (1024 * 1024)
 			if dryRun {
-				if err != nil {
+				if err != nil && !errors.Is(err, store.ErrUnresolvedRoots) {
 					return err
 				}
 				dead = slices.Clone(dead)
@@ -96,7 +113,7 @@ days: 7d, 1d12h).`,
 					fmt.Fprintln(out, p)
 				}
 				fmt.Fprintf(stderr, "%d paths, %.2f MiB would be freed\n", len(dead), mib)
-				return nil
+				return err
 			}
 			fmt.Fprintf(out, "deleted %d paths, freed %.2f MiB\n", len(dead), mib)
 			return err
