@@ -144,6 +144,9 @@ func (a *Agent) checkUsage(ctx context.Context) GCRun {
 	if run.Result != nil {
 		m.gcFreed.Add(float64(run.Result.BytesFreed))
 		m.gcDeleted.Add(float64(run.Result.Valid))
+		// The collector logged each one; errors.Is(run.Err,
+		// store.ErrUnresolvedRoots) makes this run a failure.
+		m.gcUnresolved.Set(float64(len(run.Result.Unresolved)))
 	}
 	if _, avail, err := filesystemUsage(dir); err == nil {
 		run.AvailableAfter = avail

@@ -4,13 +4,16 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/storepkg/storepkg/internal/cachetest"
+	"github.com/storepkg/storepkg/internal/gcroottest"
 	"github.com/storepkg/storepkg/internal/metricstest"
 	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/internal/tmpfstest"
@@ -92,6 +95,13 @@ func fill(t *testing.T, dir string, fraction float64) {
 // usage checks, and returns them and a scrape of its metrics.
 func runAgent(t *testing.T, root string, cfg Config, n int) ([]GCRun, metricstest.Families) {
 	t.Helper()
+	return runAgentExpecting(t, root, cfg, n, nil)
+}
+
+// runAgentExpecting is runAgent for checks that fail with wantErr (nil:
+// that do not fail).
+func runAgentExpecting(t *testing.T, root string, cfg Config, n int, wantErr error) ([]GCRun, metricstest.Families) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	runs := make(chan GCRun, n)
 	cfg.StoreRoot = root
@@ -120,8 +130,8 @@ func runAgent(t *testing.T, root string, cfg Config, n int) ([]GCRun, metricstes
 	for len(got) < n {
 		select {
 		case r := <-runs:
-			if r.Err != nil {
-				t.Errorf("usage check: %v", r.Err)
+			if (wantErr == nil && r.Err != nil) || (wantErr != nil && !errors.Is(r.Err, wantErr)) {
+				t.Errorf("usage check: %v, want %v", r.Err, wantErr)
 			}
 			got = append(got, r)
 		case <-timeout:
@@ -316,5 +326,40 @@ func TestSweepsRootsOfGoneShims(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(gcowner.RootsDir(root), gcowner.RootName("running-sandbox", p))); err != nil {
 		t.Errorf("the running shim's root: %v", err)
+	}
+}
+
+// TestGCUnresolvedRoots: under disk pressure, a collection that finds
+// roots it cannot resolve (an auto root into a directory not mounted
+// under the agent's root, a loop of links) deletes no valid path, counts
+// as a failed run and reports them in storepkg_gc_unresolved_roots.
+func TestGCUnresolvedRoots(t *testing.T) {
+	nixtest.Require(t, "nix-store")
+	root := tmpfstest.Mount(t, 16<<20)
+	src := filepath.Join(t.TempDir(), "unrooted")
+	if err := os.WriteFile(src, []byte("unrooted\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := strings.TrimSpace(nixtest.Run(t, "nix-store", "--store", nixtest.StoreURI(root), "--add", src))
+	gcroottest.Unresolvable(t, root)
+	fill(t, root, 0.90)
+
+	runs, m := runAgentExpecting(t, root, Config{MinAge: -1}, 1, store.ErrUnresolvedRoots)
+	if r := runs[0]; !r.Collected || r.Result == nil || r.Result.Valid != 0 || len(r.Result.Unresolved) != 2 {
+		t.Fatalf("collection: %+v", r)
+	}
+	if _, err := os.Lstat(filepath.Join(root, p)); err != nil {
+		t.Errorf("%s deleted although roots could not be resolved: %v", p, err)
+	}
+	for name, want := range map[string]float64{
+		"storepkg_gc_unresolved_roots":    2,
+		"storepkg_gc_deleted_paths_total": 0,
+	} {
+		if got := m.Get(name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	if got := m.Get("storepkg_gc_runs_total", "result", "failure"); got != 1 {
+		t.Errorf("gc_runs_total{result=failure} = %v, want 1", got)
 	}
 }
