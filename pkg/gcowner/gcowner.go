@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/storepkg/storepkg/pkg/procid"
 	"github.com/storepkg/storepkg/pkg/storepath"
@@ -58,29 +59,90 @@ func CheckName(name string) error {
 	return nil
 }
 
-// Write records w as the process holding owner's roots (atomically:
-// a dot-file renamed into place).
+// Write records w as the process holding owner's roots, atomically and
+// durably: a dot-file written and fsynced, renamed into place, and the
+// directory fsynced, so that after a crash or a power loss the record is
+// either absent or complete, never empty or cut short (which would keep
+// its roots for good: Sweep cannot tell whether its owner runs). A
+// caller makes roots only once Write has returned nil.
 func Write(storeRoot, owner string, w procid.ID) error {
 	if err := CheckName(owner); err != nil {
 		return err
-	}
-	dir := ownersDir(storeRoot)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("gcowner: %w", err)
 	}
 	data, err := json.Marshal(w)
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, "."+owner+".tmp")
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return fmt.Errorf("gcowner: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, owner+".json")); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("gcowner: %w", err)
+	if err := writeDurably(ownersDir(storeRoot), owner+".json", data); err != nil {
+		return fmt.Errorf("gcowner: writing the owner record of %s: %w", owner, err)
 	}
 	return nil
+}
+
+// fsync is (*os.File).Sync; tests watch it.
+var fsync = (*os.File).Sync
+
+func writeDurably(dir, name string, data []byte) (err error) {
+	if err := mkdirAllDurably(dir); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			os.Remove(tmp)
+		}
+	}()
+	_, err = f.Write(data)
+	if err == nil {
+		err = fsync(f)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// mkdirAllDurably is os.MkdirAll, with the parent of each directory it
+// creates fsynced.
+func mkdirAllDurably(dir string) error {
+	if fi, err := os.Stat(dir); err == nil {
+		if !fi.IsDir() {
+			return &fs.PathError{Op: "mkdir", Path: dir, Err: syscall.ENOTDIR}
+		}
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := mkdirAllDurably(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil
+		}
+		return err
+	}
+	return syncDir(parent)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = fsync(d)
+	return errors.Join(err, d.Close())
 }
 
 // Remove deletes owner's record (after its roots); a missing one is fine.
@@ -121,11 +183,30 @@ func RemoveRoot(storeRoot, name string) error {
 type SweepResult struct {
 	Owners []string // owners found gone, their roots and records removed
 	Roots  []string // the roots removed
+	// Invalid lists the owner records that could not be read or name no
+	// process (empty, cut short, not JSON): whether their owners run
+	// cannot be told, so their roots and the records stay until an
+	// operator removes them.
+	Invalid []InvalidRecord
 }
 
+// InvalidRecord is an owner record Sweep could not use.
+type InvalidRecord struct {
+	Owner string // the record is <StoreRoot>/nix/var/storepkg/owners/<Owner>.json
+	Err   error
+}
+
+func (r InvalidRecord) Error() string {
+	return fmt.Sprintf("owner record %s.json: %v", r.Owner, r.Err)
+}
+
+// errNoProcess: a record that parses but names no process.
+var errNoProcess = errors.New("names no process")
+
 // Sweep removes the roots, and then the records, of owners whose process
-// no longer runs. An owner in another PID namespace (unknown) is kept;
-// dryRun only reports.
+// no longer runs. An owner in another PID namespace (unknown) is kept,
+// and so is one whose record is invalid (reported in the result, not an
+// error: the other records are swept); dryRun only reports.
 func Sweep(storeRoot string, dryRun bool) (*SweepResult, error) {
 	res := &SweepResult{}
 	entries, err := os.ReadDir(ownersDir(storeRoot))
@@ -142,12 +223,19 @@ func Sweep(storeRoot string, dryRun bool) (*SweepResult, error) {
 			continue
 		}
 		data, err := os.ReadFile(filepath.Join(ownersDir(storeRoot), e.Name()))
-		if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
 			continue // removed meanwhile
 		}
 		var w procid.ID
-		if err := json.Unmarshal(data, &w); err != nil {
-			return nil, fmt.Errorf("gcowner: owner record %s: %w", e.Name(), err)
+		if err == nil {
+			err = json.Unmarshal(data, &w)
+		}
+		if err == nil && w.PID <= 0 {
+			err = errNoProcess
+		}
+		if err != nil {
+			res.Invalid = append(res.Invalid, InvalidRecord{Owner: owner, Err: err})
+			continue
 		}
 		if alive, known := w.Alive(); known && !alive {
 			gone[owner] = true
