@@ -41,7 +41,8 @@ roots are listed and gc exits with an error. Entries of the store that
 are not valid paths are still deleted.
 
 First the GC roots of shims that are gone (killed, or from before a
-reboot) are removed, and the store views (the shared /nix/store
+reboot) are removed (an owner record that cannot be read keeps its
+roots and is reported), and the store views (the shared /nix/store
 directories of containers, hard links into the store) that no live
 container uses, so that deleting their paths frees the space. If either
 fails, the collection still runs and gc exits with the error.
@@ -82,6 +83,11 @@ days: 7d, 1d12h).`,
 					verb = "would remove (the list below still counts them as roots)"
 				}
 				fmt.Fprintf(stderr, "%s %d GC roots of %d shims that are gone\n", verb, len(res.Swept.Roots), len(res.Swept.Owners))
+			}
+			if res.Swept != nil {
+				for _, r := range res.Swept.Invalid {
+					fmt.Fprintf(stderr, "kept the GC roots of %s: %v (remove the record and the roots once its pod is gone)\n", r.Owner, r)
+				}
 			}
 			if len(res.Views.Removed) > 0 {
 				verb := "removed"

@@ -137,6 +137,10 @@ type Agent struct {
 	lastPoll time.Time
 	lastGC   GCRun
 	gcBusy   bool
+
+	// invalidOwners: the owner records the last sweep found invalid,
+	// each logged once (gcLoop's goroutine only).
+	invalidOwners map[string]bool
 }
 
 // New opens the node store and prepares the agent; Start runs it.

@@ -76,12 +76,23 @@ func (a *Agent) gcLoop(ctx context.Context) {
 	}
 }
 
-// logSweep reports a sweep of the GC roots of shims that are gone.
+// logSweep reports a sweep of the GC roots of shims that are gone, and
+// the owner records it could not use (each once while it stays).
 func (a *Agent) logSweep(res *gcowner.SweepResult, err error) {
 	if err != nil {
 		a.log.WithError(err).Warn("sweeping the GC roots of gone shims")
 		return
 	}
+	a.metrics.ownerRecordsInvalid.Set(float64(len(res.Invalid)))
+	seen := map[string]bool{}
+	for _, r := range res.Invalid {
+		seen[r.Owner] = true
+		if !a.invalidOwners[r.Owner] {
+			a.log.WithField("owner", r.Owner).WithError(r.Err).
+				Warn("invalid GC owner record: its roots are kept, since whether its shim runs cannot be told; remove the record and the roots named after the owner once its pod is gone")
+		}
+	}
+	a.invalidOwners = seen
 	if len(res.Owners) > 0 {
 		a.log.WithField("owners", res.Owners).WithField("roots", len(res.Roots)).Info("removed the GC roots of shims that are gone")
 	}

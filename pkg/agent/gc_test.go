@@ -292,7 +292,9 @@ func TestGCUnderDiskPressure(t *testing.T) {
 
 // TestSweepsRootsOfGoneShims: the agent's loop removes the GC roots of a
 // shim that no longer runs (its owner record names a reaped process) and
-// keeps those of a running one, below the GC threshold too.
+// keeps those of a running one, below the GC threshold too. An empty
+// owner record (as a power loss leaves one written without fsync) keeps
+// its own roots, is counted, and does not stop the sweep.
 func TestSweepsRootsOfGoneShims(t *testing.T) {
 	root := t.TempDir()
 	st, err := store.Open(context.Background(), root)
@@ -320,12 +322,23 @@ func TestSweepsRootsOfGoneShims(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	runAgent(t, root, Config{HighPercent: 100, LowPercent: 99}, 1)
+	if err := os.WriteFile(filepath.Join(root, "nix", "var", "storepkg", "owners", "other.json"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(p.Absolute(), filepath.Join(gcowner.RootsDir(root), gcowner.RootName("other", p))); err != nil {
+		t.Fatal(err)
+	}
+	_, m := runAgent(t, root, Config{HighPercent: 100, LowPercent: 99}, 1)
 	if _, err := os.Lstat(filepath.Join(gcowner.RootsDir(root), gcowner.RootName("killed-sandbox", p))); !os.IsNotExist(err) {
 		t.Errorf("the gone shim's root is still there: %v", err)
 	}
-	if _, err := os.Lstat(filepath.Join(gcowner.RootsDir(root), gcowner.RootName("running-sandbox", p))); err != nil {
-		t.Errorf("the running shim's root: %v", err)
+	for _, owner := range []string{"running-sandbox", "other"} {
+		if _, err := os.Lstat(filepath.Join(gcowner.RootsDir(root), gcowner.RootName(owner, p))); err != nil {
+			t.Errorf("the root of %s: %v", owner, err)
+		}
+	}
+	if got := m.Get("storepkg_gc_owner_records_invalid"); got != 1 {
+		t.Errorf("gc_owner_records_invalid = %v, want 1", got)
 	}
 }
 

@@ -24,23 +24,24 @@ const (
 type metrics struct {
 	reg *prometheus.Registry
 
-	fsSize, fsAvail  prometheus.Gauge
-	fsUsage          prometheus.Gauge
-	fetchesRunning   prometheus.Gauge
-	fetches          *prometheus.CounterVec
-	fetchFailures    *prometheus.CounterVec
-	fetchDuration    *prometheus.HistogramVec
-	substitutions    prometheus.Counter
-	fetchedBytes     *prometheus.CounterVec
-	refusals         *prometheus.CounterVec
-	gcRuns           *prometheus.CounterVec
-	gcFreed          prometheus.Counter
-	gcDeleted        prometheus.Counter
-	gcDuration       prometheus.Histogram
-	gcLast           prometheus.Gauge
-	gcUnresolved     prometheus.Gauge
-	events           *prometheus.CounterVec
-	recordsDiscarded *prometheus.CounterVec
+	fsSize, fsAvail     prometheus.Gauge
+	fsUsage             prometheus.Gauge
+	fetchesRunning      prometheus.Gauge
+	fetches             *prometheus.CounterVec
+	fetchFailures       *prometheus.CounterVec
+	fetchDuration       *prometheus.HistogramVec
+	substitutions       prometheus.Counter
+	fetchedBytes        *prometheus.CounterVec
+	refusals            *prometheus.CounterVec
+	gcRuns              *prometheus.CounterVec
+	gcFreed             prometheus.Counter
+	gcDeleted           prometheus.Counter
+	gcDuration          prometheus.Histogram
+	gcLast              prometheus.Gauge
+	gcUnresolved        prometheus.Gauge
+	ownerRecordsInvalid prometheus.Gauge
+	events              *prometheus.CounterVec
+	recordsDiscarded    *prometheus.CounterVec
 }
 
 func newMetrics(st *store.Store) *metrics {
@@ -74,6 +75,7 @@ func newMetrics(st *store.Store) *metrics {
 	m.gcDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "gc_duration_seconds",
 		Help: "How long garbage collections took.", Buckets: prometheus.ExponentialBuckets(0.01, 4, 9)})
 	m.gcLast = gauge("gc_last_run_timestamp_seconds", "When the last garbage collection ended (Unix time).")
+	m.ownerRecordsInvalid = gauge("gc_owner_records_invalid", "Owner records of shims' GC roots that the last sweep could not read (named in the agent's log); their roots are kept.")
 	m.gcUnresolved = gauge("gc_unresolved_roots", "Possible GC roots the last collection could not resolve (named in the agent's log); while there are any, collections delete no valid path.")
 	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "pod_events_total",
 		Help: "Pod events the agent posted, by reason and result (success, failure, dropped)."}, []string{"reason", "result"})
@@ -81,7 +83,7 @@ func newMetrics(st *store.Store) *metrics {
 		Help: "Fetch status files removed without counting, by cause (unreadable, stale_temporary)."}, []string{"cause"})
 
 	m.reg.MustRegister(m.fsSize, m.fsAvail, m.fsUsage, m.fetchesRunning, m.fetches, m.fetchFailures, m.fetchDuration,
-		m.substitutions, m.fetchedBytes, m.refusals, m.gcRuns, m.gcFreed, m.gcDeleted, m.gcDuration, m.gcLast, m.gcUnresolved,
+		m.substitutions, m.fetchedBytes, m.refusals, m.gcRuns, m.gcFreed, m.gcDeleted, m.gcDuration, m.gcLast, m.gcUnresolved, m.ownerRecordsInvalid,
 		m.events, m.recordsDiscarded,
 		&storeCollector{st: st},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
