@@ -6,10 +6,11 @@
 // A shim that never gets there (SIGKILLed, OOM-killed, the node rebooted)
 // would leave them forever, and with them the closure. So before its
 // first root the shim writes <StoreRoot>/nix/var/storepkg/owners/<owner>.json
-// naming itself (procid.ID: PID, PID namespace, start time), and
-// the agent and `storepkg gc` sweep the roots of owners that no longer
-// run. Roots without an owner record (an operator's `storepkg fetch
-// --gc-root`) are never swept.
+// naming itself (procid.ID: PID, PID namespace, start time), durably,
+// and makes no root if it cannot; the agent and `storepkg gc` sweep the
+// roots of owners that no longer run. Roots without an owner record (an
+// operator's `storepkg fetch --gc-root`) are never swept, nor are those
+// of an owner whose record cannot be read.
 package gcowner
 
 import (

@@ -44,9 +44,11 @@ type core struct {
 	fetchBin   string // the storepkg CLI
 	fetches    map[string]*fetchCall
 	containers map[string]*containerState
-	roots      map[string][]string // GC root names by owner (sandbox or container ID)
-	records    *recordWriter       // nil: no fetch records
-	pod        podRef              // the pod this shim serves (fetchrecord.go)
+	// roots: GC root names by owner (sandbox or container ID); an owner
+	// is a key once its owner record is written, before any root.
+	roots   map[string][]string
+	records *recordWriter // nil: no fetch records
+	pod     podRef        // the pod this shim serves (fetchrecord.go)
 
 	// startChild starts the fetch child where the shim reaps children
 	// itself (set in plugin.go, reaper.go); nil: os/exec.
@@ -120,8 +122,9 @@ func (c *core) rootOwner(id string) string {
 // startFetch returns the substitution of paths' closure, starting it
 // unless one is in flight or succeeded. A failed one is retried by the
 // next caller. The child makes a GC root per path, owned by owner,
-// before it downloads anything.
-func (c *core) startFetch(ctx context.Context, owner string, paths []storepath.Path) *fetchCall {
+// before it downloads anything; the owner record comes first, and
+// without it startFetch fails and nothing is rooted.
+func (c *core) startFetch(ctx context.Context, owner string, paths []storepath.Path) (*fetchCall, error) {
 	key := fetchKey(paths)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -129,18 +132,21 @@ func (c *core) startFetch(ctx context.Context, owner string, paths []storepath.P
 		select {
 		case <-call.done:
 			if call.err == nil {
-				return call
+				return call, nil
 			}
 		default:
-			return call
+			return call, nil
 		}
 	}
 	if _, ok := c.roots[owner]; !ok {
-		// Name this shim as the roots' holder first: if it dies without
-		// removing them, collectors drop them (pkg/gcowner).
+		// Name this shim as the roots' holder first, durably: if it dies
+		// without removing them, collectors drop them (pkg/gcowner).
+		// Roots without a record would never be swept, so no record, no
+		// roots: the next create retries.
 		if err := gcowner.Write(c.cfg.StoreRoot, owner, procid.Self()); err != nil {
-			log.G(ctx).WithError(err).Warn("storepkg: recording the GC roots' owner")
+			return nil, fmt.Errorf("storepkg: cannot record this shim as the holder of the pod's GC roots, so its closure is not fetched: %v: %w", err, errdefs.ErrUnavailable)
 		}
+		c.roots[owner] = nil
 	}
 	roots := make([]fetchexec.GCRoot, len(paths))
 	for i, p := range paths {
@@ -173,7 +179,7 @@ func (c *core) startFetch(ctx context.Context, owner string, paths []storepath.P
 			l.WithField("closure", len(call.res.Closure)).WithField("fetched", len(call.res.Fetched)).Info("storepkg: closure ready")
 		}
 	}()
-	return call
+	return call, nil
 }
 
 // prefetch starts substituting every closure the pod names, when its
@@ -187,7 +193,10 @@ func (c *core) prefetch(ctx context.Context, cfg *Config, sandboxID string, pp *
 		return err
 	}
 	for _, l := range lists {
-		call := c.startFetch(ctx, c.rootOwner(sandboxID), l)
+		call, err := c.startFetch(ctx, c.rootOwner(sandboxID), l)
+		if err != nil {
+			return err
+		}
 		go c.warmView(ctx, call)
 	}
 	return nil
@@ -226,7 +235,10 @@ func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle str
 		return err
 	}
 	state := &containerState{}
-	call := c.startFetch(ctx, c.rootOwner(id), paths)
+	call, err := c.startFetch(ctx, c.rootOwner(id), paths)
+	if err != nil {
+		return err
+	}
 	select {
 	case <-call.done:
 	case <-ctx.Done():
