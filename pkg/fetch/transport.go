@@ -47,9 +47,9 @@ type RetryPolicy struct {
 var DefaultRetry = RetryPolicy{Attempts: 4, Backoff: 250 * time.Millisecond}
 
 type httpTransport struct {
-	base   *url.URL
+	base   *url.URL // without userinfo: requests and their errors carry no password
 	client *http.Client
-	auth   func(*http.Request)
+	auth   func(*http.Request) // sets the cache's credentials, if it has any
 	retry  RetryPolicy
 	stall  time.Duration
 }
@@ -177,10 +177,21 @@ func newTransport(u *url.URL, o *Options) (transport, error) {
 		if u.Host != "" && u.Host != "localhost" {
 			return nil, fmt.Errorf("file URL with host %q", u.Host)
 		}
+		if u.User != nil {
+			return nil, errors.New("file URL with credentials")
+		}
 		return fileTransport{dir: u.Path}, nil
 	case "http", "https":
-		t := &httpTransport{base: u, client: o.httpClient(), retry: o.retry(), stall: o.stallTimeout()}
-		if o.Netrc != nil {
+		base := *u
+		base.User = nil
+		t := &httpTransport{base: &base, client: o.httpClient(), retry: o.retry(), stall: o.stallTimeout()}
+		switch {
+		case u.User != nil:
+			// As curl: the URL's userinfo, before any netrc entry.
+			m := &netrcMachine{login: u.User.Username()}
+			m.password, _ = u.User.Password()
+			t.auth = m.basic
+		case o.Netrc != nil:
 			if m := o.Netrc.lookup(u.Hostname()); m != nil {
 				t.auth = m.apply
 			}
@@ -203,8 +214,10 @@ func (m *netrcMachine) apply(r *http.Request) {
 		r.Header.Set("Authorization", "Bearer "+m.password)
 		return
 	}
-	r.SetBasicAuth(m.login, m.password)
+	m.basic(r)
 }
+
+func (m *netrcMachine) basic(r *http.Request) { r.SetBasicAuth(m.login, m.password) }
 
 func (n *Netrc) lookup(host string) *netrcMachine {
 	if m, ok := n.machines[host]; ok {
