@@ -39,7 +39,8 @@ type Cache struct {
 // Query parameters "priority=N" (lower is tried first, as in Nix) and
 // "trusted=1" are ours; others are refused so a typo is not ignored.
 // Credentials in the URL (https://user:password@host) are sent as basic
-// auth; no message ever shows the password.
+// auth, and only to the cache's own scheme, host and port (see
+// credentialRedirects); no message ever shows the password.
 func NewCache(raw string, o *Options) (*Cache, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
