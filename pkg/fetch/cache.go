@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/storepkg/storepkg/pkg/narinfo"
@@ -15,8 +16,11 @@ import (
 
 // Cache is one Nix binary cache.
 type Cache struct {
-	// URL as configured, without storepkg's own query parameters; it names
-	// the cache in errors and metrics.
+	// URL as configured, without storepkg's own query parameters and with
+	// any password replaced by "xxxxx" (url.URL.Redacted): it names the
+	// cache wherever a cache is named (errors, --json results and
+	// failures, fetch records, the agent's metric labels and pod events),
+	// so credentials in a substituter URL go no further than the requests.
 	URL string
 	// Trusted caches are used without a signature check (a cache the
 	// operator controls on a private network); set with "?trusted=1".
@@ -34,10 +38,28 @@ type Cache struct {
 // NewCache parses a substituter URL: file:///dir, http(s)://host/path.
 // Query parameters "priority=N" (lower is tried first, as in Nix) and
 // "trusted=1" are ours; others are refused so a typo is not ignored.
+// Credentials in the URL (https://user:password@host) are sent as basic
+// auth, and only to the cache's own scheme, host and port (see
+// credentialRedirects); no message ever shows the password.
 func NewCache(raw string, o *Options) (*Cache, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
+		// url.Parse quotes raw whole, and its cause may quote part of
+		// the userinfo: say only what is safe.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		if strings.Contains(raw, "@") {
+			return nil, fmt.Errorf("substituter %q: not a valid URL", redactURL(raw))
+		}
 		return nil, fmt.Errorf("substituter %q: %w", raw, err)
+	}
+	raw = redactURL(raw)
+	if u.Opaque != "" {
+		// "https:user:password@host": no host to send to, and Redacted
+		// would not hide the password.
+		return nil, fmt.Errorf("substituter %q: not a URL with a host or path (want file:///dir or http(s)://host/path)", raw)
 	}
 	c := &Cache{}
 	q := u.Query()
@@ -56,11 +78,30 @@ func NewCache(raw string, o *Options) (*Cache, error) {
 		}
 	}
 	u.RawQuery = ""
-	c.URL = u.String()
+	c.URL = u.Redacted()
 	if c.t, err = newTransport(u, o); err != nil {
 		return nil, fmt.Errorf("substituter %q: %w", raw, err)
 	}
 	return c, nil
+}
+
+// redactURL is raw with the password of its userinfo, if any, replaced
+// by "xxxxx", as url.URL.Redacted does; a string that is not a
+// hierarchical URL has everything between "://" (or its start) and its
+// last "@" replaced instead, so a malformed URL cannot leak either.
+func redactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil && u.Opaque == "" {
+		return u.Redacted()
+	}
+	at := strings.LastIndex(raw, "@")
+	if at < 0 {
+		return raw
+	}
+	start := 0
+	if i := strings.Index(raw, "://"); i >= 0 && i < at {
+		start = i + len("://")
+	}
+	return raw[:start] + "xxxxx" + raw[at:]
 }
 
 // Info loads nix-cache-info once and checks the cache serves /nix/store.

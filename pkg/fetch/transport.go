@@ -47,9 +47,9 @@ type RetryPolicy struct {
 var DefaultRetry = RetryPolicy{Attempts: 4, Backoff: 250 * time.Millisecond}
 
 type httpTransport struct {
-	base   *url.URL
+	base   *url.URL // without userinfo: requests and their errors carry no password
 	client *http.Client
-	auth   func(*http.Request)
+	auth   func(*http.Request) // sets the cache's credentials, if it has any
 	retry  RetryPolicy
 	stall  time.Duration
 }
@@ -109,6 +109,9 @@ func (t *httpTransport) get(ctx context.Context, rel string) (io.ReadCloser, err
 	resp, err := t.client.Do(req)
 	if err != nil {
 		cancel()
+		if errors.As(err, new(*redirectError)) {
+			return nil, err // the same answer next time
+		}
 		return nil, transientError{err}
 	}
 	switch {
@@ -177,13 +180,27 @@ func newTransport(u *url.URL, o *Options) (transport, error) {
 		if u.Host != "" && u.Host != "localhost" {
 			return nil, fmt.Errorf("file URL with host %q", u.Host)
 		}
+		if u.User != nil {
+			return nil, errors.New("file URL with credentials")
+		}
 		return fileTransport{dir: u.Path}, nil
 	case "http", "https":
-		t := &httpTransport{base: u, client: o.httpClient(), retry: o.retry(), stall: o.stallTimeout()}
-		if o.Netrc != nil {
+		base := *u
+		base.User = nil
+		t := &httpTransport{base: &base, client: o.httpClient(), retry: o.retry(), stall: o.stallTimeout()}
+		switch {
+		case u.User != nil:
+			// As curl: the URL's userinfo, before any netrc entry.
+			m := &netrcMachine{login: u.User.Username()}
+			m.password, _ = u.User.Password()
+			t.auth = m.basic
+		case o.Netrc != nil:
 			if m := o.Netrc.lookup(u.Hostname()); m != nil {
 				t.auth = m.apply
 			}
+		}
+		if t.auth != nil {
+			t.client = credentialRedirects(t.client)
 		}
 		return t, nil
 	default:
@@ -203,7 +220,88 @@ func (m *netrcMachine) apply(r *http.Request) {
 		r.Header.Set("Authorization", "Bearer "+m.password)
 		return
 	}
-	r.SetBasicAuth(m.login, m.password)
+	m.basic(r)
+}
+
+func (m *netrcMachine) basic(r *http.Request) { r.SetBasicAuth(m.login, m.password) }
+
+// credentialRedirects returns a copy of c for a cache with credentials
+// (URL userinfo, a netrc entry: basic auth or a bearer token), whose
+// redirects keep them to the cache's own origin, its scheme, host and
+// port. net/http alone drops the Authorization header only when the host
+// name changes to one that is not a subdomain: it would send it to
+// another port of the same host (another service, perhaps another user's)
+// and in clear text after a downgrade from https to http. Here:
+//
+//   - same scheme, host and port: followed, with the credentials;
+//   - https to http, to any host: refused;
+//   - the same host name on another port or scheme: refused, since the
+//     credentials were given for that host and a cache has no reason to
+//     move between its own services (configure the URL it redirects to);
+//   - another host name (subdomains too): followed without the
+//     credentials, as curl does. This is how a private cache hands
+//     a NAR to object storage or a CDN with a pre-signed URL (attic with
+//     S3 does), and the credentials are never sent there.
+//
+// A refusal is a *redirectError: not retried, reported with the cache.
+func credentialRedirects(c *http.Client) *http.Client {
+	cc := *c
+	next := c.CheckRedirect
+	cc.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if err := checkCredentialRedirect(via[0].URL, req); err != nil {
+			return err
+		}
+		if next != nil {
+			return next(req, via)
+		}
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		return nil
+	}
+	return &cc
+}
+
+// redirectError is a redirect refused because it would take a cache's
+// credentials out of the cache's origin.
+type redirectError struct {
+	to  string // redacted
+	why string
+}
+
+func (e *redirectError) Error() string {
+	return fmt.Sprintf("redirect to %s refused: %s", e.to, e.why)
+}
+
+// checkCredentialRedirect applies credentialRedirects' rule to req, a
+// redirect of a request to from.
+func checkCredentialRedirect(from *url.URL, req *http.Request) error {
+	to := req.URL
+	switch {
+	case from.Scheme == "https" && to.Scheme != "https":
+		return &redirectError{to.Redacted(), "it leaves https while the cache has credentials"}
+	case sameOrigin(from, to):
+		return nil
+	case strings.EqualFold(from.Hostname(), to.Hostname()):
+		return &redirectError{to.Redacted(), "the cache's credentials are only sent to " + from.Scheme + "://" + from.Host}
+	}
+	req.Header.Del("Authorization")
+	return nil
+}
+
+func sameOrigin(a, b *url.URL) bool {
+	return a.Scheme == b.Scheme && strings.EqualFold(a.Hostname(), b.Hostname()) && port(a) == port(b)
+}
+
+// port is u's port, the scheme's default if it names none.
+func port(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	if u.Scheme == "https" {
+		return "443"
+	}
+	return "80"
 }
 
 func (n *Netrc) lookup(host string) *netrcMachine {
