@@ -99,10 +99,7 @@ func TestFileCacheConfined(t *testing.T) {
 			cache := copyCache(t, caches["none"])
 			tc.tamper(t, cache)
 			root := t.TempDir()
-			err := fetchWithin(t, root, 30*time.Second, fetch.Options{
-				Substituters: []string{"file://" + cache},
-				TrustedKeys:  []narinfo.PublicKey{publicKey(t, key)},
-			}, app)
+			err := fetchWithin(t, root, 30*time.Second, cacheOptions(t, "file://"+cache, key), app)
 			if err == nil {
 				t.Fatal("fetch succeeded")
 			}
@@ -136,15 +133,24 @@ func TestFileCacheConfined(t *testing.T) {
 			t.Fatal(err)
 		}
 		setURL(t, cache, "nar/../alias.nar")
-		root := t.TempDir()
-		if err := fetchWithin(t, root, 2*time.Minute, fetch.Options{
-			Substituters: []string{"file://" + cache},
-			TrustedKeys:  []narinfo.PublicKey{publicKey(t, key)},
-		}, app); err != nil {
-			t.Fatal(err)
-		}
-		nixtest.Verify(t, root)
+		mustFetchVerified(t, "file://"+cache, key, app)
 	})
+}
+
+// mustFetchVerified fetches paths from the cache at url, trusting key,
+// into a fresh store, and has Nix verify the store.
+func mustFetchVerified(t *testing.T, url string, key nixtest.Key, paths ...string) {
+	t.Helper()
+	root := t.TempDir()
+	if err := fetchWithin(t, root, 2*time.Minute, cacheOptions(t, url, key), paths...); err != nil {
+		t.Fatal(err)
+	}
+	nixtest.Verify(t, root)
+}
+
+// cacheOptions fetches from the one cache at url, trusting key.
+func cacheOptions(t *testing.T, url string, key nixtest.Key) fetch.Options {
+	return fetch.Options{Substituters: []string{url}, TrustedKeys: []narinfo.PublicKey{publicKey(t, key)}}
 }
 
 // fetchWithin fetches paths into a fresh store under storeRoot and fails
