@@ -1,8 +1,10 @@
 package fetch
 
 import (
+	"bufio"
 	"bytes"
 	"compress/bzip2"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -16,10 +18,40 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// The memory a decoder may take is bounded, because what picks it is not
+// signed: the narinfo's Compression field (anyone who can change a
+// narinfo in transit chooses the decoder) and the compressed file's own
+// headers (zstd's window, xz's dictionary), which the signed NarHash only
+// checks after decoding. Without a bound, a frame header asking for a
+// 2 GiB window makes the fetch child allocate 2 GiB.
+//
+//   - zstd: a window (and, for a single-segment frame, a content size) of
+//     at most maxWindow, 128 MiB: zstd's largest level (22, --ultra) uses
+//     128 MiB, its default level 2 MiB; only --long=28 and above exceed
+//     it, which Nix never uses. A larger one is refused before anything
+//     is allocated.
+//   - xz: xz(1) runs with --memlimit-decompress=xzMemLimit: a dictionary
+//     of up to maxWindow, twice what xz -9 (Nix's largest preset, the
+//     one cache.nixos.org uses) takes, plus 8 MiB for liblzma's own
+//     state. A larger dictionary makes xz exit with "Memory usage limit
+//     reached" before it allocates it. The pure-Go decoder, used where
+//     xz(1) is missing, gets the same bound on the dictionary of the
+//     stream's first block (see checkXZDict); it has none of its own.
+//   - bzip2: the format bounds it: blocks of at most 900 kB, about 4 MiB
+//     of decoder state (compress/bzip2).
+//   - br: the format bounds it: windows of at most 16 MiB (lgwin 24); the
+//     large-window extension, which allows 1 GiB, is off in
+//     andybalholm/brotli's NewReader.
+const (
+	maxWindow  = 128 << 20
+	xzMemLimit = maxWindow + 8<<20
+)
+
 // zstdDecoders are reused across NARs: a decoder's buffers cost more to
 // allocate than a small store path costs to decode.
 var zstdDecoders = sync.Pool{New: func() any {
-	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<30),
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderMaxWindow(maxWindow), zstd.WithDecoderMaxMemory(maxWindow),
 		// The NAR's SHA-256 is checked anyway; zstd's own checksum adds nothing.
 		zstd.IgnoreChecksum(true))
 	if err != nil {
@@ -52,7 +84,11 @@ func decompressor(compression string, r io.Reader) (io.Reader, func(), error) {
 			}
 			return d, d.release, nil
 		}
-		xr, err := xz.NewReader(r)
+		br := bufio.NewReader(r)
+		if err := checkXZDict(br); err != nil {
+			return nil, noop, err
+		}
+		xr, err := xz.NewReader(br)
 		if err != nil {
 			return nil, noop, fmt.Errorf("xz: %w", err)
 		}
@@ -61,9 +97,9 @@ func decompressor(compression string, r io.Reader) (io.Reader, func(), error) {
 		d := zstdDecoders.Get().(*zstd.Decoder)
 		if err := d.Reset(r); err != nil {
 			zstdDecoders.Put(d)
-			return nil, noop, fmt.Errorf("zstd: %w", err)
+			return nil, noop, zstdError(err)
 		}
-		return d, func() { d.Reset(nil); zstdDecoders.Put(d) }, nil
+		return zstdReader{d}, func() { d.Reset(nil); zstdDecoders.Put(d) }, nil
 	case "bzip2":
 		return bzip2.NewReader(r), noop, nil
 	case "br":
@@ -71,6 +107,93 @@ func decompressor(compression string, r io.Reader) (io.Reader, func(), error) {
 	default:
 		return nil, noop, fmt.Errorf("unknown compression %q", compression)
 	}
+}
+
+// zstdReader says why the decoder refuses a frame that needs more memory
+// than maxWindow.
+type zstdReader struct{ d *zstd.Decoder }
+
+func (z zstdReader) Read(p []byte) (int, error) {
+	n, err := z.d.Read(p)
+	if err != nil && err != io.EOF {
+		err = zstdError(err)
+	}
+	return n, err
+}
+
+func zstdError(err error) error {
+	if errors.Is(err, zstd.ErrWindowSizeExceeded) || errors.Is(err, zstd.ErrDecoderSizeExceeded) {
+		return fmt.Errorf("zstd: %w: the stream needs a window larger than the %d MiB storepkg decodes with", err, maxWindow>>20)
+	}
+	return fmt.Errorf("zstd: %w", err)
+}
+
+// checkXZDict refuses an xz stream whose first block's LZMA2 dictionary
+// is larger than maxWindow, for the pure-Go decoder, which allocates
+// whatever dictionary a block header asks for (up to 4 GiB). Only the
+// first block is checked: later block headers are known only once the
+// blocks before them are decoded. Streams Nix writes have one block
+// (single-threaded xz) or blocks with the same filters (xz -T).
+func checkXZDict(br *bufio.Reader) error {
+	const streamHeader = 12
+	head, err := br.Peek(streamHeader + 1)
+	if err != nil || !bytes.HasPrefix(head, []byte("\xfd7zXZ\x00")) {
+		return nil // not an xz stream with a block: the decoder says what is wrong
+	}
+	size := (int(head[streamHeader]) + 1) * 4
+	if head[streamHeader] == 0 {
+		return nil // no block, the index follows
+	}
+	hdr, err := br.Peek(streamHeader + size)
+	if err != nil {
+		return nil
+	}
+	hdr = hdr[streamHeader+1 : streamHeader+size-4] // after the size byte, before the CRC32
+	if len(hdr) < 1 {
+		return nil
+	}
+	flags := hdr[0]
+	hdr = hdr[1:]
+	varint := func() (uint64, bool) {
+		var v uint64
+		for i := 0; i < 9 && len(hdr) > 0; i++ {
+			b := hdr[0]
+			hdr = hdr[1:]
+			v |= uint64(b&0x7f) << (7 * i)
+			if b&0x80 == 0 {
+				return v, true
+			}
+		}
+		return 0, false
+	}
+	for _, present := range []bool{flags&0x40 != 0, flags&0x80 != 0} { // compressed, uncompressed size
+		if present {
+			if _, ok := varint(); !ok {
+				return nil
+			}
+		}
+	}
+	for range int(flags&3) + 1 {
+		id, ok1 := varint()
+		n, ok2 := varint()
+		if !ok1 || !ok2 || uint64(len(hdr)) < n {
+			return nil
+		}
+		props := hdr[:n]
+		hdr = hdr[n:]
+		if id != 0x21 || n != 1 { // not LZMA2
+			continue
+		}
+		bits := uint64(props[0] & 0x3f)
+		dict := uint64(1<<32 - 1)
+		if bits < 40 {
+			dict = (2 | bits&1) << (bits/2 + 11)
+		}
+		if dict > maxWindow {
+			return fmt.Errorf("xz: the stream's LZMA2 dictionary is %d MiB, larger than the %d MiB storepkg decodes with", dict>>20, maxWindow>>20)
+		}
+	}
+	return nil
 }
 
 // xzCommand is the host's xz(1), used for xz NARs when present: liblzma
@@ -98,7 +221,7 @@ var lookupXZ = sync.OnceValue(func() string {
 // feeding one. r is then nil, and in's offset (shared with xz) tells how
 // far xz has read.
 func execDecoder(path string, r io.Reader, in *os.File) (*cmdReader, error) {
-	cmd := exec.Command(path, "-dc", "-T1")
+	cmd := exec.Command(path, "-dc", "-T1", fmt.Sprintf("--memlimit-decompress=%dMiB", xzMemLimit>>20))
 	if in != nil {
 		cmd.Stdin = in
 	} else {

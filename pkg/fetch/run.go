@@ -374,7 +374,7 @@ func (r *run) fetchNarOnce(it *item, tmp string) error {
 	ni := it.ni
 	rc, err := it.cache.open(r.ctx, ni.URL)
 	if err != nil {
-		return fmt.Errorf("%s: %w", ni.URL, err)
+		return fmt.Errorf("NAR %s (URL in %s.narinfo): %w", ni.URL, ni.StorePath.HashPart(), err)
 	}
 	defer rc.Close()
 	// The compressed file's FileHash is not checked: it is not signed (the

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -26,14 +28,77 @@ type transport interface {
 	get(ctx context.Context, rel string) (io.ReadCloser, error)
 }
 
+// fileTransport reads a cache that is a directory here. The names it is
+// given come from the cache (a narinfo's URL, which no signature
+// covers), so it opens only regular files inside the directory: a name
+// that is absolute, climbs out with "..", or leads out through a
+// symbolic link is refused (os.Root, openat2 RESOLVE_BENEATH's
+// semantics), and so is a FIFO, socket or device, checked before it is
+// opened and again on the open file, which is opened O_NONBLOCK so that
+// a FIFO swapped in meanwhile cannot block the open.
 type fileTransport struct{ dir string }
 
 func (t fileTransport) get(_ context.Context, rel string) (io.ReadCloser, error) {
-	f, err := os.Open(filepath.Join(t.dir, filepath.FromSlash(rel)))
-	if errors.Is(err, os.ErrNotExist) {
+	if path.IsAbs(rel) {
+		return nil, fmt.Errorf("%q is an absolute path: only files inside the cache directory %s are read", rel, t.dir)
+	}
+	root, err := os.OpenRoot(t.dir)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, ErrNotFound
 	}
-	return f, err
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	name := filepath.FromSlash(rel)
+	outside := func(err error) error {
+		return fmt.Errorf("%q is not a file inside the cache directory %s: %w", rel, t.dir, err)
+	}
+	fi, err := root.Stat(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, outside(err)
+	}
+	if err := checkRegular(rel, t.dir, fi); err != nil {
+		return nil, err
+	}
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, outside(err)
+	}
+	if fi, err = f.Stat(); err == nil {
+		err = checkRegular(rel, t.dir, fi)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// checkRegular refuses what is not a regular file: reading a FIFO could
+// block forever, and a device (/dev/zero) could be read without end.
+func checkRegular(rel, dir string, fi fs.FileInfo) error {
+	if fi.Mode().IsRegular() {
+		return nil
+	}
+	kind := "not a regular file"
+	switch m := fi.Mode(); {
+	case m.IsDir():
+		kind = "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		kind = "a FIFO"
+	case m&fs.ModeSocket != 0:
+		kind = "a socket"
+	case m&fs.ModeDevice != 0:
+		kind = "a device"
+	}
+	return fmt.Errorf("%q in the cache directory %s is %s, not a regular file", rel, dir, kind)
 }
 
 // RetryPolicy says how transient failures (5xx, 429, timeouts, resets) are

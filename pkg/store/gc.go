@@ -43,7 +43,12 @@ type GCOptions struct {
 	// valid outputs of a live derivation are live.
 	KeepOutputs bool
 	// NoKeepDerivations turns off Nix's keep-derivations setting (on by
-	// default): the valid deriver of a live path is live.
+	// default): a live path keeps its deriver when that deriver is a
+	// valid derivation (a name ending in ".drv") whose outputs, as
+	// recorded in DerivationOutputs from the .drv file itself, include
+	// the path, as Nix 2.8's collector visits a derivation's outputs. The
+	// Deriver field alone keeps nothing: it is not covered by a
+	// narinfo's signature, so a cache could name any valid path in it.
 	NoKeepDerivations bool
 	// Log receives progress messages; nil means logrus's standard logger.
 	Log *logrus.Entry
@@ -121,7 +126,8 @@ func gcHook(stage, name string) {
 //     protects every entry with its hash part (the path, its ".lock"
 //     file, its temporary unpack directory).
 //   - Live is the closure of the valid roots over references (plus
-//     derivers, keep-derivations, and outputs, keep-outputs). Every
+//     derivers, keep-derivations, and outputs, keep-outputs; see
+//     GCOptions for which derivers count). Every
 //     other valid path that the store directory leads to is dead, and so
 //     is every other entry of the store directory.
 //   - Dead paths are deleted referrers first. Each is checked again just
@@ -311,7 +317,7 @@ func (c *collector) readGraph(ctx context.Context) (*gcGraph, error) {
 
 	g := &gcGraph{idx: map[string]int{}}
 	byID := map[int64]int{}
-	derivers := map[int]string{}
+	derivers := map[int]string{} // node -> base name of its Deriver
 	rows, err := conn.QueryContext(ctx, `select id, path, registrationTime, deriver from ValidPaths`)
 	if err != nil {
 		return nil, err
@@ -367,18 +373,22 @@ func (c *collector) readGraph(ctx context.Context) (*gcGraph, error) {
 		return nil, err
 	}
 
-	// keep-derivations: a live path keeps its deriver, if valid
-	// (computeFSClosure's includeDerivers).
-	if !c.opts.NoKeepDerivations {
-		for n, d := range derivers {
-			if dn, ok := g.idx[d]; ok && dn != n {
-				edge(n, dn)
-			}
-		}
-	}
-	// keep-outputs: a live derivation keeps its valid outputs
-	// (computeFSClosure's includeOutputs).
-	if c.opts.KeepOutputs {
+	// The derivation edges come from DerivationOutputs, which Register
+	// fills from the .drv files themselves, as Nix 2.8's collector
+	// (deleteReferrersClosure) follows them:
+	//   - keep-derivations: a live output keeps a valid derivation that
+	//     lists it as an output, if the output's Deriver names that
+	//     derivation too (the collector visits the outputs of a .drv
+	//     whose deriver it is). A Deriver naming anything else, a path
+	//     that is not a .drv or a .drv that does not list the output,
+	//     keeps nothing: the field is unsigned. (Nix 2.8 also adds a live
+	//     path's valid deriver, any deriver, to the closure it marks
+	//     alive when it finds a root; whether that happens before the
+	//     deriver is examined depends on the order of readdir, so Nix
+	//     keeps such a deriver only sometimes. We never keep it.)
+	//   - keep-outputs: a live derivation keeps its valid outputs (the
+	//     collector visits queryValidDerivers).
+	if !c.opts.NoKeepDerivations || c.opts.KeepOutputs {
 		rows, err = conn.QueryContext(ctx, `select drv, path from DerivationOutputs`)
 		if err != nil {
 			return nil, err
@@ -390,10 +400,16 @@ func (c *collector) readGraph(ctx context.Context) (*gcGraph, error) {
 				rows.Close()
 				return nil, err
 			}
-			from, ok1 := byID[drv]
-			to, ok2 := g.idx[trimStoreDir(out)]
-			if ok1 && ok2 && from != to && strings.HasSuffix(g.names[from], ".drv") {
-				edge(from, to)
+			d, ok1 := byID[drv]
+			o, ok2 := g.idx[trimStoreDir(out)]
+			if !ok1 || !ok2 || d == o || !strings.HasSuffix(g.names[d], ".drv") {
+				continue
+			}
+			if !c.opts.NoKeepDerivations && derivers[o] == g.names[d] {
+				edge(o, d)
+			}
+			if c.opts.KeepOutputs {
+				edge(d, o)
 			}
 		}
 		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
