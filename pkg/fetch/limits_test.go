@@ -64,7 +64,7 @@ func TestClosureLimits(t *testing.T) {
 		paths int
 		want  string
 	}{
-		{"bytes", total - 1, 0, fmt.Sprintf("bytes of NARs not yet in the store (%d paths so far), more than the limit of %d: closure too large", paths, total-1)},
+		{"bytes", total - 1, 0, fmt.Sprintf("bytes of NARs not yet in the store (%d paths counted), more than the limit of %d: closure too large", paths, total-1)},
 		{"paths", 0, paths - 1, fmt.Sprintf("needs more paths not yet in the store than the limit of %d: closure too large", paths-1)},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -138,7 +138,7 @@ func (r *run) count(it *item) error {
 		return fmt.Errorf("the closure of %s needs more paths not yet in the store than the limit of %d: %w",
 			describe(r.roots), o.MaxPaths, ErrTooLarge)
 	case o.MaxNarBytes > 0 && r.wantBytes > o.MaxNarBytes:
-		return fmt.Errorf("the closure of %s needs at least %d bytes of NARs not yet in the store (%d paths so far), more than the limit of %d: %w",
+		return fmt.Errorf("the closure of %s needs at least %d bytes of NARs not yet in the store (%d paths counted), more than the limit of %d: %w",
 			describe(r.roots), r.wantBytes, len(r.pending), o.MaxNarBytes, ErrTooLarge)
 	}
 	return nil
