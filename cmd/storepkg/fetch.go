@@ -30,6 +30,7 @@ func newFetchCommand() *cobra.Command {
 		gcRoots      []string
 		timeout      time.Duration
 		jsonReport   bool
+		limits       fetchLimits
 	)
 	cmd := &cobra.Command{
 		Use:   "fetch [flags] PATH...",
@@ -54,7 +55,7 @@ hold the fetcher, the decoders or the store's database.`,
 			if jsonReport {
 				rep = fetchapi.NewReporter(os.Stdout)
 			}
-			f, st, roots, paths, err := setupFetch(ctx, root, substituters, keys, netrcFile, maxJobs, gcRoots, args)
+			f, st, roots, paths, err := setupFetch(ctx, root, substituters, keys, netrcFile, maxJobs, limits, gcRoots, args)
 			if err != nil {
 				if rep != nil {
 					rep.Fail(&fetchapi.Failure{Message: err.Error(), Kind: fetchapi.KindInvalidArgument})
@@ -106,14 +107,22 @@ hold the fetcher, the decoders or the store's database.`,
 	cmd.Flags().StringArrayVar(&keys, "trusted-public-key", nil, "trusted signing key NAME:BASE64, repeatable")
 	cmd.Flags().StringVar(&netrcFile, "netrc-file", "", "credentials for private caches (curl netrc; login \"bearer\" sends a bearer token)")
 	cmd.Flags().IntVar(&maxJobs, "max-jobs", 0, "parallel NAR downloads (default: 2 per CPU, 4 to 16)")
+	cmd.Flags().Int64Var(&limits.narBytes, "max-nar-bytes", 0, "refuse, before downloading anything, a closure whose paths not yet in the store have more NAR bytes (signed NarSize) than this (0: no limit)")
+	cmd.Flags().IntVar(&limits.paths, "max-paths", 0, "refuse, before downloading anything, a closure with more paths not yet in the store than this (0: no limit)")
 	cmd.Flags().StringArrayVar(&gcRoots, "gc-root", nil, "NAME=PATH: make PATH a GC root gcroots/storepkg/NAME before fetching, repeatable")
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long (0: never)")
 	cmd.Flags().BoolVar(&jsonReport, "json", false, "report progress and the result or error as JSON lines on stdout")
 	return cmd
 }
 
+// fetchLimits are fetch's bounds on what one closure may need.
+type fetchLimits struct {
+	narBytes int64
+	paths    int
+}
+
 // setupFetch checks the command line and opens the store and the fetcher.
-func setupFetch(ctx context.Context, root string, substituters, keys []string, netrcFile string, maxJobs int, gcRoots, args []string) (*fetch.Fetcher, *store.Store, []fetchexec.GCRoot, []storepath.Path, error) {
+func setupFetch(ctx context.Context, root string, substituters, keys []string, netrcFile string, maxJobs int, limits fetchLimits, gcRoots, args []string) (*fetch.Fetcher, *store.Store, []fetchexec.GCRoot, []storepath.Path, error) {
 	paths, err := parsePaths(args)
 	if err != nil {
 		return nil, nil, nil, nil, err
@@ -130,7 +139,10 @@ func setupFetch(ctx context.Context, root string, substituters, keys []string, n
 		}
 		roots = append(roots, fetchexec.GCRoot{Name: name, Path: p})
 	}
-	opts := fetch.Options{Substituters: substituters, MaxJobs: maxJobs}
+	if limits.narBytes < 0 || limits.paths < 0 {
+		return nil, nil, nil, nil, errors.New("--max-nar-bytes and --max-paths must not be negative")
+	}
+	opts := fetch.Options{Substituters: substituters, MaxJobs: maxJobs, MaxNarBytes: limits.narBytes, MaxPaths: limits.paths}
 	if len(opts.Substituters) == 0 {
 		opts.Substituters = []string{fetch.DefaultSubstituter}
 		if len(keys) == 0 {

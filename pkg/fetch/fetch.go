@@ -31,6 +31,9 @@ var (
 	ErrUntrusted = narinfo.ErrUntrusted
 	// ErrHashMismatch: the NAR differs from what the signed narinfo says.
 	ErrHashMismatch = errors.New("NAR does not match its narinfo")
+	// ErrTooLarge: the closure needs more than Options.MaxNarBytes or
+	// Options.MaxPaths allow; refused before any NAR is downloaded.
+	ErrTooLarge = errors.New("closure too large")
 )
 
 // The defaults for real use, when a node or a command names no cache: the
@@ -49,7 +52,14 @@ type Options struct {
 	LookupJobs   int // parallel narinfo requests; default 64
 	Retry        RetryPolicy
 	StallTimeout time.Duration // a download with no progress for this long is retried; default 60s
-	HTTPClient   *http.Client
+	// MaxNarBytes bounds the sum of the signed NarSize of the paths a
+	// fetch would substitute (those not yet valid), MaxPaths their number;
+	// 0: no bound. With either set, the whole closure's narinfos are
+	// walked before any NAR is downloaded, and a fetch over a bound fails
+	// with ErrTooLarge having downloaded nothing.
+	MaxNarBytes int64
+	MaxPaths    int
+	HTTPClient  *http.Client
 	// Progress, if set, is called from the fetching goroutines whenever a
 	// path completes or bytes arrive; it must be cheap and thread-safe.
 	Progress func(fetchapi.Progress)
@@ -92,6 +102,8 @@ func ErrorKind(err error) string {
 		return fetchapi.KindHashMismatch
 	case errors.Is(err, ErrNotFound):
 		return fetchapi.KindNotFound
+	case errors.Is(err, ErrTooLarge):
+		return fetchapi.KindTooLarge
 	case errors.Is(err, context.DeadlineExceeded):
 		return fetchapi.KindTimeout
 	case errors.Is(err, context.Canceled):

@@ -56,6 +56,13 @@ type run struct {
 	// that need no work.
 	validBefore map[storepath.Path]bool
 
+	// With a bound (Options.MaxNarBytes, MaxPaths), the walk only
+	// collects the paths to substitute; their downloads start once the
+	// whole closure is known to be within the bounds.
+	roots     []storepath.Path
+	pending   []*item
+	wantBytes int64
+
 	mu         sync.Mutex
 	fetched    []storepath.Path
 	downloaded atomic.Int64
@@ -99,10 +106,59 @@ func (r *run) run(roots []storepath.Path) error {
 	return r.err
 }
 
-// resolve walks the closure a depth level at a time: the narinfos of one
-// level are requested concurrently, and each path's download starts as
-// soon as its narinfo is verified.
+// bounded reports whether the run has a bound on what it substitutes.
+func (r *run) bounded() bool { return r.f.opts.MaxNarBytes > 0 || r.f.opts.MaxPaths > 0 }
+
+// resolve walks the closure and starts the downloads: as each narinfo is
+// verified, or, with a bound, all at once after the walk, so that a
+// closure over a bound is refused before any NAR is requested.
 func (r *run) resolve(roots []storepath.Path) {
+	r.roots = roots
+	r.walk(roots)
+	if !r.bounded() || r.ctx.Err() != nil {
+		return
+	}
+	r.jobs.hold()
+	for _, it := range r.pending {
+		r.startDownload(it)
+	}
+	r.jobs.resume()
+}
+
+// count adds it, verified, to the paths a bounded run will substitute,
+// and refuses the closure as soon as they exceed a bound.
+func (r *run) count(it *item) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pending = append(r.pending, it)
+	r.wantBytes += int64(it.ni.NarSize)
+	o := r.f.opts
+	switch {
+	case o.MaxPaths > 0 && len(r.pending) > o.MaxPaths:
+		return fmt.Errorf("the closure of %s needs more paths not yet in the store than the limit of %d: %w",
+			describe(r.roots), o.MaxPaths, ErrTooLarge)
+	case o.MaxNarBytes > 0 && r.wantBytes > o.MaxNarBytes:
+		return fmt.Errorf("the closure of %s needs at least %d bytes of NARs not yet in the store (%d paths counted), more than the limit of %d: %w",
+			describe(r.roots), r.wantBytes, len(r.pending), o.MaxNarBytes, ErrTooLarge)
+	}
+	return nil
+}
+
+// describe names paths for messages: the first, and how many more.
+func describe(paths []storepath.Path) string {
+	switch len(paths) {
+	case 0:
+		return "no paths"
+	case 1:
+		return paths[0].Absolute()
+	}
+	return fmt.Sprintf("%s and %d more", paths[0].Absolute(), len(paths)-1)
+}
+
+// walk walks the closure a depth level at a time: the narinfos of one
+// level are requested concurrently, and (without a bound) each path's
+// download starts as soon as its narinfo is verified.
+func (r *run) walk(roots []storepath.Path) {
 	seen := map[storepath.Path]bool{}
 	var level []*item
 	valid, err := r.f.store.ValidSubset(r.ctx, roots)
@@ -132,6 +188,12 @@ func (r *run) resolve(roots []storepath.Path) {
 				defer func() { <-lookups }()
 				if err := r.lookup(it); err != nil {
 					r.fail(err)
+					return
+				}
+				if r.bounded() {
+					if err := r.count(it); err != nil {
+						r.fail(err)
+					}
 					return
 				}
 				r.startDownload(it)

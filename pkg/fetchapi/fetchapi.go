@@ -21,8 +21,9 @@ import (
 )
 
 // Kinds of fetch failure (Failure.Kind): pkg/fetch's ErrorKind names its
-// errors with the first six; the shim maps them to errdefs kinds and the
-// agent counts failures by them.
+// errors with the first six and KindTooLarge; the shim maps them to
+// errdefs kinds and the agent counts failures by them. New kinds are
+// added, never renamed: an older reader counts an unknown kind as is.
 const (
 	KindNotFound     = "not_found"     // no cache has a path
 	KindUntrusted    = "untrusted"     // no trusted signature
@@ -33,6 +34,9 @@ const (
 	// KindInvalidArgument: the fetch child refused its request before
 	// fetching anything.
 	KindInvalidArgument = "invalid_argument"
+	// KindTooLarge: the closure needs more NAR bytes or paths than the
+	// node allows one fetch; refused before any NAR was downloaded.
+	KindTooLarge = "too_large"
 	// KindAborted: a record reader's kind for a fetch whose writer died
 	// before it ended.
 	KindAborted = "aborted"

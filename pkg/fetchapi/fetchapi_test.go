@@ -13,7 +13,7 @@ func TestKindsOnTheWire(t *testing.T) {
 	for kind, want := range map[string]string{
 		KindNotFound: "not_found", KindUntrusted: "untrusted", KindHashMismatch: "hash_mismatch",
 		KindTimeout: "timeout", KindCanceled: "canceled", KindOther: "other",
-		KindInvalidArgument: "invalid_argument", KindAborted: "aborted",
+		KindInvalidArgument: "invalid_argument", KindAborted: "aborted", KindTooLarge: "too_large",
 	} {
 		if kind != want {
 			t.Errorf("kind %q, want %q", kind, want)

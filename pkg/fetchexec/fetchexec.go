@@ -63,8 +63,13 @@ type Request struct {
 	NetrcFile         string
 	MaxJobs           int
 	Timeout           time.Duration // the child's own deadline; 0: none
-	Paths             []storepath.Path
-	GCRoots           []GCRoot
+	// MaxNarBytes and MaxPaths bound the NAR bytes (signed NarSize) and
+	// the paths the child may substitute, checked before it downloads
+	// anything (fetchapi.KindTooLarge); 0: no bound.
+	MaxNarBytes int64
+	MaxPaths    int
+	Paths       []storepath.Path
+	GCRoots     []GCRoot
 
 	Progress func(fetchapi.Progress) // called for each progress report
 	Log      func(string)            // called for each line the child logs
@@ -92,6 +97,12 @@ func (r Request) Args() []string {
 	}
 	if r.Timeout > 0 {
 		args = append(args, "--timeout", r.Timeout.String())
+	}
+	if r.MaxNarBytes > 0 {
+		args = append(args, "--max-nar-bytes", strconv.FormatInt(r.MaxNarBytes, 10))
+	}
+	if r.MaxPaths > 0 {
+		args = append(args, "--max-paths", strconv.Itoa(r.MaxPaths))
 	}
 	for _, g := range r.GCRoots {
 		args = append(args, "--gc-root", g.Name+"="+g.Path.Absolute())

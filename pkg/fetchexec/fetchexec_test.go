@@ -163,6 +163,15 @@ func TestRunFailures(t *testing.T) {
 	if fail.Kind != fetchapi.KindInvalidArgument || !strings.Contains(fail.Message, "--trusted-public-key") {
 		t.Errorf("bad key: %+v", fail)
 	}
+	// The limits reach the child as --max-nar-bytes and --max-paths.
+	fail = run(fetchexec.Request{Substituters: []string{url}, TrustedPublicKeys: []string{f.key.Public}, Paths: []storepath.Path{f.root}, MaxNarBytes: 1})
+	if fail.Kind != fetchapi.KindTooLarge || !strings.Contains(fail.Message, "the closure of "+f.root.Absolute()+" needs at least") || !strings.Contains(fail.Message, "more than the limit of 1:") {
+		t.Errorf("over --max-nar-bytes: %+v", fail)
+	}
+	fail = run(fetchexec.Request{Substituters: []string{url}, TrustedPublicKeys: []string{f.key.Public}, Paths: []storepath.Path{f.root}, MaxPaths: 1})
+	if fail.Kind != fetchapi.KindTooLarge || !strings.Contains(fail.Message, "than the limit of 1:") {
+		t.Errorf("over --max-paths: %+v", fail)
+	}
 
 	// Cancelled while NARs are held back by the cache: the child gets
 	// SIGTERM, stops, and the store has no partial path.

@@ -33,10 +33,18 @@ type podPaths struct {
 	perContainer map[string][]storepath.Path // storepkg.dev/paths.<name>
 }
 
+// annotationLimits bound what one pod's annotations may ask for (the
+// node's MaxPathAnnotations and MaxPathsPerPod); 0: no bound.
+type annotationLimits struct {
+	perContainerKeys int // storepkg.dev/paths.<container> keys
+	paths            int // store paths, summed over all keys
+}
+
 // parseAnnotations validates every storepkg.dev/ annotation. A mistake is
 // an InvalidArgument error naming the annotation, so `kubectl describe`
-// says exactly which key and path are wrong.
-func parseAnnotations(annotations map[string]string) (*podPaths, error) {
+// says exactly which key and path are wrong. A pod over a node limit is
+// refused the same way, naming the annotation and the node's option.
+func parseAnnotations(annotations map[string]string, lim annotationLimits) (*podPaths, error) {
 	pp := &podPaths{perContainer: map[string][]storepath.Path{}}
 	keys := make([]string, 0, len(annotations))
 	for k := range annotations {
@@ -45,6 +53,18 @@ func parseAnnotations(annotations map[string]string) (*podPaths, error) {
 		}
 	}
 	sort.Strings(keys)
+	// Each key may start a fetch child: count them before reading any.
+	var perContainer []string
+	for _, k := range keys {
+		if strings.HasPrefix(k, AnnotationPathsFor) && len(k) > len(AnnotationPathsFor) {
+			perContainer = append(perContainer, k)
+		}
+	}
+	if lim.perContainerKeys > 0 && len(perContainer) > lim.perContainerKeys {
+		return nil, fmt.Errorf("annotation %s: the pod has %d %s<container> annotations, more than the node's limit of %d (runtime option MaxPathAnnotations): %w",
+			perContainer[lim.perContainerKeys], len(perContainer), AnnotationPathsFor, lim.perContainerKeys, errdefs.ErrInvalidArgument)
+	}
+	total := 0
 	for _, k := range keys {
 		var name string
 		switch {
@@ -61,6 +81,10 @@ func parseAnnotations(annotations map[string]string) (*podPaths, error) {
 		}
 		if len(paths) == 0 {
 			return nil, fmt.Errorf("annotation %s: no store paths: %w", k, errdefs.ErrInvalidArgument)
+		}
+		if total += len(paths); lim.paths > 0 && total > lim.paths {
+			return nil, fmt.Errorf("annotation %s: the pod's %s annotations name %d or more store paths, more than the node's limit of %d (runtime option MaxPathsPerPod): %w",
+				k, AnnotationPaths, total, lim.paths, errdefs.ErrInvalidArgument)
 		}
 		if name == "" {
 			pp.all = paths

@@ -34,6 +34,13 @@ type Config struct {
 	StatusDir         string // where the fetch records (pkg/fetchrecord) for the node agent go; default /run/storepkg/fetches, "-" for none
 	FetchBinary       string // the storepkg CLI that substitutes closures; default: storepkg beside the shim, else in PATH
 
+	// What one pod may ask for (docs/runtime.md); unset: the default,
+	// 0: no limit.
+	MaxPathAnnotations *int   // storepkg.dev/paths.<container> keys per pod; default 16
+	MaxPathsPerPod     *int   // store paths named by a pod's annotations, summed over keys; default 64
+	MaxClosureNarBytes *int64 // NAR bytes (signed NarSize) of the paths one closure fetch substitutes; default 20 GiB
+	MaxClosurePaths    *int   // paths one closure fetch substitutes; default 10000
+
 	// runc's own options, translated to its type (never passed raw).
 	BinaryName    string
 	Root          string
@@ -91,7 +98,51 @@ func parseOptions(opts *anypb.Any) (*Config, error) {
 	default:
 		return nil, fmt.Errorf("runtime options of type %T: %w", v, errdefs.ErrInvalidArgument)
 	}
+	if err := cfg.checkLimits(); err != nil {
+		return nil, err
+	}
 	return cfg.withDefaults(), nil
+}
+
+// The defaults of the per-pod limits: far above what real pods use (a
+// container or two, a few root paths, closures of hundreds of paths and
+// a few GiB), far below what exhausts a node (processes, disk).
+const (
+	defaultMaxPathAnnotations = 16
+	defaultMaxPathsPerPod     = 64
+	defaultMaxClosureNarBytes = 20 << 30
+	defaultMaxClosurePaths    = 10000
+)
+
+// checkLimits refuses negative limits, naming the key.
+func (c *Config) checkLimits() error {
+	for _, l := range []struct {
+		key string
+		neg bool
+	}{
+		{"MaxPathAnnotations", c.MaxPathAnnotations != nil && *c.MaxPathAnnotations < 0},
+		{"MaxPathsPerPod", c.MaxPathsPerPod != nil && *c.MaxPathsPerPod < 0},
+		{"MaxClosureNarBytes", c.MaxClosureNarBytes != nil && *c.MaxClosureNarBytes < 0},
+		{"MaxClosurePaths", c.MaxClosurePaths != nil && *c.MaxClosurePaths < 0},
+	} {
+		if l.neg {
+			return fmt.Errorf("storepkg config %s: negative (0 means no limit): %w", l.key, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+// annotationLimits is what parseAnnotations allows a pod.
+func (c *Config) annotationLimits() annotationLimits {
+	return annotationLimits{perContainerKeys: valueOr(c.MaxPathAnnotations, defaultMaxPathAnnotations), paths: valueOr(c.MaxPathsPerPod, defaultMaxPathsPerPod)}
+}
+
+// valueOr is *p, or def when the key is unset.
+func valueOr[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
 }
 
 // withDefaults fills in the shim's defaults. Without Substituters the
@@ -143,6 +194,8 @@ func (c *Config) fetchRequest(binary string, paths []storepath.Path, roots []fet
 		NetrcFile:         c.NetrcFile,
 		MaxJobs:           c.MaxJobs,
 		Timeout:           c.fetchTimeout(),
+		MaxNarBytes:       valueOr(c.MaxClosureNarBytes, defaultMaxClosureNarBytes),
+		MaxPaths:          valueOr(c.MaxClosurePaths, defaultMaxClosurePaths),
 		Paths:             paths,
 		GCRoots:           roots,
 	}

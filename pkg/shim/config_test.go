@@ -50,7 +50,7 @@ SystemdCgroup = true
 	p, _ := storepath.Parse("/nix/store/7wfya0ry0kysw5wi5xqx0h1jmmc6ghc3-hello-2.12.1")
 	args := strings.Join(cfg.fetchRequest("storepkg", []storepath.Path{p}, []fetchexec.GCRoot{{Name: "pod-7wfya", Path: p}}).Args(), " ")
 	want := "fetch --json --root /var/lib/storepkg --substituter http://127.0.0.1:5000 --substituter https://cache.nixos.org " +
-		"--trusted-public-key test-1:4mM2NTiDBkPaT+Ya0Ym0/qDpfdY+vpFJX5CiVIOKbck= --max-jobs 8 --timeout 30m0s " +
+		"--trusted-public-key test-1:4mM2NTiDBkPaT+Ya0Ym0/qDpfdY+vpFJX5CiVIOKbck= --max-jobs 8 --timeout 30m0s --max-nar-bytes 21474836480 --max-paths 10000 " +
 		"--gc-root pod-7wfya=" + p.Absolute() + " -- " + p.Absolute()
 	if args != want {
 		t.Errorf("fetch child args:\n got %s\nwant %s", args, want)
@@ -94,5 +94,45 @@ func TestConfigDefaultsAndErrors(t *testing.T) {
 	cfg, _ = parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte(`TrustedPublicKeys = ["nocolon"]`)}))
 	if err := cfg.checkFetch(); err == nil || !strings.Contains(err.Error(), "TrustedPublicKeys") || !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("bad key: %v", err)
+	}
+}
+
+// TestConfigLimits: the per-pod limits default when unset, 0 lifts one,
+// a negative one is refused naming its key.
+func TestConfigLimits(t *testing.T) {
+	p, _ := storepath.Parse("/nix/store/7wfya0ry0kysw5wi5xqx0h1jmmc6ghc3-hello-2.12.1")
+	def, err := parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte("MaxJobs = 2\n")}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := def.annotationLimits(); got != (annotationLimits{perContainerKeys: 16, paths: 64}) {
+		t.Errorf("default annotation limits %+v", got)
+	}
+	if req := def.fetchRequest("storepkg", []storepath.Path{p}, nil); req.MaxNarBytes != 20<<30 || req.MaxPaths != 10000 {
+		t.Errorf("default closure limits %d bytes, %d paths", req.MaxNarBytes, req.MaxPaths)
+	}
+
+	cfg, err := parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte(`
+MaxPathAnnotations = 2
+MaxPathsPerPod = 0
+MaxClosureNarBytes = 0
+MaxClosurePaths = 5
+`)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.annotationLimits(); got != (annotationLimits{perContainerKeys: 2, paths: 0}) {
+		t.Errorf("annotation limits %+v", got)
+	}
+	args := strings.Join(cfg.fetchRequest("storepkg", []storepath.Path{p}, nil).Args(), " ")
+	if strings.Contains(args, "--max-nar-bytes") || !strings.Contains(args, "--max-paths 5 ") {
+		t.Errorf("fetch child args: %s", args)
+	}
+
+	for _, key := range []string{"MaxPathAnnotations", "MaxPathsPerPod", "MaxClosureNarBytes", "MaxClosurePaths"} {
+		_, err := parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte(key + " = -1\n")}))
+		if err == nil || !strings.Contains(err.Error(), key) || !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("%s = -1: %v, want InvalidArgument naming it", key, err)
+		}
 	}
 }

@@ -309,6 +309,9 @@ func fetchError(err error) error {
 			kind = errdefs.ErrUnavailable
 		case fetchapi.KindInvalidArgument:
 			kind = errdefs.ErrInvalidArgument
+		case fetchapi.KindTooLarge:
+			kind = errdefs.ErrResourceExhausted
+			return fmt.Errorf("storepkg: %v (the node's limits per closure: runtime options MaxClosureNarBytes, MaxClosurePaths): %w", err, kind)
 		}
 	}
 	return fmt.Errorf("storepkg: %v: %w", err, kind)

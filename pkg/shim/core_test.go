@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/gcowner"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
@@ -71,5 +72,18 @@ func TestNoRootsWithoutOwnerRecord(t *testing.T) {
 	}
 	if names, ok := c.roots["sandbox-1"]; !ok || len(names) != 1 || names[0] != gcowner.RootName("sandbox-1", paths[0]) {
 		t.Errorf("roots %v", c.roots)
+	}
+}
+
+// TestFetchErrorTooLarge: a closure over the node's limits reaches CRI as
+// ResourceExhausted, naming the runtime options.
+func TestFetchErrorTooLarge(t *testing.T) {
+	err := fetchError(&fetchapi.Failure{Kind: fetchapi.KindTooLarge, Message: "the closure of /nix/store/x needs at least 5 bytes"})
+	if !errors.Is(err, errdefs.ErrResourceExhausted) || !strings.Contains(err.Error(), "the closure of /nix/store/x needs at least 5 bytes") ||
+		!strings.Contains(err.Error(), "MaxClosureNarBytes") {
+		t.Errorf("too large: %v", err)
+	}
+	if err := fetchError(&fetchapi.Failure{Kind: fetchapi.KindNotFound, Message: "m"}); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("not found: %v", err)
 	}
 }

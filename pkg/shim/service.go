@@ -35,7 +35,7 @@ func (s *service) prepareCreate(ctx context.Context, r *taskAPI.CreateTaskReques
 		return err
 	}
 	s.core.notePod(spec.Annotations)
-	pp, err := parseAnnotations(spec.Annotations)
+	pp, err := parseAnnotations(spec.Annotations, cfg.annotationLimits())
 	if spec.Annotations[criContainerType] == criTypeSandbox {
 		// The sandbox runs as it is; a bad annotation is reported by the
 		// create of each container it concerns, by name.
