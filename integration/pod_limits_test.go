@@ -3,10 +3,12 @@ package integration
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/storepkg/storepkg/integration/critest"
+	"github.com/storepkg/storepkg/internal/nixtest"
 )
 
 // TestPodLimits: a pod over the node's limits (runtime options) fails its
@@ -75,4 +77,80 @@ func TestPodLimits(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPodClosureLimit: MaxClosureNarBytes bounds what the whole pod adds
+// to the store. Two containers whose closures each fit, but not together
+// (their shared paths counted once), are refused before any NAR is
+// downloaded; the same node runs a pod with either one.
+func TestPodClosureLimit(t *testing.T) {
+	setup(t)
+	hello, tools := fixture.fx.Hello, fixture.fx.Tools
+	narBytes := func(roots ...string) int64 {
+		closure := strings.Fields(nixtest.Run(t, "nix-store", append([]string{"--store", nixtest.StoreURI(fixture.fx.Store), "-qR"}, roots...)...))
+		var sum int64
+		for _, p := range closure {
+			n, err := strconv.ParseInt(strings.TrimSpace(nixtest.Run(t, "nix-store", "--store", nixtest.StoreURI(fixture.fx.Store), "-q", "--size", p)), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum += n
+		}
+		return sum
+	}
+	limit := max(narBytes(hello), narBytes(tools))
+	if both := narBytes(hello, tools); both <= limit {
+		t.Fatalf("the fixture's closures: together %d bytes, the larger alone %d: want the pair larger", both, limit)
+	}
+	url, gets, _ := serveCache(t)
+	env := critest.Start(t, critest.Options{
+		ShimPath: fixture.shim,
+		StorepkgOptions: map[string]any{
+			"Substituters":       []string{url},
+			"TrustedPublicKeys":  []string{fixture.key.Public},
+			"MaxClosureNarBytes": limit,
+		},
+	})
+
+	pod := env.PodConfig("pod-limit", "default", map[string]string{"storepkg.dev/paths.a": hello, "storepkg.dev/paths.b": tools})
+	podID := env.RunPodSandbox(t, critest.HandlerStorepkg, pod)
+	var ids []string
+	for _, name := range []string{"a", "b"} {
+		id, err := env.CreateContainer(t, podID, env.ContainerConfig(name, critest.PauseImage, []string{"sleep", "1"}), pod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+		out, err := env.CrictlErr("start", id)
+		if err == nil {
+			t.Fatalf("start of %s succeeded: %s", name, out)
+		}
+		for _, w := range []string{"together with the 1 other paths it is counted with", "more than the limit of " + strconv.FormatInt(limit, 10), "MaxClosureNarBytes", "ResourceExhausted"} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("start of %s: error does not say %q:\n%v", name, w, err)
+			}
+		}
+	}
+	if g := gets(); len(g) != 0 {
+		t.Errorf("NARs downloaded: %v", g)
+	}
+	for _, id := range ids {
+		env.Rm(t, id)
+	}
+	env.StopPod(t, podID)
+	env.RmPod(t, podID)
+
+	// Either closure alone fits.
+	pod = env.PodConfig("pod-limit-one", "default", paths(tools))
+	podID = env.RunPodSandbox(t, critest.HandlerStorepkg, pod)
+	id, err := env.CreateContainer(t, podID, env.ContainerConfig("a", critest.PauseImage, []string{"sleep", "1"}), pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Crictl(t, "start", id)
+	env.Crictl(t, "stop", id)
+	env.Rm(t, id)
+	env.StopPod(t, podID)
+	env.RmPod(t, podID)
+	assertNothingLeft(t, env, id)
 }

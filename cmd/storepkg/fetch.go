@@ -109,6 +109,7 @@ hold the fetcher, the decoders or the store's database.`,
 	cmd.Flags().IntVar(&maxJobs, "max-jobs", 0, "parallel NAR downloads (default: 2 per CPU, 4 to 16)")
 	cmd.Flags().Int64Var(&limits.narBytes, "max-nar-bytes", 0, "refuse, before downloading anything, a closure whose paths not yet in the store have more NAR bytes (signed NarSize) than this (0: no limit)")
 	cmd.Flags().IntVar(&limits.paths, "max-paths", 0, "refuse, before downloading anything, a closure with more paths not yet in the store than this (0: no limit)")
+	cmd.Flags().StringArrayVar(&limits.countWith, "count-with", nil, "PATH: count PATH's closure against --max-nar-bytes and --max-paths together with the paths fetched, without fetching it (a pod's other paths), repeatable")
 	cmd.Flags().StringArrayVar(&gcRoots, "gc-root", nil, "NAME=PATH: make PATH a GC root gcroots/storepkg/NAME before fetching, repeatable")
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long (0: never)")
 	cmd.Flags().BoolVar(&jsonReport, "json", false, "report progress and the result or error as JSON lines on stdout")
@@ -117,8 +118,9 @@ hold the fetcher, the decoders or the store's database.`,
 
 // fetchLimits are fetch's bounds on what one closure may need.
 type fetchLimits struct {
-	narBytes int64
-	paths    int
+	narBytes  int64
+	paths     int
+	countWith []string // store paths; parsed by setupFetch
 }
 
 // setupFetch checks the command line and opens the store and the fetcher.
@@ -143,6 +145,13 @@ func setupFetch(ctx context.Context, root string, substituters, keys []string, n
 		return nil, nil, nil, nil, errors.New("--max-nar-bytes and --max-paths must not be negative")
 	}
 	opts := fetch.Options{Substituters: substituters, MaxJobs: maxJobs, MaxNarBytes: limits.narBytes, MaxPaths: limits.paths}
+	for _, abs := range limits.countWith {
+		p, err := storepath.Parse(abs)
+		if err != nil {
+			return nil, nil, nil, nil, fmt.Errorf("--count-with %q: %w", abs, err)
+		}
+		opts.BoundAlso = append(opts.BoundAlso, p)
+	}
 	if len(opts.Substituters) == 0 {
 		opts.Substituters = []string{fetch.DefaultSubstituter}
 		if len(keys) == 0 {

@@ -59,7 +59,14 @@ type Options struct {
 	// with ErrTooLarge having downloaded nothing.
 	MaxNarBytes int64
 	MaxPaths    int
-	HTTPClient  *http.Client
+	// BoundAlso names paths whose closures count against MaxNarBytes and
+	// MaxPaths together with the roots', without being fetched: a pod's
+	// other path lists, so that the bound is on what the pod adds to the
+	// store, counting each path once. Their narinfos are walked after
+	// the roots'; one that no cache has is left out of the count (the
+	// fetch that wants it reports that). Ignored without a bound.
+	BoundAlso  []storepath.Path
+	HTTPClient *http.Client
 	// Progress, if set, is called from the fetching goroutines whenever a
 	// path completes or bytes arrive; it must be cheap and thread-safe.
 	Progress func(fetchapi.Progress)

@@ -116,3 +116,97 @@ func TestClosureLimits(t *testing.T) {
 		t.Errorf("valid closure under a 1-byte limit: %v", err)
 	}
 }
+
+// TestClosureLimitsCountWith: paths given in BoundAlso (a pod's other
+// path lists) count against the limits with the fetched closure, each
+// path once, and are not fetched; one no cache has is not counted.
+func TestClosureLimitsCountWith(t *testing.T) {
+	fx, key, caches := fixture(t)
+	dir := caches["xz"]
+	narSize := func(abs string) int64 {
+		hash, _, _ := strings.Cut(filepath.Base(abs), "-")
+		data, err := os.ReadFile(filepath.Join(dir, hash+".narinfo"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ni, err := narinfo.ParseBytes(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ni.References) > 0 && !(len(ni.References) == 1 && ni.References[0].Absolute() == abs) {
+			return -1
+		}
+		return int64(ni.NarSize)
+	}
+	// A path of the closure that refers to nothing else: its closure is itself.
+	var leaf string
+	var leafSize, total int64
+	for _, abs := range fx.Closure {
+		if n := narSize(abs); n >= 0 && leaf == "" && abs != fx.Root {
+			leaf, leafSize = abs, n
+		}
+	}
+	if leaf == "" {
+		t.Fatal("the fixture has no leaf path")
+	}
+	for _, abs := range fx.Closure {
+		hash, _, _ := strings.Cut(filepath.Base(abs), "-")
+		data, err := os.ReadFile(filepath.Join(dir, hash+".narinfo"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ni, err := narinfo.ParseBytes(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += int64(ni.NarSize)
+	}
+	var narGets atomic.Int64
+	url := nixtest.Serve(t, dir, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasPrefix(r.URL.Path, "/nar/") {
+				narGets.Add(1)
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	opts := func(bytes int64, also ...string) fetch.Options {
+		o := fetch.Options{Substituters: []string{url}, TrustedKeys: []narinfo.PublicKey{publicKey(t, key)}, MaxNarBytes: bytes}
+		for _, abs := range also {
+			o.BoundAlso = append(o.BoundAlso, mustPath(t, abs))
+		}
+		return o
+	}
+
+	// The leaf alone is within the limit; with the root counted, the
+	// pod's closure is not: refused, nothing downloaded.
+	root := t.TempDir()
+	_, err := fetchInto(t, root, opts(total-1, fx.Root), leaf)
+	if !errors.Is(err, fetch.ErrTooLarge) {
+		t.Fatalf("leaf counted with the root under %d bytes (total %d): %v, want ErrTooLarge", total-1, total, err)
+	}
+	want := fmt.Sprintf("the closure of %s together with the 1 other paths it is counted with (%s) needs at least", leaf, fx.Root)
+	if !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("error %q\nwant prefix %q", err, want)
+	}
+	if n := narGets.Load(); n != 0 {
+		t.Errorf("%d NAR requests before the refusal", n)
+	}
+
+	// At the limit: only the leaf is fetched.
+	res, err := fetchInto(t, root, opts(total, fx.Root), leaf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Fetched) != 1 || res.Fetched[0].Absolute() != leaf || narGets.Load() != 1 {
+		t.Errorf("fetched %v with %d NAR requests, want only %s (%d bytes)", res.Fetched, narGets.Load(), leaf, leafSize)
+	}
+	nixtest.Verify(t, root)
+
+	// A counted path no cache has is left out: its own fetch reports it.
+	missing := filepath.Join(filepath.Dir(leaf), "00000000000000000000000000000000-missing")
+	narGets.Store(0)
+	if _, err := fetchInto(t, t.TempDir(), opts(leafSize, missing), leaf); err != nil {
+		t.Errorf("counting a path no cache has: %v", err)
+	}
+}

@@ -29,6 +29,8 @@ type item struct {
 	ni       *narinfo.NarInfo
 	tmp      string // where it is unpacked (store.PrepareInstall), once queued
 	cache    *Cache
+	// countOnly: walked for a bound (Options.BoundAlso), not fetched.
+	countOnly bool
 }
 
 // event reaches the registrar: a path unpacked under tmp and locked by us,
@@ -60,8 +62,10 @@ type run struct {
 	// collects the paths to substitute; their downloads start once the
 	// whole closure is known to be within the bounds.
 	roots     []storepath.Path
+	seen      map[storepath.Path]bool
 	pending   []*item
 	wantBytes int64
+	counted   int // paths of BoundAlso's closures in pending
 
 	mu         sync.Mutex
 	fetched    []storepath.Path
@@ -78,6 +82,7 @@ func newRun(ctx context.Context, f *Fetcher) *run {
 		jobs:        newSlots(f.opts.MaxJobs, runtime.GOMAXPROCS(0)),
 		events:      make(chan event, 64),
 		validBefore: map[storepath.Path]bool{},
+		seen:        map[storepath.Path]bool{},
 	}
 }
 
@@ -114,13 +119,22 @@ func (r *run) bounded() bool { return r.f.opts.MaxNarBytes > 0 || r.f.opts.MaxPa
 // closure over a bound is refused before any NAR is requested.
 func (r *run) resolve(roots []storepath.Path) {
 	r.roots = roots
-	r.walk(roots)
+	r.walk(roots, false)
 	if !r.bounded() || r.ctx.Err() != nil {
 		return
 	}
+	// What the roots' closure did not reach is counted, not fetched.
+	if also := r.f.opts.BoundAlso; len(also) > 0 {
+		r.walk(also, true)
+		if r.ctx.Err() != nil {
+			return
+		}
+	}
 	r.jobs.hold()
 	for _, it := range r.pending {
-		r.startDownload(it)
+		if !it.countOnly {
+			r.startDownload(it)
+		}
 	}
 	r.jobs.resume()
 }
@@ -132,16 +146,29 @@ func (r *run) count(it *item) error {
 	defer r.mu.Unlock()
 	r.pending = append(r.pending, it)
 	r.wantBytes += int64(it.ni.NarSize)
+	if it.countOnly {
+		r.counted++
+	}
 	o := r.f.opts
 	switch {
 	case o.MaxPaths > 0 && len(r.pending) > o.MaxPaths:
-		return fmt.Errorf("the closure of %s needs more paths not yet in the store than the limit of %d: %w",
-			describe(r.roots), o.MaxPaths, ErrTooLarge)
+		return fmt.Errorf("%s needs more paths not yet in the store than the limit of %d: %w",
+			r.whatIsCounted(), o.MaxPaths, ErrTooLarge)
 	case o.MaxNarBytes > 0 && r.wantBytes > o.MaxNarBytes:
-		return fmt.Errorf("the closure of %s needs at least %d bytes of NARs not yet in the store (%d paths counted), more than the limit of %d: %w",
-			describe(r.roots), r.wantBytes, len(r.pending), o.MaxNarBytes, ErrTooLarge)
+		return fmt.Errorf("%s needs at least %d bytes of NARs not yet in the store (%d paths counted), more than the limit of %d: %w",
+			r.whatIsCounted(), r.wantBytes, len(r.pending), o.MaxNarBytes, ErrTooLarge)
 	}
 	return nil
+}
+
+// whatIsCounted names, for a too-large error, the closure being counted.
+// Called with r.mu held.
+func (r *run) whatIsCounted() string {
+	if r.counted == 0 {
+		return "the closure of " + describe(r.roots)
+	}
+	return fmt.Sprintf("the closure of %s together with the %d other paths it is counted with (%s)",
+		describe(r.roots), len(r.f.opts.BoundAlso), describe(r.f.opts.BoundAlso))
 }
 
 // describe names paths for messages: the first, and how many more.
@@ -157,9 +184,11 @@ func describe(paths []storepath.Path) string {
 
 // walk walks the closure a depth level at a time: the narinfos of one
 // level are requested concurrently, and (without a bound) each path's
-// download starts as soon as its narinfo is verified.
-func (r *run) walk(roots []storepath.Path) {
-	seen := map[storepath.Path]bool{}
+// download starts as soon as its narinfo is verified. countOnly: the
+// paths are only counted against the bound (Options.BoundAlso), and a
+// path no cache can provide is left out rather than failing the run.
+func (r *run) walk(roots []storepath.Path, countOnly bool) {
+	seen := r.seen
 	var level []*item
 	valid, err := r.f.store.ValidSubset(r.ctx, roots)
 	if err != nil {
@@ -167,9 +196,12 @@ func (r *run) walk(roots []storepath.Path) {
 		return
 	}
 	for _, p := range roots {
+		if seen[p] {
+			continue
+		}
 		seen[p] = true
 		if !valid[p] {
-			level = append(level, &item{path: p})
+			level = append(level, &item{path: p, countOnly: countOnly})
 		}
 	}
 	lookups := make(chan struct{}, r.f.opts.LookupJobs)
@@ -187,6 +219,9 @@ func (r *run) walk(roots []storepath.Path) {
 				defer wg.Done()
 				defer func() { <-lookups }()
 				if err := r.lookup(it); err != nil {
+					if countOnly && r.ctx.Err() == nil {
+						return // not counted; its own fetch reports it
+					}
 					r.fail(err)
 					return
 				}
@@ -208,10 +243,13 @@ func (r *run) walk(roots []storepath.Path) {
 		var next []*item
 		var nextPaths []storepath.Path
 		for _, it := range level {
+			if it.ni == nil {
+				continue // countOnly and not found
+			}
 			for _, ref := range it.ni.References {
 				if !seen[ref] {
 					seen[ref] = true
-					next = append(next, &item{path: ref, neededBy: it.path})
+					next = append(next, &item{path: ref, neededBy: it.path, countOnly: countOnly})
 					nextPaths = append(nextPaths, ref)
 				}
 			}

@@ -68,8 +68,11 @@ type Request struct {
 	// anything (fetchapi.KindTooLarge); 0: no bound.
 	MaxNarBytes int64
 	MaxPaths    int
-	Paths       []storepath.Path
-	GCRoots     []GCRoot
+	// CountWith: paths whose closures count against MaxNarBytes and
+	// MaxPaths with Paths', not fetched (the pod's other path lists).
+	CountWith []storepath.Path
+	Paths     []storepath.Path
+	GCRoots   []GCRoot
 
 	Progress func(fetchapi.Progress) // called for each progress report
 	Log      func(string)            // called for each line the child logs
@@ -103,6 +106,11 @@ func (r Request) Args() []string {
 	}
 	if r.MaxPaths > 0 {
 		args = append(args, "--max-paths", strconv.Itoa(r.MaxPaths))
+	}
+	if r.MaxNarBytes > 0 || r.MaxPaths > 0 {
+		for _, p := range r.CountWith {
+			args = append(args, "--count-with", p.Absolute())
+		}
 	}
 	for _, g := range r.GCRoots {
 		args = append(args, "--gc-root", g.Name+"="+g.Path.Absolute())

@@ -121,6 +121,21 @@ func (pp *podPaths) lists() [][]storepath.Path {
 	return out
 }
 
+// union returns every store path the pod names, once.
+func (pp *podPaths) union() []storepath.Path {
+	seen := map[storepath.Path]bool{}
+	var out []storepath.Path
+	for _, l := range pp.lists() {
+		for _, p := range l {
+			if !seen[p] {
+				seen[p] = true
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
 func parsePathList(s string) ([]storepath.Path, error) {
 	fields := strings.FieldsFunc(s, func(r rune) bool {
 		return r == ',' || r == ' ' || r == '\t' || r == '\n' || r == '\r'

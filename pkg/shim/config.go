@@ -38,8 +38,8 @@ type Config struct {
 	// 0: no limit.
 	MaxPathAnnotations *int   // storepkg.dev/paths.<container> keys per pod; default 16
 	MaxPathsPerPod     *int   // store paths named by a pod's annotations, summed over keys; default 64
-	MaxClosureNarBytes *int64 // NAR bytes (signed NarSize) of the paths one closure fetch substitutes; default 20 GiB
-	MaxClosurePaths    *int   // paths one closure fetch substitutes; default 10000
+	MaxClosureNarBytes *int64 // NAR bytes (signed NarSize) the closure of all of a pod's paths adds to the store; default 20 GiB
+	MaxClosurePaths    *int   // paths that closure adds to the store; default 10000
 
 	// runc's own options, translated to its type (never passed raw).
 	BinaryName    string

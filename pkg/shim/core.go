@@ -49,6 +49,10 @@ type core struct {
 	roots   map[string][]string
 	records *recordWriter // nil: no fetch records
 	pod     podRef        // the pod this shim serves (fetchrecord.go)
+	// podPaths: every store path the pod's annotations name. The node's
+	// closure limits bound what the whole pod adds to the store, so each
+	// fetch counts the others' closures with its own.
+	podPaths []storepath.Path
 
 	// startChild starts the fetch child where the shim reaps children
 	// itself (set in plugin.go, reaper.go); nil: os/exec.
@@ -107,6 +111,13 @@ func fetchKey(paths []storepath.Path) string {
 	return strings.Join(s, " ")
 }
 
+// notePodPaths records every store path the pod names (podPaths).
+func (c *core) notePodPaths(paths []storepath.Path) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.podPaths = paths
+}
+
 // rootOwner is whose GC roots a fetch for container id makes: the pod's
 // sandbox when known, so a closure stays rooted from the prefetch at
 // runp until the pod is removed, else the container itself.
@@ -162,6 +173,11 @@ func (c *core) startFetch(ctx context.Context, owner string, paths []storepath.P
 	c.fetches[key] = call
 	rec := c.records.start(fctx, c.pod, paths)
 	req := c.cfg.fetchRequest(c.fetchBin, paths, roots)
+	for _, p := range c.podPaths {
+		if !slices.Contains(paths, p) {
+			req.CountWith = append(req.CountWith, p)
+		}
+	}
 	req.Progress = rec.progressFunc()
 	req.Start = c.startChild
 	logger := log.G(fctx).WithField("component", "storepkg-fetch")
@@ -311,7 +327,7 @@ func fetchError(err error) error {
 			kind = errdefs.ErrInvalidArgument
 		case fetchapi.KindTooLarge:
 			kind = errdefs.ErrResourceExhausted
-			return fmt.Errorf("storepkg: %v (the node's limits per closure: runtime options MaxClosureNarBytes, MaxClosurePaths): %w", err, kind)
+			return fmt.Errorf("storepkg: %v (the node's limits on what a pod adds to the store: runtime options MaxClosureNarBytes, MaxClosurePaths): %w", err, kind)
 		}
 	}
 	return fmt.Errorf("storepkg: %v: %w", err, kind)

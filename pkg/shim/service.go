@@ -36,6 +36,9 @@ func (s *service) prepareCreate(ctx context.Context, r *taskAPI.CreateTaskReques
 	}
 	s.core.notePod(spec.Annotations)
 	pp, err := parseAnnotations(spec.Annotations, cfg.annotationLimits())
+	if err == nil {
+		s.core.notePodPaths(pp.union())
+	}
 	if spec.Annotations[criContainerType] == criTypeSandbox {
 		// The sandbox runs as it is; a bad annotation is reported by the
 		// create of each container it concerns, by name.
