@@ -155,6 +155,8 @@ type Env struct {
 
 	mu     sync.Mutex
 	podIDs map[string]bool // every pod run through RunPodSandbox
+
+	opts Options // what Start was given, for RestartContainerd
 }
 
 // Network is the private CNI bridge network of an Env.
@@ -217,6 +219,7 @@ func Start(t testing.TB, opts Options) *Env {
 	sweepStale(t)
 	e, err := newEnv(opts)
 	if e != nil {
+		e.opts = opts
 		t.Cleanup(func() { e.cleanup(t) })
 	}
 	if err != nil {
