@@ -89,7 +89,7 @@ func fiftyPods(t *testing.T, r *chaosRun) {
 			}
 			select {
 			case <-ctx.Done():
-			case <-time.After(200 * time.Millisecond):
+			case <-time.After(20 * time.Millisecond):
 			}
 		}
 	}()
@@ -166,6 +166,11 @@ func fiftyPods(t *testing.T, r *chaosRun) {
 	}
 	if gcRuns.Load() == 0 {
 		t.Error("no collection ran alongside the pods")
+	}
+	for p, n := range nars(cache.requests()) {
+		if n != 1 {
+			t.Errorf("%s downloaded %d times: concurrent fetches of a path should wait for the one downloading it", p, n)
+		}
 	}
 	if failedStarts > 0 {
 		t.Errorf("%d container starts failed (the collection or a concurrent fetch got in a start's way)", failedStarts)
