@@ -47,7 +47,7 @@ func diskFullUnpack(t *testing.T, r *chaosRun) {
 
 	pod := env.PodConfig("chaos", "default", paths(fx.Hello, fx.Tools))
 	podID := env.RunPodSandbox(t, critest.HandlerStorepkg, pod)
-	rec := waitRecord(t, r.statusDir, "chaos")
+	rec := waitFetchEnded(t, r.statusDir, "chaos")
 	if rec.State != fetchrecord.Failed {
 		t.Fatalf("the prefetch on a full disk: %s, want failed", rec.State)
 	}
@@ -100,7 +100,7 @@ func diskFullViewBuild(t *testing.T, r *chaosRun) {
 
 	pod := env.PodConfig("chaos", "default", paths(fx.Hello, fx.Tools))
 	podID := env.RunPodSandbox(t, critest.HandlerStorepkg, pod)
-	if rec := waitRecord(t, r.statusDir, "chaos"); rec.State != fetchrecord.Done {
+	if rec := waitFetchEnded(t, r.statusDir, "chaos"); rec.State != fetchrecord.Done {
 		t.Fatalf("the prefetch: %s, want done", rec.State)
 	}
 	filler := fillLeaving(t, r, storeRoot, 0)
@@ -179,8 +179,8 @@ func shorten(s string, n int) string {
 	return s[:n] + "…"
 }
 
-// waitRecord waits for the fetch record of pod to complete.
-func waitRecord(t *testing.T, dir, pod string) *fetchrecord.Record {
+// waitFetchEnded waits for the fetch record of pod to complete.
+func waitFetchEnded(t *testing.T, dir, pod string) *fetchrecord.Record {
 	t.Helper()
 	var rec *fetchrecord.Record
 	waitFor(t, "completed fetch record of pod "+pod, time.Minute, func() bool {
