@@ -262,9 +262,9 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 // endCheck is every scenario's last word, once its pods are gone (it
 // removes any the scenario left, as kubelet would): no process of the
 // Env, no mount, no task bundle; real Nix verifies the store; one pass of
-// the node agent's loop (as the DaemonSet runs it, store not full)
-// removes the GC roots and owner records of gone shims and the
-// temporary entries of killed fetch children; one collection as the
+// the node agent's loop (as the DaemonSet runs it, store not full, its
+// minimum age passed) removes the GC roots and owner records of gone
+// shims and the temporary entries of killed fetch children; one collection as the
 // agent runs it under disk pressure (store.CollectNodeGarbage, no
 // minimum age) removes every view; every entry of nix/store is then a
 // valid path, and Nix verifies the store again. It returns what was
@@ -324,8 +324,10 @@ func endCheck(t *testing.T, r *chaosRun) (left []string) {
 		leave("before the agent ran, %s", msg)
 	}
 
-	// One pass of the agent's loop, with the DaemonSet's thresholds.
-	runAgentPass(t, r, agent.Config{})
+	// One pass of the agent's loop, with the DaemonSet's thresholds, as
+	// it runs once the minimum age (for temporary trees of killed
+	// fetches too) has passed.
+	runAgentPass(t, r, agent.Config{MinAge: -1})
 	leaveAll := func(what string, items []string) {
 		t.Helper()
 		if len(items) > 0 {
