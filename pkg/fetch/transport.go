@@ -344,11 +344,11 @@ func checkCredentialRedirect(from *url.URL, req *http.Request) error {
 	to := req.URL
 	switch {
 	case from.Scheme == "https" && to.Scheme != "https":
-		return &redirectError{to.Redacted(), "it leaves https while the cache has credentials"}
+		return &redirectError{redacted(to), "it leaves https while the cache has credentials"}
 	case sameOrigin(from, to):
 		return nil
 	case strings.EqualFold(from.Hostname(), to.Hostname()):
-		return &redirectError{to.Redacted(), "the cache's credentials are only sent to " + from.Scheme + "://" + from.Host}
+		return &redirectError{redacted(to), "the cache's credentials are only sent to " + from.Scheme + "://" + from.Host}
 	}
 	req.Header.Del("Authorization")
 	return nil
