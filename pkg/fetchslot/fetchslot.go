@@ -127,6 +127,11 @@ func prepare(dir string, n int) error {
 	if n <= 0 {
 		return fmt.Errorf("fetchslot: %d slots: want at least 1", n)
 	}
+	// Its parents as other node directories are (/run/storepkg also
+	// holds the fetch records), the directory itself private.
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return fmt.Errorf("fetchslot: slot directory: %w", err)
+	}
 	if err := os.MkdirAll(filepath.Join(dir, queueDir), 0o700); err != nil {
 		return fmt.Errorf("fetchslot: slot directory: %w", err)
 	}
