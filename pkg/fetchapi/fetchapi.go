@@ -88,6 +88,26 @@ type Report struct {
 	Progress *Progress `json:"progress,omitempty"`
 	Result   *Result   `json:"result,omitempty"`
 	Error    *Failure  `json:"error,omitempty"`
+	// Waiting: the fetch waits for one of the node's fetch slots
+	// (pkg/fetchslot) before it downloads anything.
+	Waiting *Waiting `json:"waiting,omitempty"`
+	// NeedsFetch ends a fetch run with --only-if-valid whose closure is
+	// not valid yet: it fetched nothing (its GC roots are made).
+	NeedsFetch bool `json:"needsFetch,omitempty"`
+}
+
+// Waiting is a fetch queued for a slot.
+type Waiting struct {
+	Slots int `json:"slots"` // how many fetches the node runs at once
+}
+
+// CacheConfig is the caches a fetch may use, as `storepkg fetch
+// --cache-config` reads it (the shim writes it to the child's stdin, so
+// that credentials in substituter URLs never appear on a command line).
+type CacheConfig struct {
+	Substituters      []string `json:"substituters,omitempty"`
+	TrustedPublicKeys []string `json:"trustedPublicKeys,omitempty"`
+	NetrcFile         string   `json:"netrcFile,omitempty"`
 }
 
 // Reporter writes Reports, one per line, safely from several goroutines.
@@ -107,3 +127,5 @@ func (r *Reporter) write(rep *Report) error {
 func (r *Reporter) Progress(p Progress) error { return r.write(&Report{Progress: &p}) }
 func (r *Reporter) Result(res *Result) error  { return r.write(&Report{Result: res}) }
 func (r *Reporter) Fail(f *Failure) error     { return r.write(&Report{Error: f}) }
+func (r *Reporter) Waiting(w Waiting) error   { return r.write(&Report{Waiting: &w}) }
+func (r *Reporter) NeedsFetch() error         { return r.write(&Report{NeedsFetch: true}) }

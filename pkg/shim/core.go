@@ -182,6 +182,13 @@ func (c *core) startFetch(ctx context.Context, owner string, paths []storepath.P
 	req.Start = c.startChild
 	logger := log.G(fctx).WithField("component", "storepkg-fetch")
 	req.Log = func(line string) { logger.Info(line) }
+	recWaiting := rec.waitingFunc()
+	req.Waiting = func(w fetchapi.Waiting) {
+		logger.WithField("paths", len(paths)).Infof("storepkg: waiting for a fetch slot (the node runs at most %d fetches at once)", w.Slots)
+		if recWaiting != nil {
+			recWaiting(w)
+		}
+	}
 	go func() {
 		defer cancel()
 		defer close(call.done)

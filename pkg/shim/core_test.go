@@ -32,7 +32,7 @@ func TestNoRootsWithoutOwnerRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newCore()
-	c.cfg, c.fetchBin = &Config{StoreRoot: root, StatusDir: "-"}, "/nonexistent/storepkg"
+	c.cfg, c.fetchBin = &Config{StoreRoot: root, StatusDir: "-", FetchSlotsDir: t.TempDir()}, "/nonexistent/storepkg"
 	started := 0
 	c.startChild = func(*exec.Cmd) (func() error, error) {
 		started++
