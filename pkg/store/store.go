@@ -13,6 +13,7 @@
 //	PrepareInstall(p) -> tmp // remove leftovers of a killed attempt
 //	… unpack into tmp …
 //	CommitInstall(tmp, p)    // atomic rename
+//	Sync()                   // data and renames durable before they are valid
 //	Register(…)              // once the references are valid too
 //	Unlock()
 //	AddGCRoot(name, p)       // before Close drops the temporary roots
