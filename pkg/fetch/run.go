@@ -742,7 +742,17 @@ func (r *run) registerReady(validNow map[storepath.Path]bool, pending map[storep
 			Deriver: ni.Deriver, Sigs: ni.Sigs, CA: ni.CA, RegistrationTime: now,
 		})
 	}
-	err := r.f.store.Register(context.WithoutCancel(r.ctx), infos)
+	// Durable before valid: the batch's data and renames reach the disk
+	// before the transaction that registers them, so a power cut never
+	// leaves a registered path incomplete. (The commit itself may be lost:
+	// the paths are then invalid, and the next fetch replaces them.)
+	var err error
+	if len(committed) > 0 {
+		err = r.f.store.Sync()
+	}
+	if err == nil {
+		err = r.f.store.Register(context.WithoutCancel(r.ctx), infos)
+	}
 	for _, ev := range committed {
 		if err != nil {
 			// Not registered: the renamed tree is an invalid path; remove it

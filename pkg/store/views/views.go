@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -37,8 +38,9 @@ import (
 //
 //	<key>/store/<name>...   the closure: directories recreated, every
 //	                        other entry a hard link to the store's inode
-//	<key>/manifest          the closure, with each path's inode and birth
-//	                        time when the view was built
+//	<key>/manifest          the boot it was built in, then the closure,
+//	                        with each path's inode and birth time when the
+//	                        view was built
 //	<key>/users/<id>        one symlink per container using the view,
 //	                        pointing at its bundle (gone = dead user)
 //	<key>.lock              flock held while building, acquiring, pruning
@@ -52,6 +54,12 @@ import (
 // nix-store --verify checks. A view keeps its inodes alive after the
 // store's garbage collector deletes their paths, so views that nothing
 // uses must be pruned (Prune) for the space to come back.
+//
+// A view is never synced to disk: it is rebuilt from the store, not a
+// source of truth. A crash can leave a .build- directory (removed by the
+// next build of its key, or Prune), or a renamed view whose manifest or
+// links did not all reach the disk. So a view built in an earlier boot
+// is never used: its first acquire in this boot rebuilds it.
 
 // Dir is where the views live, relative to the store root.
 const Dir = "nix/var/storepkg/views"
@@ -198,11 +206,11 @@ func acquire(ctx context.Context, storeRoot string, closure []storepath.Path, us
 // birth time): a path deleted and substituted again, or repaired by
 // nix-store, is a new inode, and the view must not show the old one.
 func viewMatches(dir, hostStore string, names []string) (bool, error) {
-	m, err := readManifest(filepath.Join(dir, "manifest"))
+	boot, m, err := readManifest(filepath.Join(dir, "manifest"))
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
-	if err != nil || len(m) != len(names) {
+	if err != nil || boot != bootID() || len(m) != len(names) {
 		return false, nil
 	}
 	sd, err := unix.Open(hostStore, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -244,27 +252,50 @@ func identify(dirfd int, name string) (fileID, error) {
 	return id, nil
 }
 
-func readManifest(file string) ([]manifestEntry, error) {
+// bootID identifies this boot of the machine; a test replaces it to
+// simulate a reboot.
+var bootID = sync.OnceValue(func() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		// Without /proc, every manifest matches on this: a degraded
+		// check rather than a view rebuilt on every acquire.
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+})
+
+// readManifest returns the boot a view was built in and its entries.
+func readManifest(file string) (boot string, entries []manifestEntry, err error) {
 	f, err := os.Open(file)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	defer f.Close()
-	var out []manifestEntry
 	sc := bufio.NewScanner(bufio.NewReaderSize(f, 1<<16))
+	if !sc.Scan() {
+		if err := sc.Err(); err != nil {
+			return "", nil, err
+		}
+		return "", nil, fmt.Errorf("view: manifest %s is empty", file)
+	}
+	header := strings.Fields(sc.Text())
+	if len(header) != 2 || header[0] != "boot" {
+		return "", nil, fmt.Errorf("view: bad manifest header %q in %s", sc.Text(), file)
+	}
+	boot = header[1]
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
 		if len(fields) != 3 {
-			return nil, fmt.Errorf("view: bad manifest line %q in %s", sc.Text(), file)
+			return "", nil, fmt.Errorf("view: bad manifest line %q in %s", sc.Text(), file)
 		}
 		ino, err1 := strconv.ParseUint(fields[1], 10, 64)
 		bt, err2 := strconv.ParseInt(fields[2], 10, 64)
 		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("view: bad manifest line %q in %s", sc.Text(), file)
+			return "", nil, fmt.Errorf("view: bad manifest line %q in %s", sc.Text(), file)
 		}
-		out = append(out, manifestEntry{fields[0], fileID{ino, bt}})
+		entries = append(entries, manifestEntry{fields[0], fileID{ino, bt}})
 	}
-	return out, sc.Err()
+	return boot, entries, sc.Err()
 }
 
 // build creates the view of names under a temporary name and renames it
@@ -288,6 +319,7 @@ func build(ctx context.Context, dir, key, hostStore string, names []string) (n i
 	}
 	defer unix.Close(sd)
 	var manifest strings.Builder
+	fmt.Fprintf(&manifest, "boot %s\n", bootID())
 	l := &linker{}
 	for _, name := range names {
 		if err := ctx.Err(); err != nil {
