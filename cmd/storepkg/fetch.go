@@ -58,7 +58,11 @@ hold the fetcher, the decoders or the store's database.`,
 			f, st, roots, paths, err := setupFetch(ctx, root, substituters, keys, netrcFile, maxJobs, limits, gcRoots, args)
 			if err != nil {
 				if rep != nil {
-					rep.Fail(&fetchapi.Failure{Message: err.Error(), Kind: fetchapi.KindInvalidArgument})
+					kind := fetchapi.KindInvalidArgument
+					if store.NoSpace(err) { // creating the store's database
+						kind = fetchapi.KindNoSpace
+					}
+					rep.Fail(&fetchapi.Failure{Message: err.Error(), Kind: kind})
 				}
 				return err
 			}
@@ -66,7 +70,7 @@ hold the fetcher, the decoders or the store's database.`,
 			for _, g := range roots {
 				if err := st.AddGCRoot(ctx, g.Name, g.Path); err != nil {
 					if rep != nil {
-						rep.Fail(&fetchapi.Failure{Message: err.Error(), Kind: fetchapi.KindOther})
+						rep.Fail(&fetchapi.Failure{Message: err.Error(), Kind: fetch.ErrorKind(err)})
 					}
 					return err
 				}
