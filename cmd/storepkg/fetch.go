@@ -86,7 +86,11 @@ and hand it over (--slot-fd), and pass the caches on stdin
 			}
 			if err != nil {
 				if rep != nil {
-					rep.Fail(&fetchapi.Failure{Message: err.Error(), Kind: fetchapi.KindInvalidArgument})
+					kind := fetchapi.KindInvalidArgument
+					if store.NoSpace(err) { // creating the store's database
+						kind = fetchapi.KindNoSpace
+					}
+					rep.Fail(&fetchapi.Failure{Message: err.Error(), Kind: kind})
 				}
 				return err
 			}
@@ -99,7 +103,7 @@ and hand it over (--slot-fd), and pass the caches on stdin
 			for _, g := range roots {
 				if err := st.AddGCRoot(ctx, g.Name, g.Path); err != nil {
 					if rep != nil {
-						rep.Fail(&fetchapi.Failure{Message: err.Error(), Kind: fetchapi.KindOther})
+						rep.Fail(&fetchapi.Failure{Message: err.Error(), Kind: fetch.ErrorKind(err)})
 					}
 					return err
 				}

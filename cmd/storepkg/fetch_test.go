@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/storepkg/storepkg/pkg/fetch"
@@ -26,7 +28,11 @@ func TestFetchFailureKinds(t *testing.T) {
 		{fetch.ErrHashMismatch, fetchapi.KindHashMismatch},
 		{context.DeadlineExceeded, fetchapi.KindTimeout},
 		{context.Canceled, fetchapi.KindCanceled},
-		{errors.New("disk full"), fetchapi.KindOther},
+		{fetch.ErrTruncated, fetchapi.KindTruncated},
+		{fetch.ErrUnavailable, fetchapi.KindUnavailable},
+		{fmt.Errorf("unpack: %w", &os.PathError{Op: "write", Path: "/nix/store/x", Err: syscall.ENOSPC}), fetchapi.KindNoSpace},
+		{fmt.Errorf("unpack: %w", &os.PathError{Op: "write", Path: "/nix/store/x", Err: syscall.EDQUOT}), fetchapi.KindNoSpace},
+		{errors.New("something else"), fetchapi.KindOther},
 	} {
 		err := fmt.Errorf("substituting: %w", &fetch.PathError{Path: p, Cache: "http://c", Err: c.err})
 		f := fetchFailure(err)

@@ -58,7 +58,7 @@ func newMetrics(st *store.Store) *metrics {
 	m.fetches = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "fetches_total",
 		Help: "Closure fetches for pods that ended, by result (success, failure)."}, []string{"result"})
 	m.fetchFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "fetch_failures_total",
-		Help: "Failed closure fetches by reason (not_found, untrusted, hash_mismatch, timeout, canceled, aborted, other)."}, []string{"reason"})
+		Help: "Failed closure fetches by reason (not_found, untrusted, hash_mismatch, truncated, unavailable, no_space, timeout, canceled, aborted, other; too_large once one occurs)."}, []string{"reason"})
 	m.fetchDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "fetch_duration_seconds",
 		Help:    "How long pods' closure fetches took, by result.",
 		Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800}}, []string{"result"})
@@ -97,7 +97,8 @@ func newMetrics(st *store.Store) *metrics {
 	for _, k := range []string{"signature", "hash"} {
 		m.refusals.WithLabelValues(k)
 	}
-	for _, k := range []string{fetchapi.KindNotFound, fetchapi.KindUntrusted, fetchapi.KindHashMismatch, fetchapi.KindTimeout, fetchapi.KindAborted, fetchapi.KindOther} {
+	for _, k := range []string{fetchapi.KindNotFound, fetchapi.KindUntrusted, fetchapi.KindHashMismatch, fetchapi.KindTruncated,
+		fetchapi.KindUnavailable, fetchapi.KindNoSpace, fetchapi.KindTimeout, fetchapi.KindAborted, fetchapi.KindOther} {
 		m.fetchFailures.WithLabelValues(k)
 	}
 	return m

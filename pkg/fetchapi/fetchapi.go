@@ -21,9 +21,10 @@ import (
 )
 
 // Kinds of fetch failure (Failure.Kind): pkg/fetch's ErrorKind names its
-// errors with the first six and KindTooLarge; the shim maps them to
-// errdefs kinds and the agent counts failures by them. New kinds are
-// added, never renamed: an older reader counts an unknown kind as is.
+// errors with the first six and KindTooLarge, KindTruncated,
+// KindUnavailable and KindNoSpace; the shim maps them to errdefs kinds
+// and the agent counts failures by them. New kinds are added, never
+// renamed: an older reader counts an unknown kind as is.
 const (
 	KindNotFound     = "not_found"     // no cache has a path
 	KindUntrusted    = "untrusted"     // no trusted signature
@@ -40,6 +41,17 @@ const (
 	// KindAborted: a record reader's kind for a fetch whose writer died
 	// before it ended.
 	KindAborted = "aborted"
+	// KindTruncated: a NAR whose bytes (the cache's complete file,
+	// decompressed) end before its signed NarSize.
+	KindTruncated = "truncated"
+	// KindUnavailable: the caches kept failing in a way worth retrying
+	// (unreachable, HTTP 5xx or 429, a connection cut mid-file) until the
+	// retries ran out.
+	KindUnavailable = "unavailable"
+	// KindNoSpace: the store's filesystem is full (ENOSPC, EDQUOT, or
+	// SQLite's "database or disk is full") while unpacking or
+	// registering.
+	KindNoSpace = "no_space"
 )
 
 // Progress is a snapshot of one fetch.

@@ -14,6 +14,7 @@ func TestKindsOnTheWire(t *testing.T) {
 		KindNotFound: "not_found", KindUntrusted: "untrusted", KindHashMismatch: "hash_mismatch",
 		KindTimeout: "timeout", KindCanceled: "canceled", KindOther: "other",
 		KindInvalidArgument: "invalid_argument", KindAborted: "aborted", KindTooLarge: "too_large",
+		KindTruncated: "truncated", KindUnavailable: "unavailable", KindNoSpace: "no_space",
 	} {
 		if kind != want {
 			t.Errorf("kind %q, want %q", kind, want)

@@ -318,7 +318,19 @@ func (c *core) viewMounts(ctx context.Context, id, bundle string, state *contain
 	return mount.BuildShared(state.rootfs, v.StoreDir, specMounts)
 }
 
-// fetchError gives a substitution failure the errdefs kind CRI reports.
+// fetchError gives a substitution failure the errdefs kind CRI reports:
+//
+//   - untrusted: FailedPrecondition, the node's trusted keys do not
+//     cover the cache's signatures; a configuration change fixes it.
+//   - hash_mismatch, truncated: DataLoss, not FailedPrecondition: the
+//     cache served bytes that are not the NAR its signed narinfo
+//     describes, corrupt or cut short at the source. Nothing on the node
+//     is in the wrong state, and the same request fails again until the
+//     cache is repaired.
+//   - unavailable, timeout: Unavailable, worth a later retry.
+//   - no_space, too_large: ResourceExhausted, the store's filesystem or
+//     the node's limits per closure.
+//   - canceled, aborted, other and kinds this shim does not know: Unknown.
 func fetchError(err error) error {
 	var kind error = errdefs.ErrUnknown
 	var f *fetchapi.Failure
@@ -326,12 +338,17 @@ func fetchError(err error) error {
 		switch f.Kind {
 		case fetchapi.KindNotFound:
 			kind = errdefs.ErrNotFound
-		case fetchapi.KindUntrusted, fetchapi.KindHashMismatch:
+		case fetchapi.KindUntrusted:
 			kind = errdefs.ErrFailedPrecondition
-		case fetchapi.KindTimeout:
+		case fetchapi.KindHashMismatch, fetchapi.KindTruncated:
+			kind = errdefs.ErrDataLoss
+		case fetchapi.KindTimeout, fetchapi.KindUnavailable:
 			kind = errdefs.ErrUnavailable
 		case fetchapi.KindInvalidArgument:
 			kind = errdefs.ErrInvalidArgument
+		case fetchapi.KindNoSpace:
+			kind = errdefs.ErrResourceExhausted
+			return fmt.Errorf("storepkg: %v (the node store's filesystem is full; the storepkg agent collects garbage above its high threshold): %w", err, kind)
 		case fetchapi.KindTooLarge:
 			kind = errdefs.ErrResourceExhausted
 			return fmt.Errorf("storepkg: %v (the node's limits on what a pod adds to the store: runtime options MaxClosureNarBytes, MaxClosurePaths): %w", err, kind)

@@ -34,6 +34,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 
 	"github.com/storepkg/storepkg/pkg/store/storefs"
@@ -368,6 +369,17 @@ func isBusy(err error) bool {
 		return true
 	}
 	return false
+}
+
+// NoSpace reports whether err says the store's filesystem is full: a
+// write failed with ENOSPC or EDQUOT, or SQLite found the database or
+// disk full (SQLITE_FULL, which its Unix VFS returns for ENOSPC).
+func NoSpace(err error) bool {
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return true
+	}
+	var se interface{ Code() int }
+	return errors.As(err, &se) && se.Code()&0xff == 13 // SQLITE_FULL
 }
 
 // busyRetryDelay is the pause between SQLite attempts that found the
