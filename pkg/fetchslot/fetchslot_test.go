@@ -12,16 +12,25 @@ import (
 	"time"
 )
 
+// heldSlot keeps the helper process's slot reachable: an unreachable
+// *os.File is closed by its finalizer, and the lock would go with it.
+var heldSlot *Slot
+
 // The helper process: holds a slot (or waits for one) until killed.
 func TestMain(m *testing.M) {
 	if dir := os.Getenv("FETCHSLOT_TEST_HOLD"); dir != "" {
-		s, err := Acquire(context.Background(), dir, 1, func() { fmt.Println("waiting") })
+		var err error
+		heldSlot, err = Acquire(context.Background(), dir, 1, func() { fmt.Println("waiting") })
 		if err != nil {
 			fmt.Println(err)
 			os.Exit(1)
 		}
-		fmt.Println("held", s.Index())
-		select {}
+		fmt.Println("held", heldSlot.Index())
+		// Not select{}: with no goroutine left to run, the runtime
+		// would end the process as deadlocked, and the lock with it.
+		for {
+			time.Sleep(time.Hour)
+		}
 	}
 	os.Exit(m.Run())
 }
