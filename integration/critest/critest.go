@@ -290,9 +290,9 @@ func newEnv(opts Options) (*Env, error) {
 			return e, err
 		}
 	}
-	// containerd's state (bundles, and so storepkg's generated views)
-	// lives on a tmpfs, as /run/containerd does on a real node; cleanup
-	// unmounts everything under the Env's dir.
+	// containerd's state (the bundles) lives on a tmpfs, as
+	// /run/containerd does on a real node, so a test can tell what lands
+	// there; cleanup unmounts everything under the Env's dir.
 	if err := unix.Mount("tmpfs", e.StateDir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700"); err != nil {
 		return e, fmt.Errorf("tmpfs for the state dir: %w", err)
 	}

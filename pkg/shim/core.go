@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -61,7 +62,6 @@ type core struct {
 
 type containerState struct {
 	pathEnv string // PATH entries of the root paths, for exec
-	rootfs  string // the generated root, removed with the container
 	viewKey string // the shared store view it uses (views.Acquire)
 }
 
@@ -246,14 +246,16 @@ func (c *core) warmView(ctx context.Context, call *fetchCall) {
 	}
 }
 
-// prepareContainer makes the container's closure valid and rewrites its
-// bundle: the root becomes a generated skeleton with the closure's shared
-// store view mounted read-only at /nix/store (one mount, whatever the
-// closure's size), PATH leads to the root paths' bin directories. The caller
-// then drops the image's rootfs mounts. The closure's GC roots were made
-// by the fetch child before it downloaded anything (usually the pod's
-// prefetch); they go with their owner (containerDeleted).
-func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle string, spec *specs.Spec, paths []storepath.Path) (err error) {
+// prepareContainer makes the container's closure valid and prepares its
+// bundle: storepkg's skeleton is built into the container's snapshot
+// (rootfs, containerd's mounts of it, which runc's task service then
+// mounts as for any container), the closure's shared store view is
+// mounted read-only at /nix/store (one mount, whatever the closure's
+// size), PATH leads to the root paths' bin directories. The closure's GC
+// roots were made by the fetch child before it downloaded anything
+// (usually the pod's prefetch); they go with their owner
+// (containerDeleted).
+func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle string, spec *specs.Spec, paths []storepath.Path, rootfs []*types.Mount) (err error) {
 	if err := c.setup(ctx, cfg); err != nil {
 		return err
 	}
@@ -271,13 +273,15 @@ func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle str
 		return fetchError(call.err)
 	}
 	hostStore := c.storeDir()
-	state.rootfs = rootfsOf(bundle, spec)
+	if err := buildSkeleton(ctx, bundle, spec.Annotations[criImageName], rootfs); err != nil {
+		return err
+	}
 	defer func() {
 		if err != nil {
 			c.removeView(ctx, id, state)
 		}
 	}()
-	mounts, err := c.viewMounts(ctx, id, bundle, state, call.res.Closure, spec.Mounts)
+	mounts, err := c.viewMounts(ctx, id, bundle, state, call.res.Closure)
 	if err != nil {
 		return fmt.Errorf("storepkg: container view: %w", err)
 	}
@@ -296,17 +300,18 @@ func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle str
 	return nil
 }
 
-// viewMounts builds the container's root at state.rootfs and returns the
-// mounts that show the closure: one bind of the closure's store view,
-// shared with every container on the node that runs the same closure
-// and built by the first; where views cannot be made (the views
-// directory cannot hard-link into the store), one bind per path.
-func (c *core) viewMounts(ctx context.Context, id, bundle string, state *containerState, closure []storepath.Path, specMounts []specs.Mount) ([]specs.Mount, error) {
+// viewMounts returns the mounts that show the closure: one bind of the
+// closure's store view, shared with every container on the node that
+// runs the same closure and built by the first; where views cannot be
+// made (the views directory cannot hard-link into the store), one bind
+// per path over mount points in the bundle (read-only in the container;
+// containerd removes them with the bundle).
+func (c *core) viewMounts(ctx context.Context, id, bundle string, state *containerState, closure []storepath.Path) ([]specs.Mount, error) {
 	v, err := views.Acquire(ctx, c.cfg.StoreRoot, closure, views.User{Name: id, Alive: bundle})
 	switch {
 	case errors.Is(err, views.ErrUnsupported):
 		log.G(ctx).WithError(err).Warn("storepkg: no shared store view; mounting each closure path")
-		return mount.Build(state.rootfs, c.storeDir(), closure, specMounts)
+		return mount.Build(filepath.Join(bundle, "storepkg-store"), c.storeDir(), closure)
 	case err != nil:
 		return nil, err
 	}
@@ -315,7 +320,7 @@ func (c *core) viewMounts(ctx context.Context, id, bundle string, state *contain
 		log.G(ctx).WithField("id", id).WithField("view", v.Key).WithField("files", v.Files).
 			WithField("duration", v.Duration).Info("storepkg: store view built")
 	}
-	return mount.BuildShared(state.rootfs, v.StoreDir, specMounts)
+	return mount.BuildShared(v.StoreDir), nil
 }
 
 // fetchError gives a substitution failure the errdefs kind CRI reports:
@@ -430,11 +435,10 @@ func (c *core) containerDeleted(ctx context.Context, id string) {
 	}
 }
 
-// removeView deletes the skeleton: containerd expects the bundle's rootfs
-// to be an empty mount point and would otherwise leave the bundle behind.
-// It releases the container's store view and prunes the views that can
-// no longer be used (their store paths deleted or replaced), so their
-// hard links stop holding disk space.
+// removeView releases the container's store view and prunes the views
+// that can no longer be used (their store paths deleted or replaced), so
+// their hard links stop holding disk space. The skeleton goes with the
+// container's snapshot, which containerd removes.
 func (c *core) removeView(ctx context.Context, id string, state *containerState) {
 	if state.viewKey != "" {
 		root := c.cfg.StoreRoot
@@ -449,13 +453,6 @@ func (c *core) removeView(ctx context.Context, id string, state *containerState)
 			log.G(ctx).WithField("views", res.Removed).WithField("freed", res.BytesFreed).Info("storepkg: pruned store views")
 		}
 	}
-	rootfs := state.rootfs
-	if rootfs == "" {
-		return
-	}
-	if err := clearRootfs(rootfs); err != nil {
-		log.G(ctx).WithError(err).Warn("storepkg: removing container view")
-	}
 }
 
 // rootfsOf is the bundle's root directory, as its spec names it.
@@ -469,8 +466,9 @@ func rootfsOf(bundle string, spec *specs.Spec) string {
 	return filepath.Join(bundle, spec.Root.Path)
 }
 
-// clearRootfs removes the generated root and leaves an empty directory:
-// containerd removes the rootfs itself and can only remove an empty one.
+// clearRootfs empties rootfs, a directory nothing is mounted on, and
+// leaves it: containerd removes the rootfs itself and can only remove an
+// empty one.
 func clearRootfs(rootfs string) error {
 	if err := mount.Remove(rootfs); err != nil {
 		return err

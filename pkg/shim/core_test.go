@@ -50,7 +50,7 @@ func TestNoRootsWithoutOwnerRecord(t *testing.T) {
 		t.Errorf("prefetch: %v", err)
 	}
 	bundle := t.TempDir()
-	err = c.prepareContainer(ctx, c.cfg, "container-1", bundle, &specs.Spec{}, paths)
+	err = c.prepareContainer(ctx, c.cfg, "container-1", bundle, &specs.Spec{}, paths, nil)
 	if err == nil || !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), owners) {
 		t.Errorf("container create: %v; want ErrUnavailable naming %s", err, owners)
 	}
@@ -63,7 +63,7 @@ func TestNoRootsWithoutOwnerRecord(t *testing.T) {
 	if err := os.Remove(owners); err != nil {
 		t.Fatal(err)
 	}
-	err = c.prepareContainer(ctx, c.cfg, "container-1", bundle, &specs.Spec{}, paths)
+	err = c.prepareContainer(ctx, c.cfg, "container-1", bundle, &specs.Spec{}, paths, nil)
 	if err == nil || !strings.Contains(err.Error(), "no fetch child in this test") {
 		t.Errorf("container create: %v, want the fetch child's failure", err)
 	}
