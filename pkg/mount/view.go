@@ -54,6 +54,22 @@ func BuildShared(rootfs, viewStore string, specMounts []specs.Mount) ([]specs.Mo
 	}}, nil
 }
 
+// BindStorePaths returns the mounts to append after BuildShared's for a
+// view's bound paths (views.View.Bound, base names): each store path
+// under hostStore (<StoreRoot>/nix/store) bound read-only, nosuid, nodev
+// over its empty directory in the view. They live in the container's
+// mount namespace only, and go with it.
+func BindStorePaths(hostStore string, bound []string) []specs.Mount {
+	mounts := make([]specs.Mount, 0, len(bound))
+	for _, name := range bound {
+		mounts = append(mounts, specs.Mount{
+			Destination: path.Join(storepath.StoreDir, name), Type: "bind",
+			Source: filepath.Join(hostStore, name), Options: storeMountOptions,
+		})
+	}
+	return mounts
+}
+
 // skeleton creates the generated root: its directories, identity files
 // and the mount points of specMounts.
 func skeleton(rootfs string, specMounts []specs.Mount) error {
