@@ -19,6 +19,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -392,19 +393,49 @@ func build(ctx context.Context, dir, key, hostStore string, names []string) (n i
 	return n, bound, nil
 }
 
-// linkPaths replicates the store paths names into viewStore and returns
-// the entries it linked.
+// linkPaths replicates the store paths names into viewStore, a path at a
+// time on each of up to GOMAXPROCS threads: linking is syscalls on
+// distinct directories, so the threads hardly contend. It returns the
+// entries linked.
 func linkPaths(ctx context.Context, key, hostStore, viewStore string, names []string) (int, error) {
-	l := &linker{}
-	for _, name := range names {
-		if err := ctx.Err(); err != nil {
-			return 0, fmt.Errorf("view: building %s: %w", key, err)
-		}
-		if err := l.replicate(filepath.Join(hostStore, name), filepath.Join(viewStore, name)); err != nil {
-			return 0, err
-		}
+	var (
+		mu       sync.Mutex
+		next     int
+		files    int
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	workers := min(runtime.GOMAXPROCS(0), len(names), 8)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l := &linker{}
+			for {
+				mu.Lock()
+				if firstErr == nil && ctx.Err() != nil {
+					firstErr = fmt.Errorf("view: building %s: %w", key, ctx.Err())
+				}
+				if firstErr != nil || next == len(names) {
+					files += l.files
+					mu.Unlock()
+					return
+				}
+				name := names[next]
+				next++
+				mu.Unlock()
+				if err := l.replicate(filepath.Join(hostStore, name), filepath.Join(viewStore, name)); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+			}
+		}()
 	}
-	return l.files, nil
+	wg.Wait()
+	return files, firstErr
 }
 
 // manyEntries reports whether the store path at p is a directory of more
