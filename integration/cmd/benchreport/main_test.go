@@ -128,7 +128,7 @@ func TestReportPartial(t *testing.T) {
 	r.fetch, r.pods, r.sharing = nil, nil, nil
 	out := r.render()
 	checkText(t, out)
-	if !strings.Contains(out, "Benchmarks run: start (of fetch pods start sharing).") {
+	if !strings.Contains(out, "Benchmarks run: start (of fetch pods start sharing view).") {
 		t.Error("a partial run does not say which benchmarks ran")
 	}
 	for _, s := range sections {
