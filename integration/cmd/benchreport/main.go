@@ -482,7 +482,7 @@ func (r *report) scalingSection() {
 	fmt.Fprintf(&d, "crictl create + start of one container in a running pod (each op pays two crictl process starts), closure already in the node store, "+
 		"image present; synthetic closures (Go-written signed cache) of the sizes below plus the tools path; variants measured in turn, %d rounds, medians. "+
 		"The shim shows a closure through its store view (pkg/store/views: hard links into the store, one directory per closure, shared by the "+
-		"closure's containers), mounted at /nix/store with one read-only bind whatever the closure's size (pkg/mount). The per-path work "+
+		"closure's containers), mounted at /nix/store with one read-only bind whatever the closure's size, plus one for each path of more than 256 entries (pkg/mount); these synthetic paths have two. The per-path work "+
 		"of a warm create is the check that the view still matches the store: the view's manifest read and one statx per path. Where the views "+
 		"directory cannot hard-link into the store, the shim mounts each path instead (its log says \"no shared store view\").\n\n", s.Runs)
 	fmt.Fprintf(&d, "| variant | paths | median ms | vs runc | vs 10 paths |\n|---|---:|---:|---:|---:|\n")
