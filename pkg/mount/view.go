@@ -10,6 +10,7 @@ package mount
 import (
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -140,6 +141,22 @@ func BuildShared(viewStore string) []specs.Mount {
 	return []specs.Mount{{
 		Destination: storepath.StoreDir, Type: "bind", Source: viewStore, Options: storeMountOptions,
 	}}
+}
+
+// BindStorePaths returns the mounts to append after BuildShared's for a
+// view's bound paths (views.View.Bound, base names): each store path
+// under hostStore (<StoreRoot>/nix/store) bound read-only, nosuid, nodev
+// over its empty directory in the view. They live in the container's
+// mount namespace only, and go with it.
+func BindStorePaths(hostStore string, bound []string) []specs.Mount {
+	mounts := make([]specs.Mount, 0, len(bound))
+	for _, name := range bound {
+		mounts = append(mounts, specs.Mount{
+			Destination: path.Join(storepath.StoreDir, name), Type: "bind",
+			Source: filepath.Join(hostStore, name), Options: storeMountOptions,
+		})
+	}
+	return mounts
 }
 
 // Build creates storeDir, a new directory outside the container's root

@@ -242,7 +242,7 @@ func (c *core) warmView(ctx context.Context, call *fetchCall) {
 	}
 	if v.Built {
 		log.G(ctx).WithField("view", v.Key).WithField("closure", len(call.res.Closure)).WithField("files", v.Files).
-			WithField("duration", v.Duration).Info("storepkg: store view built after prefetch")
+			WithField("bound", len(v.Bound)).WithField("duration", v.Duration).Info("storepkg: store view built after prefetch")
 	}
 }
 
@@ -302,10 +302,11 @@ func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle str
 
 // viewMounts returns the mounts that show the closure: one bind of the
 // closure's store view, shared with every container on the node that
-// runs the same closure and built by the first; where views cannot be
-// made (the views directory cannot hard-link into the store), one bind
-// per path over mount points in the bundle (read-only in the container;
-// containerd removes them with the bundle).
+// runs the same closure and built by the first, and one bind per path
+// too large to link into the view (views.BindEntries); where views
+// cannot be made (the views directory cannot hard-link into the store),
+// one bind per path over mount points in the bundle (read-only in the
+// container; containerd removes them with the bundle).
 func (c *core) viewMounts(ctx context.Context, id, bundle string, state *containerState, closure []storepath.Path) ([]specs.Mount, error) {
 	v, err := views.Acquire(ctx, c.cfg.StoreRoot, closure, views.User{Name: id, Alive: bundle})
 	switch {
@@ -317,10 +318,10 @@ func (c *core) viewMounts(ctx context.Context, id, bundle string, state *contain
 	}
 	state.viewKey = v.Key
 	if v.Built {
-		log.G(ctx).WithField("id", id).WithField("view", v.Key).WithField("files", v.Files).
+		log.G(ctx).WithField("id", id).WithField("view", v.Key).WithField("files", v.Files).WithField("bound", len(v.Bound)).
 			WithField("duration", v.Duration).Info("storepkg: store view built")
 	}
-	return mount.BuildShared(v.StoreDir), nil
+	return append(mount.BuildShared(v.StoreDir), mount.BindStorePaths(c.storeDir(), v.Bound)...), nil
 }
 
 // fetchError gives a substitution failure the errdefs kind CRI reports:

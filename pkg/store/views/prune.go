@@ -152,7 +152,7 @@ func pruneView(ctx context.Context, dir, key, hostStore string, opts PruneOption
 		}
 		if err != nil {
 			remove = true
-		} else if ok, err := viewMatches(p, hostStore, names); err != nil {
+		} else if _, ok, err := viewMatches(p, hostStore, names); err != nil {
 			return false, 0, err
 		} else {
 			remove = !ok
