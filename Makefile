@@ -11,7 +11,7 @@ BIN      := bin
 # (golang/go#75804, fixed in Go 1.27).
 FUZZTIME ?= 300000x
 
-.PHONY: all build image test e2e unit fuzz vet demo bench bench-fetch bench-start bench-pods bench-sharing chaos deps clean
+.PHONY: all build image test e2e unit fuzz vet demo bench bench-fetch bench-start bench-pods bench-sharing bench-view chaos deps clean
 
 all: build
 
@@ -87,6 +87,9 @@ bench-pods: deps build
 
 bench-sharing: deps build
 	BENCHMARKS=sharing hack/bench.sh
+
+bench-view: deps build
+	BENCHMARKS=view hack/bench.sh
 
 clean:
 	rm -rf $(BIN)

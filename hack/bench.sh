@@ -11,12 +11,14 @@
 #            shim memory: storepkg's shim vs runc's shim        BenchmarkPods/memory
 #   start    closure-size scaling, warm create+start            BenchmarkStart
 #   sharing  ten pods: bytes transferred and on disk            BenchmarkSharing
+#   view     the store view's share of a cold pod start,       BenchmarkViewCost
+#            100,000-file closure already in the node store
 #
 # Usage: hack/bench.sh   (or make bench; make bench-fetch, bench-pods,
-# bench-start and bench-sharing run one benchmark and write elsewhere)
+# bench-start, bench-sharing and bench-view run one benchmark and write elsewhere)
 #
 # Environment:
-#   BENCHMARKS which to run, by name: any of "fetch pods start sharing"
+#   BENCHMARKS which to run, by name: any of "fetch pods start sharing view"
 #              (default all); only a full run writes bench/results/latest.md.
 #              ROWS is accepted as another name for it.
 #   OUT        the results file (default bench/results/latest.md for a full
@@ -34,7 +36,7 @@ set -o errexit -o nounset -o pipefail -o errtrace
 LOG_PREFIX=bench
 # shellcheck source=hack/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-ALL_BENCHMARKS="fetch pods start sharing"
+ALL_BENCHMARKS="fetch pods start sharing view"
 BENCHMARKS="${BENCHMARKS:-${ROWS:-${ALL_BENCHMARKS}}}"
 RUNS="${RUNS:-5}"
 BENCH_FS="${BENCH_FS:-tmpfs}"
@@ -153,6 +155,7 @@ main() {
   has_bench pods && benches+=(BenchmarkPods)
   has_bench start && benches+=(BenchmarkStart)
   has_bench sharing && benches+=(BenchmarkSharing)
+  has_bench view && benches+=(BenchmarkViewCost)
   if ((${#benches[@]} > 0)); then
     local pattern
     pattern=$(IFS='|'; echo "${benches[*]}")

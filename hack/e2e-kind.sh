@@ -11,13 +11,17 @@
 #  3. Installs storepkg the way a user does (kubectl apply -k of
 #     examples/k8s/install with this cache in the node config) and waits for
 #     storepkg.dev/ready=true on both nodes, containerd restarted through
-#     systemd in each.
+#     systemd in each. With the agent's own token (read on its node):
+#     its node's storepkg.dev/ready label may be patched, nothing else of
+#     any node, and only storepkg's events naming its node posted; the
+#     agent process has only the capabilities examples/k8s asks for.
 #  4. Runs examples/k8s/workloads with these closures: the Job's output, the
 #     server reached through its Service from a pod on the other node,
 #     kubectl exec and logs; a pod with an unknown path shows the cause;
 #     the agent's metrics answer.
 #  5. Deletes everything and checks both nodes: no mounts, GC roots
-#     released, store paths still valid (real Nix verifies the node store).
+#     released, store paths still valid (real Nix verifies the node store);
+#     then `storepkg gc` in each agent's container (its privileges) frees them.
 #  6. Uninstalls (examples/k8s/uninstall) and checks containerd's config is
 #     byte-identical to before and the runtime is gone.
 #
@@ -198,6 +202,109 @@ EOF
   kubectl -n storepkg-system logs ds/storepkg-node -c install | sed 's/^/  install: /' >&2
 }
 
+# agent_pod NODE: the storepkg-node pod on NODE.
+agent_pod() {
+  kubectl -n storepkg-system get pod -l app.kubernetes.io/name=storepkg-node \
+    --field-selector "spec.nodeName=$1" -o jsonpath='{.items[0].metadata.name}'
+}
+
+# agent_api METHOD PATH BODY [CONTENT-TYPE]: one request to the API
+# server from the agent's node (AGENT_NODE) with the agent's own token,
+# the one kubelet projected into its pod (AGENT_TOKEN, a file on the node),
+# as the installer and the agent send them. Prints the response body and
+# then its HTTP status on a line of its own.
+agent_api() {
+  # shellcheck disable=SC2016 # expanded by the node's shell
+  node_exec "$AGENT_NODE" sh -c 'exec curl -sS --cacert /etc/kubernetes/pki/ca.crt \
+      -H "Authorization: Bearer $(cat "$1")" -X "$2" -H "Content-Type: $5" --data-binary "$4" \
+      -w "\n%{http_code}" "$(sed -n "s/^ *server: *//p" /etc/kubernetes/kubelet.conf)$3"' \
+    sh "$AGENT_TOKEN" "$1" "$2" "$3" "${4:-application/json}"
+}
+
+# allowed METHOD PATH BODY [CONTENT-TYPE]: agent_api succeeds; its
+# response in ALLOWED_BODY.
+allowed() {
+  local out
+  out=$(agent_api "$@") || fail "agent_api $1 $2: $out"
+  [[ "${out##*$'\n'}" == 2?? ]] || fail "the agent's token was refused: $1 $2 $3: $out"
+  ALLOWED_BODY=$out
+}
+
+# refused_by POLICY METHOD PATH BODY [CONTENT-TYPE]: agent_api is denied
+# by POLICY (not by RBAC or anything else).
+refused_by() {
+  local policy=$1 out
+  shift
+  out=$(agent_api "$@") || fail "agent_api $1 $2: $out"
+  [[ "${out##*$'\n'}" == 403 ]] || fail "the agent's token was not refused: $1 $2 $3: $out"
+  grep -q "ValidatingAdmissionPolicy '$policy'" <<<"$out" || fail "$1 $2 $3: not refused by $policy: $out"
+  out=$(grep -o 'denied request: [^"]*' <<<"$out" | head -1)
+  log "refused: $1 ${2##*/}: ${out#denied request: }"
+}
+
+# agent_event KIND NAME REASON HOST: an Event as the agent posts them
+# (pkg/agent/events.go) about object KIND/NAME in storepkg-system.
+agent_event() {
+  printf '{"apiVersion":"v1","kind":"Event","metadata":{"generateName":"e2e.","namespace":"storepkg-system"},"involvedObject":{"apiVersion":"v1","kind":"%s","namespace":"storepkg-system","name":"%s"},"reason":"%s","message":"e2e","type":"Normal","source":{"component":"storepkg-agent","host":"%s"},"reportingComponent":"storepkg.dev/agent","reportingInstance":"e2e"}' "$@"
+}
+
+check_agent_identity() {
+  step "The agent's token: its own node's ready label only; the agent's capabilities"
+  local node=${NODES[1]} other=${NODES[0]} pod uid out
+  pod=$(agent_pod "$node")
+  uid=$(kubectl -n storepkg-system get pod "$pod" -o jsonpath='{.metadata.uid}')
+  AGENT_NODE=$node
+  AGENT_TOKEN=$(node_exec "$node" sh -c "ls /var/lib/kubelet/pods/$uid/volumes/kubernetes.io~projected/kube-api-access-*/token")
+  [[ -n "$AGENT_TOKEN" ]] || fail "$pod: no service account token on $node"
+  out=$(agent_api POST /apis/authentication.k8s.io/v1/selfsubjectreviews '{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}' | tr -d ' \n')
+  grep -q '"username":"system:serviceaccount:storepkg-system:storepkg-node"' <<<"$out" ||
+    fail "$pod's token is not storepkg-node's: $out"
+  grep -q "\"authentication.kubernetes.io/node-name\":\[\"$node\"\]" <<<"$out" ||
+    fail "$pod's token does not name its node $node: $out"
+  log "$pod's token: storepkg-node, node-name $node"
+
+  # Its own node's label: removed and set again, as uninstall and install do.
+  local p=storepkg-node-label.storepkg.dev mp=application/merge-patch+json
+  allowed PATCH "/api/v1/nodes/$node" '{"metadata":{"labels":{"storepkg.dev/ready":null}}}' $mp
+  [[ -z "$(kubectl get node "$node" -o jsonpath='{.metadata.labels.storepkg\.dev/ready}')" ]] || fail "$node: label not removed"
+  allowed PATCH "/api/v1/nodes/$node" '{"metadata":{"labels":{"storepkg.dev/ready":"true"}}}' $mp
+  [[ "$(kubectl get node "$node" -o jsonpath='{.metadata.labels.storepkg\.dev/ready}')" == true ]] || fail "$node: not labelled again"
+  log "allowed: $node's storepkg.dev/ready removed and set again"
+  refused_by $p PATCH "/api/v1/nodes/$other" '{"metadata":{"labels":{"storepkg.dev/ready":null}}}' $mp
+  refused_by $p PATCH "/api/v1/nodes/$node" '{"metadata":{"labels":{"e2e.storepkg.dev/other":"x"}}}' $mp
+  refused_by $p PATCH "/api/v1/nodes/$node" '{"metadata":{"labels":{"storepkg.dev/ready":"false"}}}' $mp
+  refused_by $p PATCH "/api/v1/nodes/$node" '{"spec":{"taints":[{"key":"e2e.storepkg.dev/taint","effect":"NoSchedule"}]}}' $mp
+  refused_by $p PATCH "/api/v1/nodes/$node" '{"metadata":{"annotations":{"e2e.storepkg.dev/a":"x"}}}' $mp
+
+  # Events: only storepkg's, about pods, naming its own node.
+  p=storepkg-node-events.storepkg.dev
+  local events=/api/v1/namespaces/storepkg-system/events
+  allowed POST $events "$(agent_event Pod "$pod" StorepkgFetching "$node")"
+  local mine=$ALLOWED_BODY sp=application/strategic-merge-patch+json
+  mine=$(tr -d ' \n' <<<"$mine" | grep -o '"name":"e2e\.[^"]*"' | head -1 | cut -d'"' -f4)
+  [[ -n "$mine" ]] || fail "no name in the created event: $ALLOWED_BODY"
+  allowed PATCH "$events/$mine" '{"message":"e2e, later","count":2}' $sp
+  refused_by $p PATCH "$events/$mine" '{"involvedObject":{"name":"another-pod"}}' $sp
+  refused_by $p POST $events "$(agent_event Pod "$pod" StorepkgFetching "$other")"
+  refused_by $p POST $events "$(agent_event Pod "$pod" Killing "$node")"
+  refused_by $p POST $events "$(agent_event Node "$node" StorepkgFetching "$node")"
+  local name
+  name=$(kubectl -n storepkg-system get events --field-selector "involvedObject.name=$pod,source=kubelet" -o jsonpath='{.items[0].metadata.name}')
+  [[ -n "$name" ]] || fail "no kubelet event on $pod to try"
+  refused_by $p PATCH "$events/$name" '{"message":"rewritten by the agent"}' $sp
+
+  # The agent process: the capabilities, no new privileges, seccomp.
+  local cid pid status
+  cid=$(node_exec "$node" crictl ps --name '^agent$' --pod "$(node_exec "$node" crictl pods --name "$pod" -q)" -q)
+  pid=$(node_exec "$node" crictl inspect -o go-template --template '{{.info.pid}}' "$cid")
+  status=$(node_exec "$node" cat "/proc/$pid/status")
+  grep -qx $'CapEff:\t0000000000000004' <<<"$status" || fail "agent (pid $pid): $(grep ^Cap <<<"$status")"
+  grep -qx $'CapBnd:\t0000000000000004' <<<"$status" || fail "agent (pid $pid): $(grep ^Cap <<<"$status")"
+  grep -qx $'NoNewPrivs:\t1' <<<"$status" || fail "agent (pid $pid) may gain privileges"
+  grep -qx $'Seccomp:\t2' <<<"$status" || fail "agent (pid $pid) runs without seccomp filter"
+  log "agent on $node (pid $pid): only CAP_DAC_READ_SEARCH, no new privileges, seccomp filter"
+}
+
 run_workloads() {
   step "Running examples/k8s/workloads on these closures"
   # The example's kustomization takes its paths from closures.env: give it
@@ -303,6 +410,9 @@ check_metrics() {
   (($(sum '^storepkg_substitutions_total ') >= 2)) || fail "storepkg_substitutions_total < 2 over the nodes"
   (($(sum "^storepkg_fetched_bytes_total[{]cache=\"$CACHE_URL\"[}] ") > 0)) || fail "no bytes counted for cache $CACHE_URL"
   (($(sum '^storepkg_fetch_failures_total[{]reason="not_found"[}] ') >= 1)) || fail "the missing path is not counted in storepkg_fetch_failures_total{reason=not_found}"
+  # The agent's own events and their updates pass its policy.
+  (($(sum '^storepkg_pod_events_total[{].*result="success"') >= 3)) || fail "fewer than 3 pod events posted"
+  (($(sum '^storepkg_pod_events_total[{].*result="failure"') == 0)) || fail "pod events failed: $(grep '^storepkg_pod_events_total' <<<"$all")"
 }
 
 check_clean_nodes() {
@@ -324,6 +434,20 @@ check_clean_nodes() {
     nix_run nix-store --store "local?root=$WORK/nodestore" --verify --check-contents >/dev/null 2>&1 || fail "$n: nix-store --verify failed on the node store"
     roots=$(nix_run nix-store --store "local?root=$WORK/nodestore" --check-validity "$BUSYBOX" 2>&1) || fail "$n: $BUSYBOX no longer valid: $roots"
     log "$n: no mounts, no GC roots, store valid ($(ls "$WORK/nodestore/nix/store" | grep -vc '\.lock$') paths)"
+  done
+}
+
+check_agent_gc() {
+  step "A collection with the agent's privileges frees the workloads' closures"
+  local n pod out
+  for n in "${NODES[@]}"; do
+    pod=$(agent_pod "$n")
+    # In the agent's container: its capabilities, mounts and PID namespace.
+    out=$(kubectl -n storepkg-system exec "$pod" -c agent -- storepkg gc --root=/host 2>&1) || fail "$n: storepkg gc in the agent: $out"
+    [[ "$out" =~ deleted\ ([0-9]+)\ paths && ${BASH_REMATCH[1]} -gt 0 ]] || fail "$n: storepkg gc in the agent deleted nothing: $out"
+    log "$n: $out"
+    out=$(kubectl -n storepkg-system logs "$pod" -c agent)
+    ! grep -Ei 'permission denied|operation not permitted' <<<"$out" || fail "$n: the agent lacked a permission"
   done
 }
 
@@ -363,6 +487,7 @@ main() {
   serve_cache
   record_nodes
   install_storepkg
+  check_agent_identity
   run_workloads
   check_views
   check_service
@@ -370,6 +495,7 @@ main() {
   check_slow_fetch
   check_metrics
   check_clean_nodes
+  check_agent_gc
   uninstall_storepkg
 }
 

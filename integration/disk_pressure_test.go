@@ -258,3 +258,46 @@ func fillTo(t *testing.T, dir string, fraction float64) {
 	}
 	t.Logf("%s: %d of %d bytes available after filling", dir, int64(fs.Bavail)*fs.Bsize, size)
 }
+
+// TestPodStoreOutOfSpace: a store whose filesystem cannot hold the pod's
+// closure fails the container's start with ResourceExhausted (fetch
+// failure kind no_space), saying that the store's filesystem is full, and
+// leaves no temporary directory behind.
+func TestPodStoreOutOfSpace(t *testing.T) {
+	setup(t)
+	storeRoot := tmpfstest.Mount(t, 2<<20) // hello's closure (glibc) is far larger
+	url, _, _ := serveCache(t)
+	env := critest.Start(t, critest.Options{
+		ShimPath: fixture.shim,
+		StorepkgOptions: map[string]any{
+			"Substituters":      []string{url},
+			"TrustedPublicKeys": []string{fixture.key.Public},
+			"StoreRoot":         storeRoot,
+		},
+	})
+	pod := env.PodConfig("full", "default", paths(fixture.fx.Hello))
+	podID := env.RunPodSandbox(t, critest.HandlerStorepkg, pod)
+	id, err := env.CreateContainer(t, podID, env.ContainerConfig("a", critest.PauseImage, []string{"hello-dyn", "full"}), pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := env.CrictlErr("start", id)
+	if err == nil {
+		t.Fatalf("start on a full store succeeded: %s", out)
+	}
+	t.Logf("start error: %v", err)
+	for _, w := range []string{"no space left on device", "the node store's filesystem is full", "ResourceExhausted"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("start error does not say %q:\n%v", w, err)
+		}
+	}
+	for _, e := range nixtest.StoreEntries(t, storeRoot) {
+		if strings.HasSuffix(e, ".storepkg-tmp") {
+			t.Errorf("temporary directory %s left in the store", e)
+		}
+	}
+	env.Rm(t, id)
+	env.StopPod(t, podID)
+	env.RmPod(t, podID)
+	assertNothingLeft(t, env, id)
+}

@@ -1,20 +1,26 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/storepkg/storepkg/pkg/fetch"
 	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/fetchexec"
+	"github.com/storepkg/storepkg/pkg/fetchslot"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/store"
 	"github.com/storepkg/storepkg/pkg/storepath"
@@ -27,10 +33,14 @@ func newFetchCommand() *cobra.Command {
 		keys         []string
 		netrcFile    string
 		maxJobs      int
+		lookupJobs   int
 		gcRoots      []string
 		timeout      time.Duration
 		jsonReport   bool
 		limits       fetchLimits
+		cacheConfig  string
+		slots        slotFlags
+		onlyIfValid  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "fetch [flags] PATH...",
@@ -42,7 +52,13 @@ once the whole closure is valid.
 
 With --json it reports progress and then its result or error as JSON lines
 on stdout (pkg/fetchapi): the shim runs it so that per-pod shims never
-hold the fetcher, the decoders or the store's database.`,
+hold the fetcher, the decoders or the store's database.
+
+With --fetch-slots it downloads only while it holds one of the node's
+--max-concurrent-fetches slots, waiting in line with the shims' fetches;
+a closure already valid needs none. The shims take the slot themselves
+and hand it over (--slot-fd), and pass the caches on stdin
+(--cache-config -), so no URL credentials show in /proc/PID/cmdline.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -55,21 +71,69 @@ hold the fetcher, the decoders or the store's database.`,
 			if jsonReport {
 				rep = fetchapi.NewReporter(os.Stdout)
 			}
-			f, st, roots, paths, err := setupFetch(ctx, root, substituters, keys, netrcFile, maxJobs, limits, gcRoots, args)
+			held, err := slots.inherited()
+			if err == nil && cacheConfig != "" {
+				substituters, keys, netrcFile, err = readCacheConfig(cmd, cacheConfig, substituters, keys, netrcFile)
+			}
+			var (
+				f     *fetch.Fetcher
+				st    *store.Store
+				roots []fetchexec.GCRoot
+				paths []storepath.Path
+			)
+			if err == nil {
+				f, st, roots, paths, err = setupFetch(ctx, root, substituters, keys, netrcFile, maxJobs, lookupJobs, limits, gcRoots, args)
+			}
 			if err != nil {
 				if rep != nil {
-					rep.Fail(&fetchapi.Failure{Message: err.Error(), Kind: fetchapi.KindInvalidArgument})
+					kind := fetchapi.KindInvalidArgument
+					if store.NoSpace(err) { // creating the store's database
+						kind = fetchapi.KindNoSpace
+					}
+					rep.Fail(&fetchapi.Failure{Message: err.Error(), Kind: kind})
 				}
 				return err
 			}
 			defer st.Close()
+			if held != nil {
+				// Held until the fetch ends; the finalizer of an
+				// unreferenced *os.File would close it sooner.
+				defer held.Close()
+			}
 			for _, g := range roots {
 				if err := st.AddGCRoot(ctx, g.Name, g.Path); err != nil {
 					if rep != nil {
-						rep.Fail(&fetchapi.Failure{Message: err.Error(), Kind: fetchapi.KindOther})
+						rep.Fail(&fetchapi.Failure{Message: err.Error(), Kind: fetch.ErrorKind(err)})
 					}
 					return err
 				}
+			}
+			if onlyIfValid || (slots.dir != "" && held == nil) {
+				// A closure already valid needs no slot: check first.
+				res, err := validClosure(ctx, st, paths)
+				switch {
+				case err != nil:
+					if rep != nil {
+						rep.Fail(fetchFailure(err))
+					}
+					return err
+				case res != nil && rep != nil:
+					return rep.Result(res)
+				case res != nil:
+					return nil
+				case onlyIfValid && rep != nil:
+					return rep.NeedsFetch()
+				case onlyIfValid:
+					return errors.New("the closure is not valid in the store (--only-if-valid)")
+				}
+				s, err := slots.acquire(ctx, rep)
+				if err != nil {
+					if rep != nil {
+						rep.Fail(fetchFailure(err))
+					}
+					return err
+				}
+				defer s.Release()
 			}
 			var (
 				res *fetchapi.Result
@@ -113,7 +177,98 @@ hold the fetcher, the decoders or the store's database.`,
 	cmd.Flags().StringArrayVar(&gcRoots, "gc-root", nil, "NAME=PATH: make PATH a GC root gcroots/storepkg/NAME before fetching, repeatable")
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long (0: never)")
 	cmd.Flags().BoolVar(&jsonReport, "json", false, "report progress and the result or error as JSON lines on stdout")
+	cmd.Flags().IntVar(&lookupJobs, "max-lookups", 0, "parallel narinfo requests (default 64)")
+	cmd.Flags().StringVar(&cacheConfig, "cache-config", "", `read the caches from this JSON file ("-": stdin): {"substituters": [...], "trustedPublicKeys": [...], "netrcFile": "..."}, in place of --substituter, --trusted-public-key and --netrc-file; keeps credentials in URLs off the command line`)
+	cmd.Flags().StringVar(&slots.dir, "fetch-slots", "", "run only while holding one of the node's fetch slots under this directory, waiting in line for one (the shims use "+fetchslot.DefaultDir+")")
+	cmd.Flags().IntVar(&slots.n, "max-concurrent-fetches", 0, "with --fetch-slots: how many fetches the node runs at once")
+	cmd.Flags().IntVar(&slots.fd, "slot-fd", -1, "the caller holds a fetch slot (pkg/fetchslot) on this inherited descriptor: fetch without waiting for one")
+	cmd.Flags().BoolVar(&onlyIfValid, "only-if-valid", false, "make the GC roots, then report the closure if it is already valid and fetch nothing otherwise (with --json: a needsFetch line)")
 	return cmd
+}
+
+// slotFlags are fetch's node-wide slot flags.
+type slotFlags struct {
+	dir string
+	n   int
+	fd  int
+}
+
+// inherited takes the slot a caller handed over (--slot-fd), keeping
+// it from the decoders fetch starts. nil without one.
+func (s *slotFlags) inherited() (*os.File, error) {
+	switch {
+	case s.fd >= 0 && s.dir != "":
+		return nil, errors.New("--slot-fd and --fetch-slots: give one")
+	case s.dir != "" && s.n <= 0:
+		return nil, errors.New("--fetch-slots needs --max-concurrent-fetches of at least 1")
+	case s.fd < 0:
+		return nil, nil
+	case s.fd <= 2:
+		return nil, fmt.Errorf("--slot-fd %d: not a descriptor above stderr", s.fd)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(s.fd, &st); err != nil {
+		return nil, fmt.Errorf("--slot-fd %d: %w", s.fd, err)
+	}
+	unix.CloseOnExec(s.fd)
+	return os.NewFile(uintptr(s.fd), "fetch-slot"), nil
+}
+
+// acquire waits for a slot, saying so on stderr and in the report.
+func (s *slotFlags) acquire(ctx context.Context, rep *fetchapi.Reporter) (*fetchslot.Slot, error) {
+	return fetchslot.Acquire(ctx, s.dir, s.n, func() {
+		logrus.Infof("waiting for a fetch slot (the node runs at most %d fetches at once, %s)", s.n, s.dir)
+		if rep != nil {
+			rep.Waiting(fetchapi.Waiting{Slots: s.n})
+		}
+	})
+}
+
+// readCacheConfig reads --cache-config, which replaces the cache flags.
+func readCacheConfig(cmd *cobra.Command, file string, substituters, keys []string, netrcFile string) ([]string, []string, string, error) {
+	if len(substituters) > 0 || len(keys) > 0 || netrcFile != "" {
+		return nil, nil, "", errors.New("--cache-config replaces --substituter, --trusted-public-key and --netrc-file: give either")
+	}
+	var (
+		data []byte
+		err  error
+	)
+	if file == "-" {
+		data, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), maxCacheConfig+1))
+	} else {
+		data, err = os.ReadFile(file)
+	}
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("--cache-config %s: %w", file, err)
+	}
+	if len(data) > maxCacheConfig {
+		return nil, nil, "", fmt.Errorf("--cache-config %s: larger than %d bytes", file, maxCacheConfig)
+	}
+	var c fetchapi.CacheConfig
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, nil, "", fmt.Errorf("--cache-config %s: %w", file, err)
+	}
+	return c.Substituters, c.TrustedPublicKeys, c.NetrcFile, nil
+}
+
+// maxCacheConfig bounds what --cache-config reads.
+const maxCacheConfig = 1 << 20
+
+// validClosure is the closure of paths if it is valid already, else nil.
+func validClosure(ctx context.Context, st *store.Store, paths []storepath.Path) (*fetchapi.Result, error) {
+	if err := st.AddTempRoots(ctx, paths...); err != nil {
+		return nil, err
+	}
+	closure, err := st.Closure(ctx, paths)
+	switch {
+	case errors.Is(err, store.ErrNotValid):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	}
+	return &fetchapi.Result{Closure: closure}, nil
 }
 
 // fetchLimits are fetch's bounds on what one closure may need.
@@ -124,7 +279,7 @@ type fetchLimits struct {
 }
 
 // setupFetch checks the command line and opens the store and the fetcher.
-func setupFetch(ctx context.Context, root string, substituters, keys []string, netrcFile string, maxJobs int, limits fetchLimits, gcRoots, args []string) (*fetch.Fetcher, *store.Store, []fetchexec.GCRoot, []storepath.Path, error) {
+func setupFetch(ctx context.Context, root string, substituters, keys []string, netrcFile string, maxJobs, lookupJobs int, limits fetchLimits, gcRoots, args []string) (*fetch.Fetcher, *store.Store, []fetchexec.GCRoot, []storepath.Path, error) {
 	paths, err := parsePaths(args)
 	if err != nil {
 		return nil, nil, nil, nil, err
@@ -144,7 +299,10 @@ func setupFetch(ctx context.Context, root string, substituters, keys []string, n
 	if limits.narBytes < 0 || limits.paths < 0 {
 		return nil, nil, nil, nil, errors.New("--max-nar-bytes and --max-paths must not be negative")
 	}
-	opts := fetch.Options{Substituters: substituters, MaxJobs: maxJobs, MaxNarBytes: limits.narBytes, MaxPaths: limits.paths}
+	if maxJobs < 0 || lookupJobs < 0 {
+		return nil, nil, nil, nil, errors.New("--max-jobs and --max-lookups must not be negative")
+	}
+	opts := fetch.Options{Substituters: substituters, MaxJobs: maxJobs, LookupJobs: lookupJobs, MaxNarBytes: limits.narBytes, MaxPaths: limits.paths}
 	for _, abs := range limits.countWith {
 		p, err := storepath.Parse(abs)
 		if err != nil {

@@ -40,12 +40,14 @@ a container) could keep any path: then no valid path is deleted, the
 roots are listed and gc exits with an error. Entries of the store that
 are not valid paths are still deleted.
 
-First the GC roots of shims that are gone (killed, or from before a
-reboot) are removed (an owner record that cannot be read keeps its
-roots and is reported), and the store views (the shared /nix/store
-directories of containers, hard links into the store) that no live
-container uses, so that deleting their paths frees the space. If either
-fails, the collection still runs and gc exits with the error.
+First the temporary directories of fetches killed mid-NAR are removed
+(those whose path no live fetch holds locked, unchanged for --min-age),
+then the GC roots of shims that are gone (killed, or from before a
+reboot; an owner record that cannot be read keeps its roots and is
+reported), and the store views (the shared /nix/store directories of
+containers, hard links into the store) that no live container uses, so
+that deleting their paths frees the space. If any of these fails, the
+collection still runs and gc exits with the error.
 
 --dry-run prints the paths that would be deleted, one per line and sorted,
 as nix-store --gc --print-dead does, and a summary on standard error.
@@ -77,6 +79,13 @@ days: 7d, 1d12h).`,
 			// collection (see CollectNodeGarbage).
 			res, err := st.CollectNodeGarbage(ctx, opts)
 			stderr := cmd.ErrOrStderr()
+			if res.Temporaries != nil && len(res.Temporaries.Removed) > 0 {
+				verb := "removed"
+				if dryRun {
+					verb = "would remove"
+				}
+				fmt.Fprintf(stderr, "%s %d temporary directories of killed fetches\n", verb, len(res.Temporaries.Removed))
+			}
 			if res.Swept != nil && len(res.Swept.Owners) > 0 {
 				verb := "removed"
 				if dryRun {
@@ -96,7 +105,7 @@ days: 7d, 1d12h).`,
 				}
 				fmt.Fprintf(stderr, "%s %d unused store views\n", verb, len(res.Views.Removed))
 			}
-			err = errors.Join(res.SweepErr, res.PruneErr, err)
+			err = errors.Join(res.TempErr, res.SweepErr, res.PruneErr, err)
 			var dead []string
 			if res.GC != nil {
 				dead = res.GC.Dead

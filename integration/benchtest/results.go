@@ -2,8 +2,8 @@ package benchtest
 
 // The JSON results of the pod benchmarks in integration/, as they write them
 // (WriteResult) and integration/cmd/benchreport reads them: pods.json
-// (BenchmarkPods), start.json (BenchmarkStart) and sharing.json
-// (BenchmarkSharing). The json tags are the files' format: result
+// (BenchmarkPods), start.json (BenchmarkStart), sharing.json
+// (BenchmarkSharing) and view.json (BenchmarkViewCost). The json tags are the files' format: result
 // directories of earlier runs are rendered again with these types.
 
 // PodsResult is what BenchmarkPods writes to pods.json: cold and warm pod
@@ -90,6 +90,25 @@ type StartVariant struct {
 	MedianMS float64   `json:"median_ms"`
 	Samples  []float64 `json:"samples_ms"`
 	Busy     int       `json:"busy_samples,omitempty"`
+}
+
+// ViewResult is what BenchmarkViewCost writes to view.json: a pod start
+// on a closure of many files, closure in the node store, with its store
+// view to build (cold) or built already (warm).
+type ViewResult struct {
+	Paths    int               `json:"paths"`
+	Files    int               `json:"files"`
+	Linked   int               `json:"linked_files"` // entries the view's build linked
+	Bound    int               `json:"bound_paths"`  // paths bound over the view instead
+	Cold     []PodRun          `json:"cold"`
+	Warm     []PodRun          `json:"warm"`
+	BuildMS  []float64         `json:"view_build_ms"` // the view's build in each cold run, from the shim's log
+	ColdMS   float64           `json:"median_cold_ms"`
+	WarmMS   float64           `json:"median_warm_ms"`
+	MedianMS float64           `json:"median_view_build_ms"`
+	Share    float64           `json:"view_share"` // MedianMS / ColdMS
+	Runs     int               `json:"runs"`
+	Load     map[string]string `json:"load"`
 }
 
 // SharingResult is what BenchmarkSharing writes to sharing.json: ten pods

@@ -194,6 +194,7 @@ func (e *Env) storepkgOptions(opts Options) (map[string]any, error) {
 		"SystemdCgroup": false,
 		"StoreRoot":     e.StoreRoot,
 		"StatusDir":     e.StatusDir,
+		"FetchSlotsDir": e.FetchSlotsDir,
 		"Substituters":  []string{NoSubstituter},
 	}
 	for k, v := range defaults {

@@ -86,8 +86,9 @@ type Options struct {
 	// (Substituters, TrustedPublicKeys, StoreRoot, BinaryName, Root,
 	// SystemdCgroup, ...). Keys left out default to: BinaryName the
 	// machine's runc, Root Env.RuncRoot, SystemdCgroup false, StoreRoot
-	// Env.StoreRoot, StatusDir Env.StatusDir, Substituters
-	// [NoSubstituter]. (Options.Config can remove them.)
+	// Env.StoreRoot, StatusDir Env.StatusDir, FetchSlotsDir
+	// Env.FetchSlotsDir, Substituters [NoSubstituter]. (Options.Config
+	// can remove them.)
 	StorepkgOptions map[string]any
 	// StorepkgOptionsTOML is the same table as TOML text; keys of
 	// StorepkgOptions override it.
@@ -136,6 +137,10 @@ type Env struct {
 	// write fetch status records (pkg/fetchrecord) instead of the node's
 	// /run/storepkg/fetches.
 	StatusDir string
+	// FetchSlotsDir is the storepkg runtime's default FetchSlotsDir, the
+	// node's fetch slots (pkg/fetchslot), instead of the node's
+	// /run/storepkg/fetch-slots shared with every other test.
+	FetchSlotsDir string
 	// ConfigPath is containerd's config file, LogPath its log.
 	ConfigPath, LogPath string
 	// PodLogDir is where PodConfig puts the pods' log directories.
@@ -264,6 +269,7 @@ func newEnv(opts Options) (*Env, error) {
 		RuncRoot:      filepath.Join(dir, "runc"),
 		StoreRoot:     filepath.Join(dir, "store"),
 		StatusDir:     filepath.Join(dir, "fetches"),
+		FetchSlotsDir: filepath.Join(dir, "fetch-slots"),
 		ConfigPath:    filepath.Join(dir, "config.toml"),
 		LogPath:       filepath.Join(dir, "containerd.log"),
 		PodLogDir:     filepath.Join(dir, "pods"),
@@ -287,9 +293,9 @@ func newEnv(opts Options) (*Env, error) {
 			return e, err
 		}
 	}
-	// containerd's state (bundles, and so storepkg's generated views)
-	// lives on a tmpfs, as /run/containerd does on a real node; cleanup
-	// unmounts everything under the Env's dir.
+	// containerd's state (the bundles) lives on a tmpfs, as
+	// /run/containerd does on a real node, so a test can tell what lands
+	// there; cleanup unmounts everything under the Env's dir.
 	if err := unix.Mount("tmpfs", e.StateDir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700"); err != nil {
 		return e, fmt.Errorf("tmpfs for the state dir: %w", err)
 	}

@@ -216,6 +216,7 @@ func TestStorepkgHandlerConfig(t *testing.T) {
 		"Root":          env.RuncRoot,
 		"SystemdCgroup": false,
 		"StatusDir":     env.StatusDir,
+		"FetchSlotsDir": env.FetchSlotsDir,
 	}
 	if !reflect.DeepEqual(rt.Options, want) {
 		t.Errorf("options %v, want %v", rt.Options, want)

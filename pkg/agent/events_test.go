@@ -31,6 +31,8 @@ func TestEventMessages(t *testing.T) {
 	for _, c := range []struct{ got, want string }{
 		{fetchingMessage(rec), "fetching 120 paths, 45/210 MB for " + hello + " and 1 more"},
 		{fetchingMessage(&fetchrecord.Record{Roots: []string{hello}}), "looking up the closure of " + hello + " in the binary caches"},
+		{fetchingMessage(&fetchrecord.Record{Roots: []string{hello}, WaitingForSlot: 2}),
+			"waiting for a fetch slot for " + hello + ": the node runs at most 2 closure fetches at once (runtime option MaxConcurrentFetches)"},
 		{fetchingMessage(&fetchrecord.Record{Roots: []string{hello}, Paths: fetchrecord.Paths{Total: 3}, Bytes: fetchrecord.Bytes{Total: 2_345_678, Done: 1_000_000}}),
 			"fetching 3 paths, 1.0/2.3 MB for " + hello},
 	} {

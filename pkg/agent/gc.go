@@ -98,6 +98,18 @@ func (a *Agent) logSweep(res *gcowner.SweepResult, err error) {
 	}
 }
 
+// logTemporaries reports the removal of the temporary directories of
+// killed fetches.
+func (a *Agent) logTemporaries(res *store.TempSweepResult, err error) {
+	if err != nil {
+		a.log.WithError(err).Warn("removing the temporary directories of killed fetches")
+	}
+	if res != nil && len(res.Removed) > 0 {
+		a.log.WithField("directories", res.Removed).WithField("freedBytes", res.BytesFreed).
+			Info("removed the temporary directories of fetches that were killed")
+	}
+}
+
 // checkUsage measures the store's filesystem and collects garbage if it
 // is over the high threshold.
 func (a *Agent) checkUsage(ctx context.Context) GCRun {
@@ -120,7 +132,9 @@ func (a *Agent) checkUsage(ctx context.Context) GCRun {
 	if run.UsagePercent < a.cfg.HighPercent || run.MaxFreed == 0 {
 		// Roots of shims that are gone (killed, or from before a reboot)
 		// go on every check, not only under pressure: they would pin
-		// their pods' closures for good.
+		// their pods' closures for good. So do the temporary directories
+		// of killed fetches, which take space no collection runs for.
+		a.logTemporaries(a.store.RemoveStaleTemporaries(ctx, a.cfg.MinAge, false))
 		a.logSweep(gcowner.Sweep(a.cfg.StoreRoot, false))
 		a.log.WithField("usagePercent", round2(run.UsagePercent)).Debug("store filesystem below the high threshold")
 		return run
@@ -141,6 +155,7 @@ func (a *Agent) checkUsage(ctx context.Context) GCRun {
 		Log:      a.log.WithField("component", "gc"),
 	})
 	run.Result, run.Err = res.GC, err
+	a.logTemporaries(res.Temporaries, res.TempErr)
 	a.logSweep(res.Swept, res.SweepErr)
 	if res.PruneErr != nil {
 		log.WithError(res.PruneErr).Warn("pruning unused store views")

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,7 +58,7 @@ func newMetrics(st *store.Store) *metrics {
 	m.fetches = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "fetches_total",
 		Help: "Closure fetches for pods that ended, by result (success, failure)."}, []string{"result"})
 	m.fetchFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "fetch_failures_total",
-		Help: "Failed closure fetches by reason (not_found, untrusted, hash_mismatch, timeout, canceled, aborted, other)."}, []string{"reason"})
+		Help: "Failed closure fetches by reason (not_found, untrusted, hash_mismatch, truncated, unavailable, no_space, timeout, canceled, aborted, other; too_large once one occurs)."}, []string{"reason"})
 	m.fetchDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "fetch_duration_seconds",
 		Help:    "How long pods' closure fetches took, by result.",
 		Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800}}, []string{"result"})
@@ -95,7 +97,8 @@ func newMetrics(st *store.Store) *metrics {
 	for _, k := range []string{"signature", "hash"} {
 		m.refusals.WithLabelValues(k)
 	}
-	for _, k := range []string{fetchapi.KindNotFound, fetchapi.KindUntrusted, fetchapi.KindHashMismatch, fetchapi.KindTimeout, fetchapi.KindAborted, fetchapi.KindOther} {
+	for _, k := range []string{fetchapi.KindNotFound, fetchapi.KindUntrusted, fetchapi.KindHashMismatch, fetchapi.KindTruncated,
+		fetchapi.KindUnavailable, fetchapi.KindNoSpace, fetchapi.KindTimeout, fetchapi.KindAborted, fetchapi.KindOther} {
 		m.fetchFailures.WithLabelValues(k)
 	}
 	return m
@@ -107,7 +110,7 @@ func (m *metrics) countCompleted(r *fetchrecord.Record) {
 	if r.State != fetchrecord.Done {
 		result = resultFailure
 		kind := fetchapi.KindOther
-		if r.Error != nil && r.Error.Kind != "" {
+		if r.Error != nil && validKind(r.Error.Kind) {
 			kind = r.Error.Kind
 		}
 		m.fetchFailures.WithLabelValues(kind).Inc()
@@ -119,7 +122,7 @@ func (m *metrics) countCompleted(r *fetchrecord.Record) {
 	}
 	for cache, n := range r.Caches {
 		if n > 0 {
-			m.fetchedBytes.WithLabelValues(cache).Add(float64(n))
+			m.fetchedBytes.WithLabelValues(cacheLabel(cache)).Add(float64(n))
 		}
 	}
 	if r.Refusals.Signature > 0 {
@@ -128,6 +131,52 @@ func (m *metrics) countCompleted(r *fetchrecord.Record) {
 	if r.Refusals.Hash > 0 {
 		m.refusals.WithLabelValues("hash").Add(float64(r.Refusals.Hash))
 	}
+}
+
+// validKind reports whether a failure kind from a record can be a label
+// value as it is: a kind the agent does not know yet counts under its own
+// name (fetchapi), but only if it looks like one, so that a record cannot
+// put free text (a URL, a message) into the unauthenticated /metrics.
+func validKind(kind string) bool {
+	if kind == "" || len(kind) > 32 {
+		return false
+	}
+	for _, c := range kind {
+		if (c < 'a' || c > 'z') && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// cacheLabel names a cache in a label without its credentials, whatever
+// the record says (the fetch child names caches redacted already; a
+// record is only a file on the node): a password becomes "xxxxx" as in
+// the fetch's own messages, a user name without a password (a token
+// passed as one) too, and the query and fragment are dropped.
+func cacheLabel(cache string) string {
+	u, err := url.Parse(cache)
+	if err != nil || u.Opaque != "" {
+		// Not a hierarchical URL: cut everything up to the last "@".
+		at := strings.LastIndex(cache, "@")
+		if at < 0 {
+			return cache
+		}
+		start := 0
+		if i := strings.Index(cache, "://"); i >= 0 && i < at {
+			start = i + len("://")
+		}
+		return cache[:start] + "xxxxx" + cache[at:]
+	}
+	u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = "", false, "", ""
+	if u.User != nil {
+		if _, ok := u.User.Password(); ok {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+		} else {
+			u.User = url.User("xxxxx")
+		}
+	}
+	return u.String()
 }
 
 // storeCollector reports the store's size from its database at each

@@ -259,6 +259,9 @@ func (w *recordWatcher) progressEvent(id string, t *trackedRecord, now time.Time
 // pod` says what the pod waits for.
 
 func fetchingMessage(r *fetchrecord.Record) string {
+	if r.WaitingForSlot > 0 {
+		return fmt.Sprintf("waiting for a fetch slot for %s: the node runs at most %d closure fetches at once (runtime option MaxConcurrentFetches)", describeRoots(r.Roots), r.WaitingForSlot)
+	}
 	if r.Paths.Total == 0 {
 		return fmt.Sprintf("looking up the closure of %s in the binary caches", describeRoots(r.Roots))
 	}

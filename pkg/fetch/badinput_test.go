@@ -134,7 +134,7 @@ func TestBadInput(t *testing.T) {
 			tamper: func(t *testing.T, c string) {
 				editNarinfo(t, c, app, &sk, func(ni *narinfo.NarInfo) { ni.NarSize -= 8 })
 			}},
-		{name: "NarSize larger than the NAR", failed: app, want: "NarSize says", wantErr: fetch.ErrHashMismatch,
+		{name: "NarSize larger than the NAR", failed: app, want: "is shorter than its NarSize", wantErr: fetch.ErrTruncated,
 			tamper: func(t *testing.T, c string) {
 				editNarinfo(t, c, app, &sk, func(ni *narinfo.NarInfo) { ni.NarSize += 8 })
 			}},
@@ -209,7 +209,8 @@ func TestBadInput(t *testing.T) {
 				t.Errorf("error %v is not %v", err, tc.wantErr)
 			}
 			wantKind := map[error]string{nil: fetchapi.KindOther, fetch.ErrUntrusted: fetchapi.KindUntrusted,
-				fetch.ErrHashMismatch: fetchapi.KindHashMismatch, fetch.ErrNotFound: fetchapi.KindNotFound}[tc.wantErr]
+				fetch.ErrHashMismatch: fetchapi.KindHashMismatch, fetch.ErrNotFound: fetchapi.KindNotFound,
+				fetch.ErrTruncated: fetchapi.KindTruncated}[tc.wantErr]
 			if got := fetch.ErrorKind(err); got != wantKind {
 				t.Errorf("ErrorKind = %q, want %q", got, wantKind)
 			}

@@ -78,11 +78,26 @@ func NewCache(raw string, o *Options) (*Cache, error) {
 		}
 	}
 	u.RawQuery = ""
-	c.URL = u.Redacted()
+	c.URL = redacted(u)
 	if c.t, err = newTransport(u, o); err != nil {
 		return nil, fmt.Errorf("substituter %q: %w", raw, err)
 	}
 	return c, nil
+}
+
+// redacted is u as url.URL.Redacted names it, and also with a user name
+// that comes without a password replaced by "xxxxx": such a name is
+// often the secret itself (https://TOKEN@cache.example).
+func redacted(u *url.URL) string {
+	if u.User == nil {
+		return u.String()
+	}
+	if _, ok := u.User.Password(); ok {
+		return u.Redacted()
+	}
+	v := *u
+	v.User = url.User("xxxxx")
+	return v.String()
 }
 
 // redactURL is raw with the password of its userinfo, if any, replaced
@@ -91,7 +106,7 @@ func NewCache(raw string, o *Options) (*Cache, error) {
 // last "@" replaced instead, so a malformed URL cannot leak either.
 func redactURL(raw string) string {
 	if u, err := url.Parse(raw); err == nil && u.Opaque == "" {
-		return u.Redacted()
+		return redacted(u)
 	}
 	at := strings.LastIndex(raw, "@")
 	if at < 0 {

@@ -137,3 +137,28 @@ func TestCredentialsNotShown(t *testing.T) {
 		noPassword(t, "NewCache's error", err.Error())
 	}
 }
+
+// TestTokenAsUserRedacted: a user name given without a password is often
+// the secret itself (https://TOKEN@cache): it is redacted like a password.
+func TestTokenAsUserRedacted(t *testing.T) {
+	const token = "ghp_secrettoken123"
+	c, err := fetch.NewCache("https://"+token+"@cache.example/nix", &fetch.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.URL != "https://xxxxx@cache.example/nix" {
+		t.Errorf("cache named %q", c.URL)
+	}
+	for _, raw := range []string{
+		"https://" + token + "@cache.example/nix?bogus=1",
+		"http://" + token + "%zz@host/cache",
+		"https:" + token + "@host/cache",
+	} {
+		_, err := fetch.NewCache(raw, &fetch.Options{})
+		if err == nil {
+			t.Errorf("%s: accepted", fetch.RedactURLForTest(raw))
+		} else if strings.Contains(err.Error(), token) {
+			t.Errorf("NewCache's error shows the token: %v", err)
+		}
+	}
+}

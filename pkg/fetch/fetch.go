@@ -34,7 +34,21 @@ var (
 	// ErrTooLarge: the closure needs more than Options.MaxNarBytes or
 	// Options.MaxPaths allow; refused before any NAR is downloaded.
 	ErrTooLarge = errors.New("closure too large")
+	// ErrTruncated: the NAR's bytes, the cache's whole file decompressed,
+	// end before the signed NarSize (see also ErrUnavailable, for a
+	// transfer cut short, and store.NoSpace for a full store).
+	ErrTruncated = errors.New("NAR shorter than its NarSize")
 )
+
+// kindError is an error of one of the kinds above with a message of its
+// own.
+type kindError struct {
+	kind error
+	msg  string
+}
+
+func (e *kindError) Error() string        { return e.msg }
+func (e *kindError) Is(target error) bool { return target == e.kind }
 
 // The defaults for real use, when a node or a command names no cache: the
 // public NixOS cache and its signing key.
@@ -105,12 +119,18 @@ func ErrorKind(err error) string {
 		return ""
 	case errors.Is(err, ErrUntrusted):
 		return fetchapi.KindUntrusted
+	case errors.Is(err, ErrTruncated):
+		return fetchapi.KindTruncated
 	case errors.Is(err, ErrHashMismatch):
 		return fetchapi.KindHashMismatch
 	case errors.Is(err, ErrNotFound):
 		return fetchapi.KindNotFound
 	case errors.Is(err, ErrTooLarge):
 		return fetchapi.KindTooLarge
+	case store.NoSpace(err):
+		return fetchapi.KindNoSpace
+	case errors.Is(err, ErrUnavailable):
+		return fetchapi.KindUnavailable
 	case errors.Is(err, context.DeadlineExceeded):
 		return fetchapi.KindTimeout
 	case errors.Is(err, context.Canceled):

@@ -294,6 +294,9 @@ func (r *run) lookup(it *item) error {
 	var reasons []string
 	var untrusted *PathError
 	allNotFound := true
+	// allUnavailable: every cache that did not answer "not found" failed
+	// through its retries; the path may be there once one is back.
+	allUnavailable := true
 	for _, c := range r.caches {
 		ni, err := c.NarInfo(r.ctx, it.path)
 		switch {
@@ -305,6 +308,7 @@ func (r *run) lookup(it *item) error {
 				return r.ctx.Err()
 			}
 			allNotFound = false
+			allUnavailable = allUnavailable && errors.Is(err, ErrUnavailable)
 			reasons = append(reasons, c.URL+": "+err.Error())
 			continue
 		}
@@ -323,7 +327,7 @@ func (r *run) lookup(it *item) error {
 			}
 		}
 		if !knownCompression(ni.Compression) {
-			allNotFound = false
+			allNotFound, allUnavailable = false, false
 			reasons = append(reasons, fmt.Sprintf("%s: unknown compression %q", c.URL, ni.Compression))
 			continue
 		}
@@ -336,7 +340,11 @@ func (r *run) lookup(it *item) error {
 	if allNotFound {
 		return &PathError{Path: it.path, NeededBy: it.neededBy, Err: fmt.Errorf("%w in any cache (%s)", ErrNotFound, strings.Join(reasons, "; "))}
 	}
-	return &PathError{Path: it.path, NeededBy: it.neededBy, Err: fmt.Errorf("no cache could provide it (%s)", strings.Join(reasons, "; "))}
+	err := fmt.Errorf("no cache could provide it (%s)", strings.Join(reasons, "; "))
+	if allUnavailable {
+		err = &kindError{kind: ErrUnavailable, msg: err.Error()}
+	}
+	return &PathError{Path: it.path, NeededBy: it.neededBy, Err: err}
 }
 
 // maxHold bounds how long the resolver holds the download slots while it
@@ -459,7 +467,7 @@ func (r *run) fetchNar(it *item) (string, error) {
 		return struct{}{}, err
 	})
 	if err != nil {
-		if errors.Is(err, ErrHashMismatch) {
+		if errors.Is(err, ErrHashMismatch) || errors.Is(err, ErrTruncated) {
 			r.mu.Lock()
 			r.progress.HashRefusals++
 			r.mu.Unlock()
@@ -496,20 +504,42 @@ func (r *run) fetchNarOnce(it *item, tmp string) error {
 	if local != nil {
 		d, release = local.cmd, local.cmd.release
 	} else if d, release, err = decompressor(ni.Compression, file); err != nil {
+		if terr := file.failure(); terr != nil {
+			return fmt.Errorf("%s: %w", ni.URL, terr)
+		}
 		return fmt.Errorf("%s: %w", ni.URL, err)
 	}
+	release = sync.OnceFunc(release)
 	defer release()
 	narStream := &countingReader{r: d, h: sha256.New(), limit: int64(ni.NarSize)}
 	err = nar.Unpack(narStream, tmp)
 	if local != nil {
 		// xz has read its input to the end (it exits only then).
 		local.update()
+		file.eof = ni.FileSize > 0 && file.n >= int64(ni.FileSize)
 	}
 	if err != nil {
+		// The decoder is stopped first: xz(1) reads the transport in a
+		// goroutine of os/exec, done once xz has been waited for.
+		release()
+		if terr := file.failure(); terr != nil {
+			// The transfer failed (a cut connection, a stall): that, not
+			// how the decoder took the early end of its input, is what
+			// happened, and it is worth retrying.
+			return fmt.Errorf("%s: %w", ni.URL, terr)
+		}
 		if errors.Is(err, errTooLong) {
 			return fmt.Errorf("%w: NAR is longer than its NarSize %d", ErrHashMismatch, ni.NarSize)
 		}
+		if narStream.n < int64(ni.NarSize) && (narStream.eof || file.eof) {
+			// The whole file was read, or the decoder ended cleanly,
+			// before NarSize bytes: the cache's NAR is short.
+			return truncated(ni, narStream.n, err)
+		}
 		return fmt.Errorf("%s: %w", ni.URL, err)
+	}
+	if narStream.n < int64(ni.NarSize) {
+		return truncated(ni, narStream.n, nil)
 	}
 	if narStream.n != int64(ni.NarSize) {
 		return fmt.Errorf("%w: NAR has %d bytes, NarSize says %d", ErrHashMismatch, narStream.n, ni.NarSize)
@@ -522,6 +552,9 @@ func (r *run) fetchNarOnce(it *item, tmp string) error {
 	if ni.FileSize > 0 {
 		// The decompressor may stop before the end of the file.
 		if _, err := io.Copy(io.Discard, file); err != nil {
+			if terr := file.failure(); terr != nil {
+				return fmt.Errorf("%s: %w", ni.URL, terr)
+			}
 			if errors.Is(err, errTooLong) {
 				return fmt.Errorf("%w: %s is longer than its FileSize %d", ErrHashMismatch, ni.URL, ni.FileSize)
 			}
@@ -577,17 +610,41 @@ func (l *localXZ) update() {
 	}
 }
 
+// truncated is the error of a NAR of n bytes, fewer than ni's NarSize,
+// whose end was not a failed transfer; cause is the decoder's or the
+// unpacker's complaint about the early end, if any.
+func truncated(ni *narinfo.NarInfo, n int64, cause error) error {
+	msg := fmt.Sprintf("NAR %s is shorter than its NarSize %d: got %d bytes", ni.URL, ni.NarSize, n)
+	if cause != nil {
+		msg += " (" + cause.Error() + ")"
+	}
+	return &kindError{kind: ErrTruncated, msg: msg}
+}
+
 var errTooLong = errors.New("stream longer than announced")
 
 // countingReader counts and optionally hashes what passes, and refuses to
 // deliver more than limit bytes (0: no limit): the cut that stops a
-// decompression bomb at the size the signed narinfo announced.
+// decompression bomb at the size the signed narinfo announced. It keeps
+// how its source ended: cleanly (eof) or with an error (failure), so
+// that a failed transfer is told apart from a decoder's reading of it.
 type countingReader struct {
 	r      io.Reader
 	h      hash.Hash
 	n      int64
 	limit  int64
 	onRead func(int)
+
+	mu  sync.Mutex // err: written by os/exec's goroutine feeding xz(1)
+	err error
+	eof bool
+}
+
+// failure is the first error the source returned, nil if none.
+func (c *countingReader) failure() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
@@ -604,6 +661,16 @@ func (c *countingReader) Read(p []byte) (int, error) {
 		}
 	}
 	n, err := c.r.Read(p)
+	switch {
+	case err == io.EOF:
+		c.eof = true
+	case err != nil:
+		c.mu.Lock()
+		if c.err == nil {
+			c.err = err
+		}
+		c.mu.Unlock()
+	}
 	c.n += int64(n)
 	if c.h != nil {
 		c.h.Write(p[:n])
@@ -742,7 +809,17 @@ func (r *run) registerReady(validNow map[storepath.Path]bool, pending map[storep
 			Deriver: ni.Deriver, Sigs: ni.Sigs, CA: ni.CA, RegistrationTime: now,
 		})
 	}
-	err := r.f.store.Register(context.WithoutCancel(r.ctx), infos)
+	// Durable before valid: the batch's data and renames reach the disk
+	// before the transaction that registers them, so a power cut never
+	// leaves a registered path incomplete. (The commit itself may be lost:
+	// the paths are then invalid, and the next fetch replaces them.)
+	var err error
+	if len(committed) > 0 {
+		err = r.f.store.Sync()
+	}
+	if err == nil {
+		err = r.f.store.Register(context.WithoutCancel(r.ctx), infos)
+	}
 	for _, ev := range committed {
 		if err != nil {
 			// Not registered: the renamed tree is an invalid path; remove it

@@ -126,6 +126,9 @@ func (e transientError) Error() string { return e.err.Error() }
 func (e transientError) Unwrap() error { return e.err }
 
 func isTransient(err error) bool {
+	if errors.Is(err, ErrUnavailable) {
+		return false // already retried as often as the policy allows
+	}
 	var te transientError
 	if errors.As(err, &te) {
 		return true
@@ -134,9 +137,34 @@ func isTransient(err error) bool {
 	if errors.As(err, &ne) && ne.Timeout() {
 		return true
 	}
-	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
-		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.EPIPE) || errors.Is(err, errStalled)
+	// A bare io.ErrUnexpectedEOF or EPIPE is not one: the HTTP transport
+	// marks its own failures (transientError), and these come from a
+	// decoder or xz(1) reading a file that ended early, which the same
+	// file does again.
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, errStalled)
 }
+
+// ErrUnavailable: a cache kept failing in a way worth retrying (5xx,
+// 429, timeouts, resets, a connection cut mid-file) until the retry
+// policy's attempts ran out.
+var ErrUnavailable = errors.New("cache unavailable")
+
+// exhaustedError is a transient failure that lasted through every
+// attempt: it is ErrUnavailable, and no longer transient, so that an
+// outer retry does not multiply the attempts.
+type exhaustedError struct {
+	err      error
+	attempts int
+}
+
+func (e *exhaustedError) Error() string {
+	if e.attempts > 1 {
+		return fmt.Sprintf("%v (after %d attempts)", e.err, e.attempts)
+	}
+	return e.err.Error()
+}
+
+func (e *exhaustedError) Unwrap() []error { return []error{e.err, ErrUnavailable} }
 
 // retry runs op until it succeeds, fails permanently, or attempts run out.
 func retry[T any](ctx context.Context, p RetryPolicy, op func() (T, error)) (T, error) {
@@ -145,7 +173,10 @@ func retry[T any](ctx context.Context, p RetryPolicy, op func() (T, error)) (T, 
 	for attempt := 1; ; attempt++ {
 		v, err := op()
 		if err == nil || !isTransient(err) || attempt >= p.Attempts {
-			if err != nil && attempt > 1 {
+			switch {
+			case err != nil && isTransient(err):
+				err = &exhaustedError{err: err, attempts: attempt}
+			case err != nil && attempt > 1:
 				err = fmt.Errorf("%w (after %d attempts)", err, attempt)
 			}
 			return v, err
@@ -344,11 +375,11 @@ func checkCredentialRedirect(from *url.URL, req *http.Request) error {
 	to := req.URL
 	switch {
 	case from.Scheme == "https" && to.Scheme != "https":
-		return &redirectError{to.Redacted(), "it leaves https while the cache has credentials"}
+		return &redirectError{redacted(to), "it leaves https while the cache has credentials"}
 	case sameOrigin(from, to):
 		return nil
 	case strings.EqualFold(from.Hostname(), to.Hostname()):
-		return &redirectError{to.Redacted(), "the cache's credentials are only sent to " + from.Scheme + "://" + from.Host}
+		return &redirectError{redacted(to), "the cache's credentials are only sent to " + from.Scheme + "://" + from.Host}
 	}
 	req.Header.Del("Authorization")
 	return nil

@@ -21,9 +21,10 @@ import (
 )
 
 // Kinds of fetch failure (Failure.Kind): pkg/fetch's ErrorKind names its
-// errors with the first six and KindTooLarge; the shim maps them to
-// errdefs kinds and the agent counts failures by them. New kinds are
-// added, never renamed: an older reader counts an unknown kind as is.
+// errors with the first six and KindTooLarge, KindTruncated,
+// KindUnavailable and KindNoSpace; the shim maps them to errdefs kinds
+// and the agent counts failures by them. New kinds are added, never
+// renamed: an older reader counts an unknown kind as is.
 const (
 	KindNotFound     = "not_found"     // no cache has a path
 	KindUntrusted    = "untrusted"     // no trusted signature
@@ -40,6 +41,17 @@ const (
 	// KindAborted: a record reader's kind for a fetch whose writer died
 	// before it ended.
 	KindAborted = "aborted"
+	// KindTruncated: a NAR whose bytes (the cache's complete file,
+	// decompressed) end before its signed NarSize.
+	KindTruncated = "truncated"
+	// KindUnavailable: the caches kept failing in a way worth retrying
+	// (unreachable, HTTP 5xx or 429, a connection cut mid-file) until the
+	// retries ran out.
+	KindUnavailable = "unavailable"
+	// KindNoSpace: the store's filesystem is full (ENOSPC, EDQUOT, or
+	// SQLite's "database or disk is full") while unpacking or
+	// registering.
+	KindNoSpace = "no_space"
 )
 
 // Progress is a snapshot of one fetch.
@@ -88,6 +100,26 @@ type Report struct {
 	Progress *Progress `json:"progress,omitempty"`
 	Result   *Result   `json:"result,omitempty"`
 	Error    *Failure  `json:"error,omitempty"`
+	// Waiting: the fetch waits for one of the node's fetch slots
+	// (pkg/fetchslot) before it downloads anything.
+	Waiting *Waiting `json:"waiting,omitempty"`
+	// NeedsFetch ends a fetch run with --only-if-valid whose closure is
+	// not valid yet: it fetched nothing (its GC roots are made).
+	NeedsFetch bool `json:"needsFetch,omitempty"`
+}
+
+// Waiting is a fetch queued for a slot.
+type Waiting struct {
+	Slots int `json:"slots"` // how many fetches the node runs at once
+}
+
+// CacheConfig is the caches a fetch may use, as `storepkg fetch
+// --cache-config` reads it (the shim writes it to the child's stdin, so
+// that credentials in substituter URLs never appear on a command line).
+type CacheConfig struct {
+	Substituters      []string `json:"substituters,omitempty"`
+	TrustedPublicKeys []string `json:"trustedPublicKeys,omitempty"`
+	NetrcFile         string   `json:"netrcFile,omitempty"`
 }
 
 // Reporter writes Reports, one per line, safely from several goroutines.
@@ -107,3 +139,5 @@ func (r *Reporter) write(rep *Report) error {
 func (r *Reporter) Progress(p Progress) error { return r.write(&Report{Progress: &p}) }
 func (r *Reporter) Result(res *Result) error  { return r.write(&Report{Result: res}) }
 func (r *Reporter) Fail(f *Failure) error     { return r.write(&Report{Error: f}) }
+func (r *Reporter) Waiting(w Waiting) error   { return r.write(&Report{Waiting: &w}) }
+func (r *Reporter) NeedsFetch() error         { return r.write(&Report{NeedsFetch: true}) }

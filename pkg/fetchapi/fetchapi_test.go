@@ -14,6 +14,7 @@ func TestKindsOnTheWire(t *testing.T) {
 		KindNotFound: "not_found", KindUntrusted: "untrusted", KindHashMismatch: "hash_mismatch",
 		KindTimeout: "timeout", KindCanceled: "canceled", KindOther: "other",
 		KindInvalidArgument: "invalid_argument", KindAborted: "aborted", KindTooLarge: "too_large",
+		KindTruncated: "truncated", KindUnavailable: "unavailable", KindNoSpace: "no_space",
 	} {
 		if kind != want {
 			t.Errorf("kind %q, want %q", kind, want)
@@ -33,11 +34,15 @@ func TestReportLines(t *testing.T) {
 		Downloaded: 100, CacheBytes: map[string]int64{"http://c": 100}})
 	r.Fail(&Failure{Message: "m", Kind: KindNotFound, Path: "/nix/store/x", Cache: "http://c"})
 	r.Fail(&Failure{Message: "m", Kind: KindOther})
+	r.Waiting(Waiting{Slots: 2})
+	r.NeedsFetch()
 	const want = `{"progress":{"pathsTotal":3,"pathsDone":1,"pathsFetched":1,"bytesTotal":300,"bytesDone":100,"cacheBytes":{"http://c":100},"signatureRefusals":2,"hashRefusals":1}}
 {"progress":{"pathsTotal":0,"pathsDone":0,"pathsFetched":0,"bytesTotal":0,"bytesDone":0}}
 {"result":{"closure":["7wfya0ry0kysw5wi5xqx0h1jmmc6ghc3-hello-2.12.1"],"fetched":[],"downloaded":100,"cacheBytes":{"http://c":100}}}
 {"error":{"message":"m","kind":"not_found","path":"/nix/store/x","cache":"http://c"}}
 {"error":{"message":"m","kind":"other"}}
+{"waiting":{"slots":2}}
+{"needsFetch":true}
 `
 	if got := buf.String(); got != want {
 		t.Errorf("reports:\n%s\nwant:\n%s", got, want)

@@ -22,12 +22,14 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/storepkg/storepkg/pkg/fetchapi"
+	"github.com/storepkg/storepkg/pkg/fetchslot"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -61,7 +63,8 @@ type Request struct {
 	Substituters      []string
 	TrustedPublicKeys []string
 	NetrcFile         string
-	MaxJobs           int
+	MaxJobs           int           // parallel NAR downloads; 0: the child's default
+	MaxLookups        int           // parallel narinfo requests; 0: the child's default
 	Timeout           time.Duration // the child's own deadline; 0: none
 	// MaxNarBytes and MaxPaths bound the NAR bytes (signed NarSize) and
 	// the paths the child may substitute, checked before it downloads
@@ -74,7 +77,16 @@ type Request struct {
 	Paths     []storepath.Path
 	GCRoots   []GCRoot
 
+	// Slots, if set, is the node's bound on concurrent fetches: the
+	// child downloads only while it holds one of them (pkg/fetchslot).
+	Slots *Slots
+	// MaxProcs and MemoryLimit are the child's GOMAXPROCS and GOMEMLIMIT
+	// (Go's syntax, e.g. "512MiB"); 0 and "": Go's defaults.
+	MaxProcs    int
+	MemoryLimit string
+
 	Progress func(fetchapi.Progress) // called for each progress report
+	Waiting  func(fetchapi.Waiting)  // called when the fetch waits for a slot
 	Log      func(string)            // called for each line the child logs
 
 	// Start starts the child and returns how to wait for its exit, for a
@@ -83,20 +95,23 @@ type Request struct {
 	Start func(*exec.Cmd) (wait func() error, err error)
 }
 
-// Args is the child's command line after the binary.
+// Slots names the node's fetch slots: N of them under Dir.
+type Slots struct {
+	Dir string
+	N   int
+}
+
+// Args is the child's command line after the binary. The caches are
+// not on it: they go to the child's stdin (CacheConfig), since a
+// substituter URL may carry a password and every process on the node
+// can read /proc/PID/cmdline.
 func (r Request) Args() []string {
-	args := []string{"fetch", "--json", "--root", r.StoreRoot}
-	for _, s := range r.Substituters {
-		args = append(args, "--substituter", s)
-	}
-	for _, k := range r.TrustedPublicKeys {
-		args = append(args, "--trusted-public-key", k)
-	}
-	if r.NetrcFile != "" {
-		args = append(args, "--netrc-file", r.NetrcFile)
-	}
+	args := []string{"fetch", "--json", "--root", r.StoreRoot, "--cache-config", "-"}
 	if r.MaxJobs > 0 {
 		args = append(args, "--max-jobs", strconv.Itoa(r.MaxJobs))
+	}
+	if r.MaxLookups > 0 {
+		args = append(args, "--max-lookups", strconv.Itoa(r.MaxLookups))
 	}
 	if r.Timeout > 0 {
 		args = append(args, "--timeout", r.Timeout.String())
@@ -122,45 +137,145 @@ func (r Request) Args() []string {
 	return args
 }
 
+// CacheConfig is what the child reads on its stdin.
+func (r Request) CacheConfig() fetchapi.CacheConfig {
+	return fetchapi.CacheConfig{Substituters: r.Substituters, TrustedPublicKeys: r.TrustedPublicKeys, NetrcFile: r.NetrcFile}
+}
+
+// Env is the child's environment: the caller's, with the Go runtime's
+// bounds.
+func (r Request) Env() []string {
+	if r.MaxProcs <= 0 && r.MemoryLimit == "" {
+		return nil // inherited
+	}
+	env := os.Environ()
+	if r.MaxProcs > 0 {
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(r.MaxProcs))
+	}
+	if r.MemoryLimit != "" {
+		env = append(env, "GOMEMLIMIT="+r.MemoryLimit)
+	}
+	return env
+}
+
 // stopGrace is how long a cancelled child has to stop after SIGTERM (it
 // removes what it was installing) before it is killed.
 const stopGrace = 10 * time.Second
 
+// slotFD is where the child finds the slot it inherits (ExtraFiles[0]).
+const slotFD = 3
+
 // Run starts the child and waits for its result. A cancelled ctx sends
 // the child SIGTERM; the child also gets SIGTERM if this process dies.
 // The error is a *fetchapi.Failure when the child reported one.
+//
+// With Slots, the child starts once this process holds a slot, which
+// the child inherits and holds until it exits: a fetch that waits costs
+// this process a goroutine, not a child process. When no slot is free,
+// a first child checks without a slot whether the closure is already
+// valid (and makes the GC roots): a pod on a closure the node has
+// starts without waiting behind downloads.
 func Run(ctx context.Context, r Request) (*fetchapi.Result, error) {
 	if r.Binary == "" {
 		return nil, errors.New("fetchexec: no storepkg binary given")
 	}
-	cmd := exec.CommandContext(ctx, r.Binary, r.Args()...)
+	if r.Slots == nil {
+		res, _, err := run(ctx, r, nil, nil)
+		return res, err
+	}
+	slot, ok, err := fetchslot.TryAcquire(r.Slots.Dir, r.Slots.N)
+	if err != nil {
+		return nil, &fetchapi.Failure{Kind: fetchapi.KindOther, Message: fmt.Sprintf("the node's fetch slots: %v", err)}
+	}
+	if !ok {
+		res, needsFetch, err := run(ctx, r, []string{"--only-if-valid"}, nil)
+		if err != nil || !needsFetch {
+			return res, err
+		}
+		slot, err = fetchslot.Acquire(ctx, r.Slots.Dir, r.Slots.N, func() {
+			if r.Waiting != nil {
+				r.Waiting(fetchapi.Waiting{Slots: r.Slots.N})
+			}
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, canceled(ctx, r)
+			}
+			return nil, &fetchapi.Failure{Kind: fetchapi.KindOther, Message: fmt.Sprintf("the node's fetch slots: %v", err)}
+		}
+	}
+	defer slot.Release()
+	res, _, err := run(ctx, r, []string{"--slot-fd", strconv.Itoa(slotFD)}, slot.File())
+	return res, err
+}
+
+// canceled is the failure of a fetch whose ctx ended.
+func canceled(ctx context.Context, r Request) error {
+	kind := fetchapi.KindCanceled
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		kind = fetchapi.KindTimeout
+	}
+	return &fetchapi.Failure{Kind: kind, Message: fmt.Sprintf("substituting %s: %v", Describe(r.Paths), ctx.Err())}
+}
+
+// run runs one child with extra flags (before the paths), handing it
+// slot; needsFetch reports the child's needsFetch line.
+func run(ctx context.Context, r Request, extra []string, slot *os.File) (res *fetchapi.Result, needsFetch bool, _ error) {
+	args := r.Args()
+	if len(extra) > 0 {
+		end := slices.Index(args, "--")
+		args = slices.Concat(args[:end], extra, args[end:])
+	}
+	cfg, err := json.Marshal(r.CacheConfig())
+	if err != nil {
+		return nil, false, err
+	}
+	cmd := exec.CommandContext(ctx, r.Binary, args...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = stopGrace
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	cmd.Env = r.Env()
+	if slot != nil {
+		cmd.ExtraFiles = []*os.File{slot}
+	}
 	// Our own pipes, not StdoutPipe: the wait may return (a reaper's)
 	// before the last report is read, and must not close them.
+	stdin, inW, err := os.Pipe()
+	if err != nil {
+		return nil, false, err
+	}
+	defer inW.Close()
 	stdout, outW, err := os.Pipe()
 	if err != nil {
-		return nil, err
+		stdin.Close()
+		return nil, false, err
 	}
 	defer stdout.Close()
 	stderr, errW, err := os.Pipe()
 	if err != nil {
+		stdin.Close()
 		outW.Close()
-		return nil, err
+		return nil, false, err
 	}
 	defer stderr.Close()
-	cmd.Stdout, cmd.Stderr = outW, errW
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, outW, errW
 	start := r.Start
 	if start == nil {
 		start = func(cmd *exec.Cmd) (func() error, error) { return cmd.Wait, cmd.Start() }
 	}
 	wait, err := start(cmd)
+	stdin.Close()
 	outW.Close()
 	errW.Close()
 	if err != nil {
-		return nil, fmt.Errorf("starting %s: %w", r.Binary, err)
+		return nil, false, fmt.Errorf("starting %s: %w", r.Binary, err)
 	}
+	// A goroutine: a child that does not read its stdin must not block
+	// us. The write ends when the child reads or exits.
+	go func() {
+		inW.Write(append(cfg, '\n'))
+		inW.Close()
+	}()
 	waitDone := make(chan error, 1)
 	go func() { waitDone <- wait() }()
 
@@ -186,7 +301,6 @@ func Run(ctx context.Context, r Request) (*fetchapi.Result, error) {
 	}()
 
 	var (
-		res      *fetchapi.Result
 		failure  *fetchapi.Failure
 		protoErr error
 	)
@@ -212,6 +326,12 @@ func Run(ctx context.Context, r Request) (*fetchapi.Result, error) {
 			res = rep.Result
 		case rep.Error != nil:
 			failure = rep.Error
+		case rep.Waiting != nil:
+			if r.Waiting != nil {
+				r.Waiting(*rep.Waiting)
+			}
+		case rep.NeedsFetch:
+			needsFetch = true
 		}
 	}
 	io.Copy(io.Discard, stdout)
@@ -220,15 +340,13 @@ func Run(ctx context.Context, r Request) (*fetchapi.Result, error) {
 
 	switch {
 	case failure != nil:
-		return nil, failure
+		return nil, false, failure
 	case res != nil && waitErr == nil && protoErr == nil:
-		return res, nil
+		return res, false, nil
+	case needsFetch && waitErr == nil && protoErr == nil:
+		return nil, true, nil
 	case ctx.Err() != nil:
-		kind := fetchapi.KindCanceled
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			kind = fetchapi.KindTimeout
-		}
-		return nil, &fetchapi.Failure{Kind: kind, Message: fmt.Sprintf("substituting %s: %v", Describe(r.Paths), ctx.Err())}
+		return nil, false, canceled(ctx, r)
 	}
 	msg := fmt.Sprintf("%s fetch of %s ended without a result", r.Binary, Describe(r.Paths))
 	if waitErr != nil {
@@ -239,7 +357,7 @@ func Run(ctx context.Context, r Request) (*fetchapi.Result, error) {
 	if len(lastLog) > 0 {
 		msg += " (its last log: " + strings.Join(lastLog, " | ") + ")"
 	}
-	return nil, &fetchapi.Failure{Kind: fetchapi.KindOther, Message: msg}
+	return nil, false, &fetchapi.Failure{Kind: fetchapi.KindOther, Message: msg}
 }
 
 // Describe names paths for messages: the first, and how many more.

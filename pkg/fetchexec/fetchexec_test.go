@@ -2,7 +2,9 @@ package fetchexec_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -13,9 +15,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/storepkg/storepkg/internal/nixtest"
+	"github.com/storepkg/storepkg/internal/tmpfstest"
 	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/fetchexec"
+	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -231,4 +237,129 @@ func TestRunBrokenChild(t *testing.T) {
 			t.Errorf("%s: %v, want %q", c.bin, err, c.want)
 		}
 	}
+}
+
+// TestRunFailureKinds: the real child reports what went wrong as a kind
+// of its own, which the shim maps to CRI codes: a store on a full
+// filesystem (a small tmpfs), a NAR shorter than its signed NarSize (the
+// cache's complete file, compressed correctly, so that only the NAR size
+// check catches it), and a cache that answers 503 to everything.
+func TestRunFailureKinds(t *testing.T) {
+	f := newFixture(t)
+	bin := storepkgCLI(t)
+	run := func(t *testing.T, storeRoot, url string) *fetchapi.Failure {
+		t.Helper()
+		res, err := fetchexec.Run(context.Background(), fetchexec.Request{
+			Binary: bin, StoreRoot: storeRoot, Substituters: []string{url},
+			TrustedPublicKeys: []string{f.key.Public}, Timeout: time.Minute, Paths: []storepath.Path{f.root},
+		})
+		var fail *fetchapi.Failure
+		if !errors.As(err, &fail) {
+			t.Fatalf("Run: %+v, %v; want a *Failure", res, err)
+		}
+		t.Logf("%s: %s", fail.Kind, fail.Message)
+		return fail
+	}
+	noLeftovers := func(t *testing.T, storeRoot string) {
+		t.Helper()
+		for _, e := range nixtest.StoreEntries(t, storeRoot) {
+			if strings.HasSuffix(e, ".storepkg-tmp") {
+				t.Errorf("temporary directory %s left in the store", e)
+			}
+		}
+	}
+
+	t.Run("full filesystem", func(t *testing.T) {
+		tmpfstest.Require(t)
+		url := nixtest.Serve(t, f.cache, nil)
+		storeRoot := tmpfstest.Mount(t, 2<<20) // the fixture's data path alone has 5 MiB
+		fail := run(t, storeRoot, url)
+		if fail.Kind != fetchapi.KindNoSpace || !strings.Contains(fail.Message, "no space left on device") || fail.Path == "" {
+			t.Errorf("full store: %+v, want kind %s naming the path and the cause", fail, fetchapi.KindNoSpace)
+		}
+		noLeftovers(t, storeRoot)
+	})
+
+	t.Run("truncated NAR", func(t *testing.T) {
+		cache := filepath.Join(t.TempDir(), "cache")
+		if err := os.CopyFS(cache, os.DirFS(f.cache)); err != nil {
+			t.Fatal(err)
+		}
+		info := filepath.Join(cache, f.root.HashPart()+".narinfo")
+		data, err := os.ReadFile(info)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ni, err := narinfo.ParseBytes(data)
+		if err != nil || ni.Compression != "zstd" {
+			t.Fatalf("narinfo: %+v, %v", ni, err)
+		}
+		compressed, err := os.ReadFile(filepath.Join(cache, ni.URL))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec, _ := zstd.NewReader(nil)
+		nar, err := dec.DecodeAll(compressed, nil)
+		dec.Close()
+		if err != nil || uint64(len(nar)) != ni.NarSize {
+			t.Fatalf("decoding %s: %d bytes, %v", ni.URL, len(nar), err)
+		}
+		// A complete, well-formed zstd file of the NAR less its last 100
+		// bytes; FileSize and FileHash are not signed.
+		enc, _ := zstd.NewWriter(nil)
+		short := enc.EncodeAll(nar[:len(nar)-100], nil)
+		enc.Close()
+		if err := os.WriteFile(filepath.Join(cache, ni.URL), short, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		fh := narinfo.Hash(sha256.Sum256(short))
+		ni.FileHash, ni.FileSize = &fh, uint64(len(short))
+		if err := os.WriteFile(info, []byte(ni.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		gets := 0
+		url := nixtest.Serve(t, cache, func(h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/"+ni.URL {
+					mu.Lock()
+					gets++
+					mu.Unlock()
+				}
+				h.ServeHTTP(w, r)
+			})
+		})
+		storeRoot := t.TempDir()
+		fail := run(t, storeRoot, url)
+		want := fmt.Sprintf("is shorter than its NarSize %d: got %d bytes", ni.NarSize, ni.NarSize-100)
+		if fail.Kind != fetchapi.KindTruncated || !strings.Contains(fail.Message, want) ||
+			fail.Path != f.root.Absolute() || fail.Cache != url {
+			t.Errorf("truncated NAR: %+v, want kind %s, path %s, cache %s, saying %q", fail, fetchapi.KindTruncated, f.root.Absolute(), url, want)
+		}
+		if gets != 1 {
+			t.Errorf("the short NAR was requested %d times: the same file is short again, no retry helps", gets)
+		}
+		noLeftovers(t, storeRoot)
+	})
+
+	t.Run("cache answers 503", func(t *testing.T) {
+		var mu sync.Mutex
+		requests := 0
+		url := nixtest.Serve(t, f.cache, func(http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				requests++
+				mu.Unlock()
+				http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+			})
+		})
+		fail := run(t, t.TempDir(), url)
+		if fail.Kind != fetchapi.KindUnavailable || !strings.Contains(fail.Message, "503 Service Unavailable") ||
+			!strings.Contains(fail.Message, url) || fail.Path != f.root.Absolute() {
+			t.Errorf("503: %+v, want kind %s naming the path and the cache", fail, fetchapi.KindUnavailable)
+		}
+		if requests < 2 {
+			t.Errorf("%d requests: the 503 was not retried", requests)
+		}
+	})
 }

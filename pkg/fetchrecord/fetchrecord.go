@@ -99,6 +99,10 @@ type Record struct {
 	Caches   map[string]int64  `json:"caches,omitempty"`
 	Refusals Refusals          `json:"refusals"`
 	Error    *fetchapi.Failure `json:"error,omitempty"` // why it failed
+	// WaitingForSlot, while not 0, says the fetch waits for one of the
+	// node's fetch slots, of which there are this many (runtime option
+	// MaxConcurrentFetches); 0 once it has one.
+	WaitingForSlot int `json:"waitingForSlot,omitempty"`
 }
 
 // Completed reports whether the record is in a final state.

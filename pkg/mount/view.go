@@ -1,21 +1,24 @@
-// Package mount builds what a container sees of the node store: a small
-// generated root directory and the mount that exposes exactly one closure,
-// read-only: the closure's store view, a directory shared by every
-// container on the node that runs the same closure (pkg/store/views
-// builds and prunes them), or, where views cannot be made, one bind per
-// closure path.
+// Package mount builds what a container sees of the node store: the
+// skeleton storepkg needs in the container's root (built into the
+// container's own snapshot, so its writes stay in its writable layer)
+// and the mount that exposes exactly one closure, read-only: the
+// closure's store view, a directory shared by every container on the
+// node that runs the same closure (pkg/store/views builds and prunes
+// them), or, where views cannot be made, one bind per closure path.
 package mount
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
+	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
@@ -24,7 +27,8 @@ import (
 // container may change it.
 var storeMountOptions = []string{"rbind", "ro", "nosuid", "nodev"}
 
-// skeletonDirs exist in every view; runc and the CRI mount over several.
+// skeletonDirs exist in every container's root, parents first; runc and
+// the CRI mount over several.
 var skeletonDirs = []struct {
 	path string
 	mode os.FileMode
@@ -40,73 +44,143 @@ var skeletonFiles = map[string]string{
 	"etc/group":  "root:x:0:\nnogroup:x:65534:\n",
 }
 
-// BuildShared creates the skeleton in rootfs (an empty or missing
-// directory) and returns the one mount to append to the OCI spec: the
-// closure's store view (views.Acquire's View.StoreDir) bound read-only,
-// nosuid, nodev at /nix/store. One mount whatever the closure's size.
-// Mount points for the spec's existing mounts are created as Build does.
-func BuildShared(rootfs, viewStore string, specMounts []specs.Mount) ([]specs.Mount, error) {
-	if err := skeleton(rootfs, specMounts); err != nil {
-		return nil, err
+// Skeleton builds storepkg's skeleton in root, the container's root
+// file system (its snapshot of the placeholder image, mounted): the
+// directories above with their modes (/tmp and /var/tmp 1777, the
+// /nix/store mount point) and the identity files, which replace the
+// image's. What the image holds is under the container's control, so
+// every path is resolved inside root (openat2 RESOLVE_IN_ROOT, or
+// filepath-securejoin's equivalent): a symbolic link in the image never
+// leads a write of this process, root on the node, out of root. Mount
+// points of the spec's mounts are left to runc, which creates them the
+// same way.
+func Skeleton(root string) error {
+	rootDir, err := os.OpenFile(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("view: container root: %w", err)
 	}
-	return []specs.Mount{{
-		Destination: storepath.StoreDir, Type: "bind", Source: viewStore, Options: storeMountOptions,
-	}}, nil
-}
-
-// skeleton creates the generated root: its directories, identity files
-// and the mount points of specMounts.
-func skeleton(rootfs string, specMounts []specs.Mount) error {
-	if err := os.MkdirAll(rootfs, 0o755); err != nil {
-		return fmt.Errorf("view: %w", err)
-	}
+	defer rootDir.Close()
 	for _, d := range skeletonDirs {
-		p := filepath.Join(rootfs, d.path)
-		if err := os.Mkdir(p, d.mode); err != nil && !errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("view: %w", err)
-		}
-		if err := os.Chmod(p, d.mode); err != nil {
-			return fmt.Errorf("view: %w", err)
+		if err := skeletonDir(rootDir, d.path, d.mode); err != nil {
+			return fmt.Errorf("view: skeleton directory /%s in %s: %w", d.path, root, err)
 		}
 	}
-	for name, content := range skeletonFiles {
-		if err := os.WriteFile(filepath.Join(rootfs, name), []byte(content), 0o644); err != nil {
-			return fmt.Errorf("view: %w", err)
-		}
+	names := make([]string, 0, len(skeletonFiles))
+	for name := range skeletonFiles {
+		names = append(names, name)
 	}
-	for _, m := range specMounts {
-		if err := mountPoint(rootfs, m); err != nil {
-			return err
+	slices.Sort(names)
+	for _, name := range names {
+		if err := skeletonFile(rootDir, name, skeletonFiles[name]); err != nil {
+			return fmt.Errorf("view: skeleton file /%s in %s: %w", name, root, err)
 		}
 	}
 	return nil
 }
 
-// Build creates the skeleton in rootfs (an empty or missing directory)
-// and returns the mounts to append to the OCI spec: one read-only bind per
-// closure path from hostStore (<StoreRoot>/nix/store). A store path that
-// is itself a symlink becomes the same symlink in the view, since binding
-// it would follow the link on the host. Mount points for the spec's
-// existing mounts (CRI's hosts, resolv.conf, volumes…) are created with
-// the right kind (file or directory). Its cost grows with the closure
-// (runc mounts each path); BuildShared is the fast way, Build the
-// fallback where store views cannot be made (views.ErrUnsupported).
-func Build(rootfs, hostStore string, closure []storepath.Path, specMounts []specs.Mount) ([]specs.Mount, error) {
-	if err := skeleton(rootfs, specMounts); err != nil {
-		return nil, err
+// skeletonDir creates the directory p inside root, or finds it (links
+// followed inside root), and gives it mode.
+func skeletonDir(root *os.File, p string, mode os.FileMode) error {
+	h, err := pathrs.MkdirAllHandle(root, p, mode)
+	if err != nil {
+		return err
 	}
-	viewStore := filepath.Join(rootfs, "nix", "store")
-	// The view's /nix/store itself is a read-only bind of the skeleton
-	// directory, so nothing can be added beside the closure; the closure
-	// paths are mounted over the mount points prepared in it.
+	defer h.Close()
+	fi, err := h.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&(os.ModePerm|os.ModeSticky) == mode {
+		return nil // left alone: a chmod would copy the image's directory up
+	}
+	d, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Chmod(mode)
+}
+
+// skeletonFile writes content to the file p inside root: a new file in
+// p's directory, renamed over whatever p is (a link in the image is
+// replaced, never followed).
+func skeletonFile(root *os.File, p, content string) error {
+	dir, err := pathrs.MkdirAllHandle(root, filepath.Dir(p), 0o755)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	dfd, base := int(dir.Fd()), filepath.Base(p)
+	tmp := "." + base + ".storepkg"
+	_ = unix.Unlinkat(dfd, tmp, 0) // left by an interrupted create of this container
+	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return err
+	}
+	f := os.NewFile(uintptr(fd), tmp)
+	_, err = f.WriteString(content)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = unix.Renameat(dfd, tmp, dfd, base)
+	}
+	if err != nil {
+		_ = unix.Unlinkat(dfd, tmp, 0)
+	}
+	return err
+}
+
+// BuildShared returns the one mount to append to the OCI spec: the
+// closure's store view (views.Acquire's View.StoreDir) bound read-only,
+// nosuid, nodev at /nix/store. One mount whatever the closure's size.
+func BuildShared(viewStore string) []specs.Mount {
+	return []specs.Mount{{
+		Destination: storepath.StoreDir, Type: "bind", Source: viewStore, Options: storeMountOptions,
+	}}
+}
+
+// BindStorePaths returns the mounts to append after BuildShared's for a
+// view's bound paths (views.View.Bound, base names): each store path
+// under hostStore (<StoreRoot>/nix/store) bound read-only, nosuid, nodev
+// over its empty directory in the view. They live in the container's
+// mount namespace only, and go with it.
+func BindStorePaths(hostStore string, bound []string) []specs.Mount {
+	mounts := make([]specs.Mount, 0, len(bound))
+	for _, name := range bound {
+		mounts = append(mounts, specs.Mount{
+			Destination: path.Join(storepath.StoreDir, name), Type: "bind",
+			Source: filepath.Join(hostStore, name), Options: storeMountOptions,
+		})
+	}
+	return mounts
+}
+
+// Build creates storeDir, a new directory outside the container's root
+// (it holds only read-only mount points), and returns the mounts to
+// append to the OCI spec: storeDir bound read-only at /nix/store, so
+// nothing can be added beside the closure, then one read-only bind per
+// closure path from hostStore (<StoreRoot>/nix/store) over its mount
+// point in storeDir. A store path that is itself a symlink becomes the
+// same symlink in storeDir, since binding it would follow the link on
+// the host. Its cost grows with the closure (runc mounts each path);
+// BuildShared is the fast way, Build the fallback where store views
+// cannot be made (views.ErrUnsupported).
+func Build(storeDir, hostStore string, closure []storepath.Path) ([]specs.Mount, error) {
+	if err := os.Mkdir(storeDir, 0o755); err != nil {
+		return nil, fmt.Errorf("view: %w", err)
+	}
 	mounts := make([]specs.Mount, 0, len(closure)+1)
 	mounts = append(mounts, specs.Mount{
-		Destination: storepath.StoreDir, Type: "bind", Source: viewStore,
+		Destination: storepath.StoreDir, Type: "bind", Source: storeDir,
 		Options: []string{"bind", "ro", "nosuid", "nodev"},
 	})
 	for _, p := range closure {
 		src := filepath.Join(hostStore, p.Base())
-		dst := filepath.Join(viewStore, p.Base())
+		dst := filepath.Join(storeDir, p.Base())
 		fi, err := os.Lstat(src)
 		if err != nil {
 			return nil, fmt.Errorf("view: closure path %s: %w", p, err)
@@ -136,50 +210,12 @@ func Build(rootfs, hostStore string, closure []storepath.Path, specMounts []spec
 	return mounts, nil
 }
 
-// mountPoint creates the destination of m in the skeleton: a file when a
-// bind mount's source is a file, a directory otherwise.
-func mountPoint(rootfs string, m specs.Mount) error {
-	dst := path.Clean("/" + m.Destination)
-	if dst == "/" || strings.HasPrefix(dst, storepath.StoreDir+"/") || dst == storepath.StoreDir {
-		return nil
-	}
-	full := filepath.Join(rootfs, dst)
-	isFile := false
-	if m.Type == "bind" || hasOption(m.Options, "bind") || hasOption(m.Options, "rbind") {
-		if fi, err := os.Stat(m.Source); err == nil && !fi.IsDir() {
-			isFile = true
-		}
-	}
-	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-		return fmt.Errorf("view: mount point %s: %w", dst, err)
-	}
-	var err error
-	if isFile {
-		err = touch(full)
-	} else {
-		err = os.Mkdir(full, 0o755)
-	}
-	if err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("view: mount point %s: %w", dst, err)
-	}
-	return nil
-}
-
 func touch(p string) error {
 	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o444)
 	if err != nil {
 		return err
 	}
 	return f.Close()
-}
-
-func hasOption(opts []string, o string) bool {
-	for _, x := range opts {
-		if x == o {
-			return true
-		}
-	}
-	return false
 }
 
 // PathEnv returns the PATH entries for roots: each root's bin directory
@@ -194,19 +230,20 @@ func PathEnv(hostStore string, roots []storepath.Path) string {
 	return strings.Join(dirs, ":")
 }
 
-// Remove deletes a view's skeleton once its container is gone. The
-// closure mounts lived in the container's mount namespace, so nothing
-// should be mounted under rootfs on the host; if something is, Remove
-// refuses rather than delete through a mount into the store.
-func Remove(rootfs string) error {
-	mounted, err := MountsUnder(rootfs)
+// Remove deletes a directory tree of a container that is gone, such as
+// the skeleton earlier versions of storepkg built in a bundle's rootfs
+// directory (on the node's /run). Nothing should be mounted under dir on the host any more;
+// if something is, Remove refuses rather than delete through a mount
+// (into the store, or a container's snapshot).
+func Remove(dir string) error {
+	mounted, err := MountsUnder(dir)
 	if err != nil {
 		return err
 	}
 	if len(mounted) > 0 {
-		return fmt.Errorf("view: %s still has %d mounts (first %s); not removing", rootfs, len(mounted), mounted[0])
+		return fmt.Errorf("view: %s still has %d mounts (first %s); not removing", dir, len(mounted), mounted[0])
 	}
-	if err := os.RemoveAll(rootfs); err != nil {
+	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("view: %w", err)
 	}
 	return nil

@@ -24,6 +24,7 @@ const (
 	criContainerType = "io.kubernetes.cri.container-type"
 	criContainerName = "io.kubernetes.cri.container-name"
 	criSandboxID     = "io.kubernetes.cri.sandbox-id"
+	criImageName     = "io.kubernetes.cri.image-name"
 	criTypeSandbox   = "sandbox"
 )
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/storepkg/storepkg/pkg/fetchexec"
+	"github.com/storepkg/storepkg/pkg/fetchslot"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
@@ -40,6 +42,14 @@ type Config struct {
 	MaxPathsPerPod     *int   // store paths named by a pod's annotations, summed over keys; default 64
 	MaxClosureNarBytes *int64 // NAR bytes (signed NarSize) the closure of all of a pod's paths adds to the store; default 20 GiB
 	MaxClosurePaths    *int   // paths that closure adds to the store; default 10000
+
+	// What the node's fetches may use together (docs/runtime.md,
+	// "Resource bounds").
+	MaxConcurrentFetches *int   // fetch children downloading at once, node-wide; default 2, 0: no bound
+	FetchSlotsDir        string // where the slots are (pkg/fetchslot); default /run/storepkg/fetch-slots
+	MaxLookupJobs        int    // parallel narinfo requests per fetch; default the child's, 64
+	FetchMaxProcs        int    // the fetch child's GOMAXPROCS; default Go's (the CPUs it may use)
+	FetchMemoryLimit     string // the fetch child's GOMEMLIMIT (e.g. "1GiB"); default none
 
 	// runc's own options, translated to its type (never passed raw).
 	BinaryName    string
@@ -112,6 +122,9 @@ const (
 	defaultMaxPathsPerPod     = 64
 	defaultMaxClosureNarBytes = 20 << 30
 	defaultMaxClosurePaths    = 10000
+	// Two: one fetch already uses every core and MaxJobs downloads;
+	// the second lets a small closure pass a large one.
+	defaultMaxConcurrentFetches = 2
 )
 
 // checkLimits refuses negative limits, naming the key.
@@ -124,12 +137,47 @@ func (c *Config) checkLimits() error {
 		{"MaxPathsPerPod", c.MaxPathsPerPod != nil && *c.MaxPathsPerPod < 0},
 		{"MaxClosureNarBytes", c.MaxClosureNarBytes != nil && *c.MaxClosureNarBytes < 0},
 		{"MaxClosurePaths", c.MaxClosurePaths != nil && *c.MaxClosurePaths < 0},
+		{"MaxConcurrentFetches", c.MaxConcurrentFetches != nil && *c.MaxConcurrentFetches < 0},
+		{"MaxJobs", c.MaxJobs < 0},
+		{"MaxLookupJobs", c.MaxLookupJobs < 0},
+		{"FetchMaxProcs", c.FetchMaxProcs < 0},
 	} {
 		if l.neg {
-			return fmt.Errorf("storepkg config %s: negative (0 means no limit): %w", l.key, errdefs.ErrInvalidArgument)
+			return fmt.Errorf("storepkg config %s: negative (0 means the default or no limit): %w", l.key, errdefs.ErrInvalidArgument)
 		}
 	}
+	if c.FetchMemoryLimit != "" && !validMemoryLimit(c.FetchMemoryLimit) {
+		return fmt.Errorf("storepkg config FetchMemoryLimit %q: want a byte count with an optional unit B, KiB, MiB, GiB or TiB (Go's GOMEMLIMIT), e.g. \"1GiB\": %w",
+			c.FetchMemoryLimit, errdefs.ErrInvalidArgument)
+	}
+	if c.FetchSlotsDir != "" && !filepath.IsAbs(c.FetchSlotsDir) {
+		return fmt.Errorf("storepkg config FetchSlotsDir %q: not an absolute path: %w", c.FetchSlotsDir, errdefs.ErrInvalidArgument)
+	}
 	return nil
+}
+
+// validMemoryLimit reports whether the Go runtime takes s as GOMEMLIMIT
+// (it would otherwise crash the child at start).
+func validMemoryLimit(s string) bool {
+	num := strings.TrimRight(s, "BKMGTi")
+	unit := s[len(num):]
+	if num == "" || strings.Trim(num, "0123456789") != "" {
+		return false
+	}
+	return slices.Contains([]string{"", "B", "KiB", "MiB", "GiB", "TiB"}, unit)
+}
+
+// fetchSlots is the node's bound on concurrent fetches; nil: none.
+func (c *Config) fetchSlots() *fetchexec.Slots {
+	n := valueOr(c.MaxConcurrentFetches, defaultMaxConcurrentFetches)
+	if n == 0 {
+		return nil
+	}
+	dir := c.FetchSlotsDir
+	if dir == "" {
+		dir = fetchslot.DefaultDir
+	}
+	return &fetchexec.Slots{Dir: dir, N: n}
 }
 
 // annotationLimits is what parseAnnotations allows a pod.
@@ -193,6 +241,10 @@ func (c *Config) fetchRequest(binary string, paths []storepath.Path, roots []fet
 		TrustedPublicKeys: c.TrustedPublicKeys,
 		NetrcFile:         c.NetrcFile,
 		MaxJobs:           c.MaxJobs,
+		MaxLookups:        c.MaxLookupJobs,
+		Slots:             c.fetchSlots(),
+		MaxProcs:          c.FetchMaxProcs,
+		MemoryLimit:       c.FetchMemoryLimit,
 		Timeout:           c.fetchTimeout(),
 		MaxNarBytes:       valueOr(c.MaxClosureNarBytes, defaultMaxClosureNarBytes),
 		MaxPaths:          valueOr(c.MaxClosurePaths, defaultMaxClosurePaths),

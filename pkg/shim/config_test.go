@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -46,14 +47,18 @@ SystemdCgroup = true
 	if err := cfg.checkFetch(); err != nil {
 		t.Errorf("fetch settings: %v", err)
 	}
-	// The fetch child gets the node's settings on its command line.
+	// The fetch child gets the node's settings on its command line, but
+	// the caches on its stdin: a substituter URL may carry a password.
 	p, _ := storepath.Parse("/nix/store/7wfya0ry0kysw5wi5xqx0h1jmmc6ghc3-hello-2.12.1")
-	args := strings.Join(cfg.fetchRequest("storepkg", []storepath.Path{p}, []fetchexec.GCRoot{{Name: "pod-7wfya", Path: p}}).Args(), " ")
-	want := "fetch --json --root /var/lib/storepkg --substituter http://127.0.0.1:5000 --substituter https://cache.nixos.org " +
-		"--trusted-public-key test-1:4mM2NTiDBkPaT+Ya0Ym0/qDpfdY+vpFJX5CiVIOKbck= --max-jobs 8 --timeout 30m0s --max-nar-bytes 21474836480 --max-paths 10000 " +
+	req := cfg.fetchRequest("storepkg", []storepath.Path{p}, []fetchexec.GCRoot{{Name: "pod-7wfya", Path: p}})
+	args := strings.Join(req.Args(), " ")
+	want := "fetch --json --root /var/lib/storepkg --cache-config - --max-jobs 8 --timeout 30m0s --max-nar-bytes 21474836480 --max-paths 10000 " +
 		"--gc-root pod-7wfya=" + p.Absolute() + " -- " + p.Absolute()
 	if args != want {
 		t.Errorf("fetch child args:\n got %s\nwant %s", args, want)
+	}
+	if cc := req.CacheConfig(); !slices.Equal(cc.Substituters, cfg.Substituters) || !slices.Equal(cc.TrustedPublicKeys, cfg.TrustedPublicKeys) {
+		t.Errorf("fetch child caches %+v", cc)
 	}
 	// runc gets its own options type, with its keys translated.
 	a, err := cfg.runcOptions()
@@ -129,10 +134,54 @@ MaxClosurePaths = 5
 		t.Errorf("fetch child args: %s", args)
 	}
 
-	for _, key := range []string{"MaxPathAnnotations", "MaxPathsPerPod", "MaxClosureNarBytes", "MaxClosurePaths"} {
+	for _, key := range []string{"MaxPathAnnotations", "MaxPathsPerPod", "MaxClosureNarBytes", "MaxClosurePaths",
+		"MaxConcurrentFetches", "MaxJobs", "MaxLookupJobs", "FetchMaxProcs"} {
 		_, err := parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte(key + " = -1\n")}))
 		if err == nil || !strings.Contains(err.Error(), key) || !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("%s = -1: %v, want InvalidArgument naming it", key, err)
+		}
+	}
+}
+
+// TestConfigNodeBounds: the node-wide bounds on fetches default to two
+// slots under /run, 0 lifts the bound, the child's Go runtime gets
+// GOMAXPROCS and GOMEMLIMIT, and bad values are refused naming the key.
+func TestConfigNodeBounds(t *testing.T) {
+	p, _ := storepath.Parse("/nix/store/7wfya0ry0kysw5wi5xqx0h1jmmc6ghc3-hello-2.12.1")
+	def, err := parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte("MaxJobs = 2\n")}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := def.fetchRequest("storepkg", []storepath.Path{p}, nil)
+	if req.Slots == nil || *req.Slots != (fetchexec.Slots{Dir: "/run/storepkg/fetch-slots", N: 2}) || req.Env() != nil {
+		t.Errorf("default node bounds: slots %+v, env %v", req.Slots, req.Env())
+	}
+	cfg, err := parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte(`
+MaxConcurrentFetches = 3
+FetchSlotsDir = "/run/x"
+MaxLookupJobs = 8
+FetchMaxProcs = 1
+FetchMemoryLimit = "512MiB"
+`)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req = cfg.fetchRequest("storepkg", []storepath.Path{p}, nil)
+	env := req.Env()
+	if *req.Slots != (fetchexec.Slots{Dir: "/run/x", N: 3}) || !slices.Contains(env, "GOMAXPROCS=1") || !slices.Contains(env, "GOMEMLIMIT=512MiB") ||
+		!strings.Contains(strings.Join(req.Args(), " "), "--max-lookups 8 ") {
+		t.Errorf("node bounds: slots %+v, args %v, env has GOMAXPROCS=1 %v, GOMEMLIMIT=512MiB %v", req.Slots, req.Args(),
+			slices.Contains(env, "GOMAXPROCS=1"), slices.Contains(env, "GOMEMLIMIT=512MiB"))
+	}
+	off, err := parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte("MaxConcurrentFetches = 0\n")}))
+	if err != nil || off.fetchRequest("storepkg", nil, nil).Slots != nil {
+		t.Errorf("MaxConcurrentFetches = 0: %v", err)
+	}
+	for _, body := range []string{`FetchMemoryLimit = "1GB"`, `FetchMemoryLimit = "lots"`, `FetchMemoryLimit = "1.5GiB"`, `FetchSlotsDir = "run/x"`} {
+		key, _, _ := strings.Cut(body, " ")
+		_, err := parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte(body)}))
+		if err == nil || !strings.Contains(err.Error(), key) || !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("%s: %v, want InvalidArgument naming it", body, err)
 		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -61,7 +62,6 @@ type core struct {
 
 type containerState struct {
 	pathEnv string // PATH entries of the root paths, for exec
-	rootfs  string // the generated root, removed with the container
 	viewKey string // the shared store view it uses (views.Acquire)
 }
 
@@ -182,6 +182,13 @@ func (c *core) startFetch(ctx context.Context, owner string, paths []storepath.P
 	req.Start = c.startChild
 	logger := log.G(fctx).WithField("component", "storepkg-fetch")
 	req.Log = func(line string) { logger.Info(line) }
+	recWaiting := rec.waitingFunc()
+	req.Waiting = func(w fetchapi.Waiting) {
+		logger.WithField("paths", len(paths)).Infof("storepkg: waiting for a fetch slot (the node runs at most %d fetches at once)", w.Slots)
+		if recWaiting != nil {
+			recWaiting(w)
+		}
+	}
 	go func() {
 		defer cancel()
 		defer close(call.done)
@@ -235,18 +242,20 @@ func (c *core) warmView(ctx context.Context, call *fetchCall) {
 	}
 	if v.Built {
 		log.G(ctx).WithField("view", v.Key).WithField("closure", len(call.res.Closure)).WithField("files", v.Files).
-			WithField("duration", v.Duration).Info("storepkg: store view built after prefetch")
+			WithField("bound", len(v.Bound)).WithField("duration", v.Duration).Info("storepkg: store view built after prefetch")
 	}
 }
 
-// prepareContainer makes the container's closure valid and rewrites its
-// bundle: the root becomes a generated skeleton with the closure's shared
-// store view mounted read-only at /nix/store (one mount, whatever the
-// closure's size), PATH leads to the root paths' bin directories. The caller
-// then drops the image's rootfs mounts. The closure's GC roots were made
-// by the fetch child before it downloaded anything (usually the pod's
-// prefetch); they go with their owner (containerDeleted).
-func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle string, spec *specs.Spec, paths []storepath.Path) (err error) {
+// prepareContainer makes the container's closure valid and prepares its
+// bundle: storepkg's skeleton is built into the container's snapshot
+// (rootfs, containerd's mounts of it, which runc's task service then
+// mounts as for any container), the closure's shared store view is
+// mounted read-only at /nix/store (one mount, whatever the closure's
+// size), PATH leads to the root paths' bin directories. The closure's GC
+// roots were made by the fetch child before it downloaded anything
+// (usually the pod's prefetch); they go with their owner
+// (containerDeleted).
+func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle string, spec *specs.Spec, paths []storepath.Path, rootfs []*types.Mount) (err error) {
 	if err := c.setup(ctx, cfg); err != nil {
 		return err
 	}
@@ -264,13 +273,15 @@ func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle str
 		return fetchError(call.err)
 	}
 	hostStore := c.storeDir()
-	state.rootfs = rootfsOf(bundle, spec)
+	if err := buildSkeleton(ctx, bundle, spec.Annotations[criImageName], rootfs); err != nil {
+		return err
+	}
 	defer func() {
 		if err != nil {
 			c.removeView(ctx, id, state)
 		}
 	}()
-	mounts, err := c.viewMounts(ctx, id, bundle, state, call.res.Closure, spec.Mounts)
+	mounts, err := c.viewMounts(ctx, id, bundle, state, call.res.Closure)
 	if err != nil {
 		return fmt.Errorf("storepkg: container view: %w", err)
 	}
@@ -289,29 +300,43 @@ func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle str
 	return nil
 }
 
-// viewMounts builds the container's root at state.rootfs and returns the
-// mounts that show the closure: one bind of the closure's store view,
-// shared with every container on the node that runs the same closure
-// and built by the first; where views cannot be made (the views
-// directory cannot hard-link into the store), one bind per path.
-func (c *core) viewMounts(ctx context.Context, id, bundle string, state *containerState, closure []storepath.Path, specMounts []specs.Mount) ([]specs.Mount, error) {
+// viewMounts returns the mounts that show the closure: one bind of the
+// closure's store view, shared with every container on the node that
+// runs the same closure and built by the first, and one bind per path
+// too large to link into the view (views.BindEntries); where views
+// cannot be made (the views directory cannot hard-link into the store),
+// one bind per path over mount points in the bundle (read-only in the
+// container; containerd removes them with the bundle).
+func (c *core) viewMounts(ctx context.Context, id, bundle string, state *containerState, closure []storepath.Path) ([]specs.Mount, error) {
 	v, err := views.Acquire(ctx, c.cfg.StoreRoot, closure, views.User{Name: id, Alive: bundle})
 	switch {
 	case errors.Is(err, views.ErrUnsupported):
 		log.G(ctx).WithError(err).Warn("storepkg: no shared store view; mounting each closure path")
-		return mount.Build(state.rootfs, c.storeDir(), closure, specMounts)
+		return mount.Build(filepath.Join(bundle, "storepkg-store"), c.storeDir(), closure)
 	case err != nil:
 		return nil, err
 	}
 	state.viewKey = v.Key
 	if v.Built {
-		log.G(ctx).WithField("id", id).WithField("view", v.Key).WithField("files", v.Files).
+		log.G(ctx).WithField("id", id).WithField("view", v.Key).WithField("files", v.Files).WithField("bound", len(v.Bound)).
 			WithField("duration", v.Duration).Info("storepkg: store view built")
 	}
-	return mount.BuildShared(state.rootfs, v.StoreDir, specMounts)
+	return append(mount.BuildShared(v.StoreDir), mount.BindStorePaths(c.storeDir(), v.Bound)...), nil
 }
 
-// fetchError gives a substitution failure the errdefs kind CRI reports.
+// fetchError gives a substitution failure the errdefs kind CRI reports:
+//
+//   - untrusted: FailedPrecondition, the node's trusted keys do not
+//     cover the cache's signatures; a configuration change fixes it.
+//   - hash_mismatch, truncated: DataLoss, not FailedPrecondition: the
+//     cache served bytes that are not the NAR its signed narinfo
+//     describes, corrupt or cut short at the source. Nothing on the node
+//     is in the wrong state, and the same request fails again until the
+//     cache is repaired.
+//   - unavailable, timeout: Unavailable, worth a later retry.
+//   - no_space, too_large: ResourceExhausted, the store's filesystem or
+//     the node's limits per closure.
+//   - canceled, aborted, other and kinds this shim does not know: Unknown.
 func fetchError(err error) error {
 	var kind error = errdefs.ErrUnknown
 	var f *fetchapi.Failure
@@ -319,12 +344,17 @@ func fetchError(err error) error {
 		switch f.Kind {
 		case fetchapi.KindNotFound:
 			kind = errdefs.ErrNotFound
-		case fetchapi.KindUntrusted, fetchapi.KindHashMismatch:
+		case fetchapi.KindUntrusted:
 			kind = errdefs.ErrFailedPrecondition
-		case fetchapi.KindTimeout:
+		case fetchapi.KindHashMismatch, fetchapi.KindTruncated:
+			kind = errdefs.ErrDataLoss
+		case fetchapi.KindTimeout, fetchapi.KindUnavailable:
 			kind = errdefs.ErrUnavailable
 		case fetchapi.KindInvalidArgument:
 			kind = errdefs.ErrInvalidArgument
+		case fetchapi.KindNoSpace:
+			kind = errdefs.ErrResourceExhausted
+			return fmt.Errorf("storepkg: %v (the node store's filesystem is full; the storepkg agent collects garbage above its high threshold): %w", err, kind)
 		case fetchapi.KindTooLarge:
 			kind = errdefs.ErrResourceExhausted
 			return fmt.Errorf("storepkg: %v (the node's limits on what a pod adds to the store: runtime options MaxClosureNarBytes, MaxClosurePaths): %w", err, kind)
@@ -406,11 +436,10 @@ func (c *core) containerDeleted(ctx context.Context, id string) {
 	}
 }
 
-// removeView deletes the skeleton: containerd expects the bundle's rootfs
-// to be an empty mount point and would otherwise leave the bundle behind.
-// It releases the container's store view and prunes the views that can
-// no longer be used (their store paths deleted or replaced), so their
-// hard links stop holding disk space.
+// removeView releases the container's store view and prunes the views
+// that can no longer be used (their store paths deleted or replaced), so
+// their hard links stop holding disk space. The skeleton goes with the
+// container's snapshot, which containerd removes.
 func (c *core) removeView(ctx context.Context, id string, state *containerState) {
 	if state.viewKey != "" {
 		root := c.cfg.StoreRoot
@@ -425,13 +454,6 @@ func (c *core) removeView(ctx context.Context, id string, state *containerState)
 			log.G(ctx).WithField("views", res.Removed).WithField("freed", res.BytesFreed).Info("storepkg: pruned store views")
 		}
 	}
-	rootfs := state.rootfs
-	if rootfs == "" {
-		return
-	}
-	if err := clearRootfs(rootfs); err != nil {
-		log.G(ctx).WithError(err).Warn("storepkg: removing container view")
-	}
 }
 
 // rootfsOf is the bundle's root directory, as its spec names it.
@@ -445,8 +467,9 @@ func rootfsOf(bundle string, spec *specs.Spec) string {
 	return filepath.Join(bundle, spec.Root.Path)
 }
 
-// clearRootfs removes the generated root and leaves an empty directory:
-// containerd removes the rootfs itself and can only remove an empty one.
+// clearRootfs empties rootfs, a directory nothing is mounted on, and
+// leaves it: containerd removes the rootfs itself and can only remove an
+// empty one.
 func clearRootfs(rootfs string) error {
 	if err := mount.Remove(rootfs); err != nil {
 		return err

@@ -10,7 +10,10 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/gcowner"
@@ -32,7 +35,7 @@ func TestNoRootsWithoutOwnerRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newCore()
-	c.cfg, c.fetchBin = &Config{StoreRoot: root, StatusDir: "-"}, "/nonexistent/storepkg"
+	c.cfg, c.fetchBin = &Config{StoreRoot: root, StatusDir: "-", FetchSlotsDir: t.TempDir()}, "/nonexistent/storepkg"
 	started := 0
 	c.startChild = func(*exec.Cmd) (func() error, error) {
 		started++
@@ -47,7 +50,7 @@ func TestNoRootsWithoutOwnerRecord(t *testing.T) {
 		t.Errorf("prefetch: %v", err)
 	}
 	bundle := t.TempDir()
-	err = c.prepareContainer(ctx, c.cfg, "container-1", bundle, &specs.Spec{}, paths)
+	err = c.prepareContainer(ctx, c.cfg, "container-1", bundle, &specs.Spec{}, paths, nil)
 	if err == nil || !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), owners) {
 		t.Errorf("container create: %v; want ErrUnavailable naming %s", err, owners)
 	}
@@ -60,7 +63,7 @@ func TestNoRootsWithoutOwnerRecord(t *testing.T) {
 	if err := os.Remove(owners); err != nil {
 		t.Fatal(err)
 	}
-	err = c.prepareContainer(ctx, c.cfg, "container-1", bundle, &specs.Spec{}, paths)
+	err = c.prepareContainer(ctx, c.cfg, "container-1", bundle, &specs.Spec{}, paths, nil)
 	if err == nil || !strings.Contains(err.Error(), "no fetch child in this test") {
 		t.Errorf("container create: %v, want the fetch child's failure", err)
 	}
@@ -85,5 +88,39 @@ func TestFetchErrorTooLarge(t *testing.T) {
 	}
 	if err := fetchError(&fetchapi.Failure{Kind: fetchapi.KindNotFound, Message: "m"}); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("not found: %v", err)
+	}
+}
+
+// TestFetchErrorKinds: every failure kind of the fetch child reaches CRI
+// as the errdefs kind that says what happened (through errgrpc, the code
+// containerd's CRI returns), with the child's message.
+func TestFetchErrorKinds(t *testing.T) {
+	for kind, c := range map[string]struct {
+		want error
+		code codes.Code
+		says string
+	}{
+		fetchapi.KindNotFound:        {errdefs.ErrNotFound, codes.NotFound, ""},
+		fetchapi.KindUntrusted:       {errdefs.ErrFailedPrecondition, codes.FailedPrecondition, ""},
+		fetchapi.KindHashMismatch:    {errdefs.ErrDataLoss, codes.DataLoss, ""},
+		fetchapi.KindTruncated:       {errdefs.ErrDataLoss, codes.DataLoss, ""},
+		fetchapi.KindTimeout:         {errdefs.ErrUnavailable, codes.Unavailable, ""},
+		fetchapi.KindUnavailable:     {errdefs.ErrUnavailable, codes.Unavailable, ""},
+		fetchapi.KindInvalidArgument: {errdefs.ErrInvalidArgument, codes.InvalidArgument, ""},
+		fetchapi.KindNoSpace:         {errdefs.ErrResourceExhausted, codes.ResourceExhausted, "filesystem is full"},
+		fetchapi.KindTooLarge:        {errdefs.ErrResourceExhausted, codes.ResourceExhausted, "MaxClosureNarBytes"},
+		fetchapi.KindCanceled:        {errdefs.ErrUnknown, codes.Unknown, ""},
+		fetchapi.KindAborted:         {errdefs.ErrUnknown, codes.Unknown, ""},
+		fetchapi.KindOther:           {errdefs.ErrUnknown, codes.Unknown, ""},
+		"from_a_newer_child":         {errdefs.ErrUnknown, codes.Unknown, ""},
+	} {
+		msg := "/nix/store/x: failed as " + kind
+		err := fetchError(&fetchapi.Failure{Kind: kind, Message: msg})
+		if !errors.Is(err, c.want) || !strings.Contains(err.Error(), msg) || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("%s: %v, want %v saying %q", kind, err, c.want, c.says)
+		}
+		if got := status.Code(errgrpc.ToGRPC(err)); got != c.code {
+			t.Errorf("%s: gRPC code %v, want %v", kind, got, c.code)
+		}
 	}
 }

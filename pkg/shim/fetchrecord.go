@@ -146,9 +146,25 @@ func (s *liveRecord) progressFunc() func(fetchapi.Progress) {
 	return s.progress
 }
 
+// waitingFunc returns the callback for a fetch that waits for a slot.
+func (s *liveRecord) waitingFunc() func(fetchapi.Waiting) {
+	if s == nil {
+		return nil
+	}
+	return s.waiting
+}
+
+func (s *liveRecord) waiting(w fetchapi.Waiting) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rec.WaitingForSlot = max(w.Slots, 1)
+	s.dirty = true
+}
+
 func (s *liveRecord) progress(p fetchapi.Progress) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.rec.WaitingForSlot = 0
 	s.rec.Paths.Total, s.rec.Paths.Done, s.rec.Paths.Fetched = p.PathsTotal, p.PathsDone, p.PathsFetched
 	s.rec.Bytes = fetchrecord.Bytes{Total: p.BytesTotal, Done: p.BytesDone}
 	s.rec.Caches = p.CacheBytes
@@ -187,6 +203,7 @@ func (s *liveRecord) finish(res *fetchapi.Result, err error) {
 	defer s.mu.Unlock()
 	now := time.Now()
 	s.rec.End = now
+	s.rec.WaitingForSlot = 0
 	if err != nil {
 		s.rec.State = fetchrecord.Failed
 		f := &fetchapi.Failure{Message: err.Error(), Kind: fetchapi.KindOther}

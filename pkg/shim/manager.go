@@ -31,10 +31,11 @@ type compatManager struct {
 }
 
 // Stop is the `delete` command, containerd's cleanup after a shim that is
-// gone: runc's (runc delete, unmount the rootfs), then the removal of
-// storepkg's skeleton from the rootfs. containerd then removes the bundle,
-// which it can only do when rootfs is an empty directory, as the Delete
-// of a live shim leaves it (core.removeView).
+// gone: runc's (runc delete, unmount the rootfs), then the removal of any
+// skeleton an earlier storepkg built in the bundle's rootfs directory
+// (today's lives in the container's snapshot, which runc's part has
+// unmounted). containerd then removes the bundle, which it can only do
+// when rootfs is an empty directory.
 func (m compatManager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	ss, err := m.Shim.Stop(ctx, id)
 	if err != nil {
@@ -47,9 +48,11 @@ func (m compatManager) Stop(ctx context.Context, id string) (shim.StopStatus, er
 	return ss, nil
 }
 
-// removeSkeleton removes the generated root of a container that ran from
-// store paths (by its bundle's config.json), leaving an empty directory.
-// Other containers' rootfs is left to containerd.
+// removeSkeleton empties the rootfs directory of a container that ran
+// from store paths (by its bundle's config.json) when nothing is mounted
+// there: a no-op for today's containers, the skeleton of those an
+// earlier storepkg started. Other containers' rootfs is left to
+// containerd.
 func removeSkeleton(ctx context.Context, bundle string) {
 	spec, err := readSpec(bundle)
 	if err != nil || spec.Annotations[criContainerType] == criTypeSandbox {

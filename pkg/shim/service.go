@@ -61,10 +61,7 @@ func (s *service) prepareCreate(ctx context.Context, r *taskAPI.CreateTaskReques
 	if len(r.Checkpoint) > 0 {
 		return errdefsf(errdefs.ErrNotImplemented, "storepkg: checkpoint/restore of store-path containers")
 	}
-	if err := s.core.prepareContainer(ctx, cfg, r.ID, r.Bundle, spec, paths); err != nil {
-		return err
-	}
-	// The image's layers are ignored: the view replaces them.
-	r.Rootfs = nil
-	return nil
+	// r.Rootfs stays: runc's task service mounts the container's snapshot,
+	// now holding the skeleton, as its root.
+	return s.core.prepareContainer(ctx, cfg, r.ID, r.Bundle, spec, paths, r.Rootfs)
 }

@@ -9,6 +9,10 @@ import (
 
 // NodeGCResult reports CollectNodeGarbage, step by step.
 type NodeGCResult struct {
+	// Temporaries: the temporary directories of killed fetches removed
+	// (with DryRun: that would be); TempErr: why that failed, if it did.
+	Temporaries *TempSweepResult
+	TempErr     error
 	// Swept: the GC roots of shims that are gone, removed (with DryRun:
 	// found); SweepErr: why sweeping failed, if it did.
 	Swept    *gcowner.SweepResult
@@ -25,6 +29,9 @@ type NodeGCResult struct {
 // BytesFreed is what the views and the collection freed together.
 func (r *NodeGCResult) BytesFreed() uint64 {
 	var n uint64
+	if r.Temporaries != nil {
+		n += r.Temporaries.BytesFreed
+	}
 	if r.Views != nil {
 		n += r.Views.BytesFreed
 	}
@@ -39,30 +46,36 @@ func (r *NodeGCResult) BytesFreed() uint64 {
 // (CollectGarbage with opts) it removes what would keep garbage alive
 // or its space taken:
 //
-//  1. the GC roots of shims that are gone (killed, or from before a
+//  1. the temporary directories of fetches that were killed mid-NAR,
+//     unchanged for opts.MinAge, whose path's lock no live fetch holds
+//     (RemoveStaleTemporaries);
+//  2. the GC roots of shims that are gone (killed, or from before a
 //     reboot), which would pin their pods' closures for good
 //     (gcowner.Sweep);
-//  2. the store views no live container uses and nothing used for
+//  3. the store views no live container uses and nothing used for
 //     opts.MinAge (views.Prune): their hard links keep the inodes of the
 //     paths the collection deletes, so without this no space would come
 //     back;
-//  3. the collection, asked to free what opts.MaxFreed leaves after the
-//     views' bytes, and not run at all when they freed enough.
+//  4. the collection, asked to free what opts.MaxFreed leaves after the
+//     temporary directories' and the views' bytes, and not run at all
+//     when they freed enough.
 //
-// A failed sweep or prune only makes the collection keep more, so it is
-// reported in the result and the collection runs anyway; the error
-// returned is the collection's.
+// A failed removal, sweep or prune only makes the collection keep more,
+// so it is reported in the result and the collection runs anyway; the
+// error returned is the collection's.
 func (s *Store) CollectNodeGarbage(ctx context.Context, opts GCOptions) (*NodeGCResult, error) {
 	res := &NodeGCResult{}
+	res.Temporaries, res.TempErr = s.RemoveStaleTemporaries(ctx, max(opts.MinAge, 0), opts.DryRun)
 	res.Swept, res.SweepErr = gcowner.Sweep(s.root, opts.DryRun)
 	res.Views, res.PruneErr = views.Prune(ctx, s.root, views.PruneOptions{
 		Unused: true, MinIdle: max(opts.MinAge, 0), DryRun: opts.DryRun,
 	})
 	if opts.MaxFreed > 0 {
-		if res.Views.BytesFreed >= opts.MaxFreed {
+		freed := res.Views.BytesFreed + res.Temporaries.BytesFreed
+		if freed >= opts.MaxFreed {
 			return res, nil
 		}
-		opts.MaxFreed -= res.Views.BytesFreed
+		opts.MaxFreed -= freed
 	}
 	var err error
 	res.GC, err = s.CollectGarbage(ctx, opts)

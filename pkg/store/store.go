@@ -13,6 +13,7 @@
 //	PrepareInstall(p) -> tmp // remove leftovers of a killed attempt
 //	… unpack into tmp …
 //	CommitInstall(tmp, p)    // atomic rename
+//	Sync()                   // data and renames durable before they are valid
 //	Register(…)              // once the references are valid too
 //	Unlock()
 //	AddGCRoot(name, p)       // before Close drops the temporary roots
@@ -33,6 +34,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 
 	"github.com/storepkg/storepkg/pkg/store/storefs"
@@ -177,10 +179,7 @@ func (s *Store) openDB(ctx context.Context, dbDir string) error {
 	db.SetMaxIdleConns(4)
 	err = retryBusy(ctx, func() error { return db.PingContext(ctx) })
 	if err == nil && create {
-		err = retryBusy(ctx, func() error {
-			_, err := db.ExecContext(ctx, schemaSQL)
-			return err
-		})
+		err = retryBusy(ctx, func() error { return createTables(ctx, db) })
 		if err == nil {
 			err = writeFileAtomic(schemaFile, []byte(strconv.Itoa(SchemaVersion)), 0o644)
 		}
@@ -194,6 +193,29 @@ func (s *Store) openDB(ctx context.Context, dbDir string) error {
 	}
 	s.db = db
 	return nil
+}
+
+// createTables runs Nix's schema with each commit synced: the schema file
+// written next says the tables exist, and with synchronous=NORMAL a power
+// cut could leave that file over a database without them, a store that
+// never opens again. (Syncing the files from outside SQLite is not an
+// option: closing any descriptor of a database file drops the process's
+// POSIX locks on it, which SQLite relies on.)
+func createTables(ctx context.Context, db *sql.DB) error {
+	c, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.ExecContext(ctx, "pragma synchronous = FULL"); err != nil {
+		return err
+	}
+	_, err = c.ExecContext(ctx, schemaSQL)
+	if _, rerr := c.ExecContext(ctx, "pragma synchronous = NORMAL"); rerr != nil {
+		// Never hand a connection back to the pool in the wrong mode.
+		c.Raw(func(any) error { return driver.ErrBadConn })
+	}
+	return err
 }
 
 // checkTables catches a schema file that says 10 over a database that is
@@ -347,6 +369,17 @@ func isBusy(err error) bool {
 		return true
 	}
 	return false
+}
+
+// NoSpace reports whether err says the store's filesystem is full: a
+// write failed with ENOSPC or EDQUOT, or SQLite found the database or
+// disk full (SQLITE_FULL, which its Unix VFS returns for ENOSPC).
+func NoSpace(err error) bool {
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return true
+	}
+	var se interface{ Code() int }
+	return errors.As(err, &se) && se.Code()&0xff == 13 // SQLITE_FULL
 }
 
 // busyRetryDelay is the pause between SQLite attempts that found the

@@ -16,6 +16,7 @@ var sections = []string{
 	"## Cold fetch: storepkg vs Nix's substituter",
 	"## Pod start: cold vs an OCI pull, warm vs runc",
 	"## Closure-size scaling: warm container create+start",
+	"## Store view: its share of a cold pod start",
 	"## Sharing: 10 pods on one node",
 	"## Shim memory: storepkg's shim vs containerd-shim-runc-v2",
 }
@@ -54,8 +55,8 @@ func TestReport(t *testing.T) {
 	if n := strings.Count(out, "**missed**"); n != 1 {
 		t.Errorf("%d targets missed, want 1", n)
 	}
-	if n := strings.Count(out, "**met**"); n != 8 {
-		t.Errorf("%d targets met, want 8", n)
+	if n := strings.Count(out, "**met**"); n != 9 {
+		t.Errorf("%d targets met, want 9", n)
 	}
 	for _, want := range []string{
 		"| cold fetch | zstd: 133 paths, 371.9 MB, vs Nix's substituter | 0.45 s | Nix 0.89 s | 1.98x faster (borderline) | >= 2.0x Nix | **missed** |",
@@ -125,10 +126,10 @@ func TestReportMissed(t *testing.T) {
 func TestReportPartial(t *testing.T) {
 	r := loadRun(t)
 	r.env.Benchmarks = "start"
-	r.fetch, r.pods, r.sharing = nil, nil, nil
+	r.fetch, r.pods, r.sharing, r.view = nil, nil, nil, nil
 	out := r.render()
 	checkText(t, out)
-	if !strings.Contains(out, "Benchmarks run: start (of fetch pods start sharing).") {
+	if !strings.Contains(out, "Benchmarks run: start (of fetch pods start sharing view).") {
 		t.Error("a partial run does not say which benchmarks ran")
 	}
 	for _, s := range sections {

@@ -41,7 +41,8 @@ type PruneResult struct {
 // needs: always the leftovers of interrupted builds and deletions,
 // retired views no live container uses, and unused views that no longer
 // match the store (a path of theirs was deleted or replaced: their hard
-// links are what keeps the old files' space); with opts.Unused, every
+// links are what keeps the old files' space) or were built in an earlier
+// boot (a crash may have left them incomplete); with opts.Unused, every
 // view no live container uses. A user whose Alive directory is gone is
 // dropped first. Views locked by a build or an acquire in progress are
 // skipped. Safe to run at any time, from any process: the shim on
@@ -144,14 +145,14 @@ func pruneView(ctx context.Context, dir, key, hostStore string, opts PruneOption
 		}
 	}
 	if !remove {
-		m, err := readManifest(filepath.Join(p, "manifest"))
+		_, m, err := readManifest(filepath.Join(p, "manifest"))
 		names := make([]string, len(m))
 		for i, e := range m {
 			names[i] = e.name
 		}
 		if err != nil {
 			remove = true
-		} else if ok, err := viewMatches(p, hostStore, names); err != nil {
+		} else if _, ok, err := viewMatches(p, hostStore, names); err != nil {
 			return false, 0, err
 		} else {
 			remove = !ok

@@ -288,6 +288,30 @@ func syntheticStore(b *testing.B, root string, n, dirs, perPath int) []storepath
 	return closure
 }
 
+// shapedStore makes the issue-15 closure under root/nix/store: 50 paths,
+// one of 80,000 files in 80 directories (a toolchain), 49 of 408 files in
+// 8 directories each; 99,992 files in all.
+func shapedStore(b *testing.B, root string) []storepath.Path {
+	b.Helper()
+	big := syntheticStore(b, root, 1, 80, 80000)
+	var small []storepath.Path
+	for i := range 49 {
+		p := storepath.Path(fmt.Sprintf("%032d-small-%d", i+1, i))
+		base := filepath.Join(root, "nix", "store", p.Base())
+		for f := range 408 {
+			d := filepath.Join(base, fmt.Sprintf("d%d", f%8))
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				b.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(d, fmt.Sprintf("f%d", f)), []byte(d), 0o444); err != nil {
+				b.Fatal(err)
+			}
+		}
+		small = append(small, p)
+	}
+	return append(big, small...)
+}
+
 // BenchmarkBuild: the first container of a closure (or the prefetch)
 // builds its view. Shapes: the synthetic closures of BenchmarkStart (one
 // bin directory and one file per path), and paths of 100 files in 10
@@ -301,18 +325,28 @@ func BenchmarkBuild(b *testing.B) {
 			closure := syntheticStore(b, root, c.n, c.dirs, c.files)
 			ctx := context.Background()
 			b.ResetTimer()
-			for range b.N {
-				v, err := Ensure(ctx, root, closure)
-				if err != nil || !v.Built {
-					b.Fatal(v, err)
-				}
-				b.StopTimer()
-				if _, err := Prune(ctx, root, PruneOptions{Unused: true}); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-			}
+			buildBench(b, ctx, root, closure)
 		})
+	}
+	b.Run("paths-50-files-100000", func(b *testing.B) {
+		root := b.TempDir()
+		closure := shapedStore(b, root)
+		b.ResetTimer()
+		buildBench(b, context.Background(), root, closure)
+	})
+}
+
+func buildBench(b *testing.B, ctx context.Context, root string, closure []storepath.Path) {
+	for range b.N {
+		v, err := Ensure(ctx, root, closure)
+		if err != nil || !v.Built {
+			b.Fatal(v, err)
+		}
+		b.StopTimer()
+		if _, err := Prune(ctx, root, PruneOptions{Unused: true}); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
 	}
 }
 
