@@ -2,6 +2,7 @@
 #   make demo   show storepkg doing its job (installs what it needs)
 #   make test   run every test, the kind e2e included (installs what it needs)
 #   make bench  benchmarks against the peers
+#   make chaos  faults and load, measured (docs/reliability.md)
 
 GO       ?= go
 BIN      := bin
@@ -10,7 +11,7 @@ BIN      := bin
 # (golang/go#75804, fixed in Go 1.27).
 FUZZTIME ?= 300000x
 
-.PHONY: all build image test e2e unit fuzz vet demo bench bench-fetch bench-start bench-pods bench-sharing bench-view deps clean
+.PHONY: all build image test e2e unit fuzz vet demo bench bench-fetch bench-start bench-pods bench-sharing bench-view chaos deps clean
 
 all: build
 
@@ -49,6 +50,18 @@ test: deps vet build
 # the node image is built locally (hack/kind/). KEEP=1 leaves the cluster up.
 e2e: deps
 	hack/e2e-kind.sh
+
+# The chaos suite (integration/chaos_*_test.go, TestChaos): kills, a
+# reboot, a full disk, flaky caches and 50 pods at once on real
+# containerd, runc, crictl and Nix, each scenario ending with the same
+# checks. Prints the table (scenario, held, time to recover, what was
+# left); the whole log stays in $(CHAOS_LOG). `make test` runs it too.
+CHAOS_LOG ?= $(or $(TMPDIR),/tmp)/storepkg-chaos.log
+chaos: deps
+	@rm -f $(CHAOS_LOG).table; \
+	cd integration && STOREPKG_CHAOS_TABLE=$(CHAOS_LOG).table $(GO) test -count=1 -timeout 20m -run '^TestChaos$$' -v . >$(CHAOS_LOG) 2>&1; rc=$$?; \
+	if [ -f $(CHAOS_LOG).table ]; then cat $(CHAOS_LOG).table; else tail -n 40 $(CHAOS_LOG); fi; \
+	echo "log: $(CHAOS_LOG)"; exit $$rc
 
 # Each fuzz target runs briefly: enough to catch regressions on the seeds
 # and 300,000 mutations each, not a fuzzing campaign.

@@ -160,6 +160,8 @@ type Env struct {
 
 	mu     sync.Mutex
 	podIDs map[string]bool // every pod run through RunPodSandbox
+
+	opts Options // what Start was given, for RestartContainerd
 }
 
 // Network is the private CNI bridge network of an Env.
@@ -222,6 +224,7 @@ func Start(t testing.TB, opts Options) *Env {
 	sweepStale(t)
 	e, err := newEnv(opts)
 	if e != nil {
+		e.opts = opts
 		t.Cleanup(func() { e.cleanup(t) })
 	}
 	if err != nil {
