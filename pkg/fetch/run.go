@@ -10,6 +10,7 @@ import (
 	"maps"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -439,6 +440,9 @@ func (r *run) download(it *item, lock *store.PathLock, w *waiter) error {
 		return err
 	}
 	tmp, err := r.fetchNar(it)
+	if err != nil {
+		tmp, err = r.fetchNarElsewhere(it, err)
+	}
 	r.jobs.release(w)
 	if err != nil {
 		lock.Unlock()
@@ -449,6 +453,52 @@ func (r *run) download(it *item, lock *store.PathLock, w *waiter) error {
 	}
 	r.events <- event{it: it, tmp: tmp, lock: lock}
 	return nil
+}
+
+// fetchNarElsewhere takes it's NAR from the other caches, in priority
+// order, after the one its narinfo came from failed with first (the cache
+// went away, lost the file, served bad bytes). Only a narinfo that
+// describes the same NAR (NarHash, NarSize, References) is taken, with a
+// trusted signature: the closure was walked, counted against the limits
+// and locked with the first narinfo's references. It returns first, with
+// what the others said, when none serves it.
+func (r *run) fetchNarElsewhere(it *item, first error) (string, error) {
+	tried := []*Cache{it.cache}
+	orig, origCache := it.ni, it.cache
+	var reasons []string
+	for _, c := range r.caches {
+		if r.ctx.Err() != nil || slices.Contains(tried, c) {
+			continue
+		}
+		tried = append(tried, c)
+		ni, err := c.NarInfo(r.ctx, it.path)
+		switch {
+		case err != nil:
+			reasons = append(reasons, c.URL+": "+err.Error())
+			continue
+		case !c.Trusted && ni.VerifySignatures(r.f.opts.TrustedKeys) != nil:
+			reasons = append(reasons, c.URL+": no trusted signature")
+			continue
+		case !knownCompression(ni.Compression):
+			reasons = append(reasons, fmt.Sprintf("%s: unknown compression %q", c.URL, ni.Compression))
+			continue
+		case ni.NarHash != orig.NarHash || ni.NarSize != orig.NarSize || !slices.Equal(ni.References, orig.References):
+			reasons = append(reasons, c.URL+": its narinfo describes another NAR")
+			continue
+		}
+		r.f.log.Warnf("%s: NAR from %s failed (%v); trying %s", it.path.Absolute(), origCache.URL, first, c.URL)
+		it.ni, it.cache = ni, c
+		tmp, err := r.fetchNar(it)
+		if err == nil {
+			return tmp, nil
+		}
+		reasons = append(reasons, c.URL+": "+err.Error())
+	}
+	it.ni, it.cache = orig, origCache
+	if len(reasons) == 0 {
+		return "", first
+	}
+	return "", fmt.Errorf("%w (other caches: %s)", first, strings.Join(reasons, "; "))
 }
 
 // fetchNar downloads and unpacks it's NAR into it.tmp, retrying
