@@ -44,30 +44,42 @@ func (id ID) Alive() (alive, known bool) {
 	if err != nil || id.PID <= 0 || id.PIDNamespace == "" || id.PIDNamespace != self {
 		return false, false
 	}
-	ticks, err := startTicks(strconv.Itoa(id.PID))
+	state, ticks, err := stat(strconv.Itoa(id.PID))
 	if err != nil {
 		return false, true // no such process
+	}
+	if state == "Z" || state == "X" {
+		// Exited, not yet reaped (a killed shim waits for init): it will
+		// never remove what it holds.
+		return false, true
 	}
 	return id.StartTicks == 0 || ticks == id.StartTicks, true
 }
 
 // startTicks reads field 22 (starttime) of /proc/<pid>/stat.
 func startTicks(pid string) (uint64, error) {
+	_, ticks, err := stat(pid)
+	return ticks, err
+}
+
+// stat reads fields 3 (state) and 22 (starttime) of /proc/<pid>/stat.
+func stat(pid string) (state string, ticks uint64, err error) {
 	data, err := os.ReadFile("/proc/" + pid + "/stat")
 	if err != nil {
-		return 0, err
+		return "", 0, err
 	}
 	// The command name (field 2) may hold spaces and parentheses: the
 	// fields after it start after the last ')'.
 	s := string(data)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%s/stat: no command field", pid)
+		return "", 0, fmt.Errorf("/proc/%s/stat: no command field", pid)
 	}
 	fields := strings.Fields(s[i+1:])
 	const starttime = 22 - 3 // fields[0] is field 3
 	if len(fields) <= starttime {
-		return 0, fmt.Errorf("/proc/%s/stat: %d fields", pid, len(fields)+2)
+		return "", 0, fmt.Errorf("/proc/%s/stat: %d fields", pid, len(fields)+2)
 	}
-	return strconv.ParseUint(fields[starttime], 10, 64)
+	ticks, err = strconv.ParseUint(fields[starttime], 10, 64)
+	return fields[0], ticks, err
 }

@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"strconv"
 	"testing"
+	"time"
 )
 
 func TestAlive(t *testing.T) {
@@ -26,7 +27,19 @@ func TestAlive(t *testing.T) {
 	if alive, known := reused.Alive(); alive || !known {
 		t.Errorf("PID reused by another process: alive %v known %v", alive, known)
 	}
+	// Killed and not yet waited for: a zombie, which holds nothing.
 	cmd.Process.Kill()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if state, _, _ := stat(strconv.Itoa(w.PID)); state == "Z" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the killed child never became a zombie")
+		}
+	}
+	if alive, known := w.Alive(); alive || !known {
+		t.Errorf("zombie child: alive %v known %v", alive, known)
+	}
 	cmd.Wait()
 	if alive, known := w.Alive(); alive || !known {
 		t.Errorf("dead child: alive %v known %v", alive, known)
