@@ -110,7 +110,7 @@ func diskFullViewBuild(t *testing.T, r *chaosRun) {
 	if err == nil {
 		t.Fatal("the container started with its view on a full disk")
 	}
-	checkStartError(t, r, err, "no space left on device", "")
+	checkStartError(t, r, err, "no space left on device", "code = ResourceExhausted")
 	if b := viewBuilds(storeRoot); len(b) > 0 {
 		t.Errorf("partial view builds left: %v", b)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/storepkg/storepkg/pkg/fetchapi"
@@ -283,6 +284,9 @@ func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle str
 	}()
 	mounts, err := c.viewMounts(ctx, id, bundle, state, call.res.Closure)
 	if err != nil {
+		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+			return fmt.Errorf("storepkg: container view: %v (the node store's filesystem is full; the storepkg agent collects garbage above its high threshold): %w", err, errdefs.ErrResourceExhausted)
+		}
 		return fmt.Errorf("storepkg: container view: %w", err)
 	}
 	spec.Mounts = append(spec.Mounts, mounts...)
