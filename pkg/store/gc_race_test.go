@@ -217,7 +217,7 @@ func TestGCRaceWithFetches(t *testing.T) {
 		case <-B.done:
 			t.Fatalf("round %d: helper %s exited before fetching %s:\n%s", r, B.name, roots[b], B.output())
 		case <-ctx.Done():
-			t.Fatalf("round %d: helper %s never asked for a NAR of %s (it needs at least %s)", r, B.name, roots[b], roots[b])
+			t.Fatalf("round %d: helper %s did not ask for two NARs of %s's closure in time\n%s", r, B.name, roots[b], B.output())
 		}
 		A.send(t, fmt.Sprintf("fetch %d", c))
 		res := collect()
