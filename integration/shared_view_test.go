@@ -121,10 +121,17 @@ func TestSharedStoreView(t *testing.T) {
 	if left, _ := os.ReadDir(viewsDir); len(left) != 0 {
 		t.Errorf("left in the views directory after gc: %v", left)
 	}
+	survived := false
 	for _, p := range fx.Closure {
 		if _, err := os.Lstat(filepath.Join(env.StoreRoot, p)); err == nil {
 			t.Errorf("%s survived gc", p)
+			survived = true
 		}
+	}
+	if survived {
+		// Say what keeps it: a root left behind, or a process (runtime
+		// roots are any process's on the machine).
+		t.Logf("roots:\n%s", nixtest.Run(t, "nix-store", "--store", nixtest.StoreURI(env.StoreRoot), "--gc", "--print-roots"))
 	}
 	for _, dir := range []string{"nix/store", "nix/var/storepkg"} {
 		filepath.Walk(filepath.Join(env.StoreRoot, dir), func(path string, fi os.FileInfo, err error) error {

@@ -1,6 +1,8 @@
 package nixtest
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -57,7 +59,8 @@ type DynamicFixture struct {
 }
 
 // BuildDynamicClosure compiles the program with gcc against store paths
-// it first adds to a chroot store, then builds the closure with Nix.
+// it first adds to a chroot store, then builds the closure with Nix. A
+// random build ID in the sources makes its store paths new on each call.
 func BuildDynamicClosure(t testing.TB, dir string) *DynamicFixture {
 	t.Helper()
 	Require(t, "nix-build", "nix-store", "gcc")
@@ -76,6 +79,18 @@ func BuildDynamicClosure(t testing.TB, dir string) *DynamicFixture {
 		copyFile(t, hostLib(t, lib), filepath.Join(src, "glibc/lib", lib))
 	}
 	must(t, os.WriteFile(filepath.Join(src, "default.nix"), []byte(dynamicNix), 0o644))
+	// Every build gets store paths of its own. A collector counts the
+	// store paths that any process on the machine runs, maps or has in
+	// its environment as roots (Nix's runtime roots, whatever the store's
+	// root directory), so with the same paths the containers of another
+	// test run on the machine would keep this run's closure alive.
+	nonce := make([]byte, 16)
+	if _, err := rand.Read(nonce); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"bb", "glibc"} { // the sources of every other path
+		must(t, os.WriteFile(filepath.Join(src, d, ".build-id"), []byte(hex.EncodeToString(nonce)+"\n"), 0o444))
+	}
 
 	// The glibc path's name is fixed by its contents: add it first to
 	// learn where the program's interpreter and rpath must point.

@@ -19,18 +19,31 @@ import (
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
-// storepkgCLI builds cmd/storepkg, the fetch child, once per test binary.
+// storepkgCLI builds cmd/storepkg, the fetch child, once per test binary
+// into cliDir, which TestMain removes (a test's cleanup would remove it
+// from under the next run of -count).
 var storepkgCLI = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "agent-cli-")
 	if err != nil {
 		return "", err
 	}
+	cliDir = dir
 	bin := filepath.Join(dir, "storepkg")
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/storepkg/storepkg/cmd/storepkg").CombinedOutput(); err != nil {
 		return "", &exec.Error{Name: "go build cmd/storepkg: " + string(out), Err: err}
 	}
 	return bin, nil
 })
+
+var cliDir string
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if cliDir != "" {
+		os.RemoveAll(cliDir)
+	}
+	os.Exit(code)
+}
 
 // haltingCache serves dir on 127.0.0.1 and sends only the first half of
 // each NAR (with the whole file's Content-Length) until release(nar) is
@@ -88,7 +101,6 @@ func TestSweepsTemporariesOfKilledFetches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(filepath.Dir(bin)) })
 
 	_, priv, _ := ed25519.GenerateKey(nil)
 	key := narinfo.SecretKey{Name: "agent-temp-1", Key: priv}

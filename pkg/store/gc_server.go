@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,8 +41,9 @@ type gcServer struct {
 	closed    bool
 	conns     map[net.Conn]bool
 	// acked holds, per client process, the state of its temporary
-	// roots file when we last acknowledged a root (see awaitClients).
-	acked map[int32]rootsFileState
+	// roots file when we last acknowledged a root, and the roots we
+	// acknowledged (see awaitClients).
+	acked map[int32]*ackedClient
 
 	wg       sync.WaitGroup
 	stopOnce sync.Once
@@ -55,6 +57,12 @@ type rootsFileState struct {
 	size     int64
 	ctime    unix.Timespec
 	exists   bool
+}
+
+// ackedClient is what awaitClients waits for from one client process.
+type ackedClient struct {
+	file  rootsFileState
+	roots []string // absolute store paths, as the client sent them
 }
 
 // maxRootLine bounds a line from a client; store paths are far shorter.
@@ -93,7 +101,7 @@ func startGCServer(stateDir string, log *logrus.Entry) (*gcServer, error) {
 		return nil, fmt.Errorf("store: gc: changing permissions on %s: %w", sock, err)
 	}
 	sv := &gcServer{log: log, ln: ln, rootsDir: filepath.Join(stateDir, "temproots"),
-		tempRoots: map[string]bool{}, conns: map[net.Conn]bool{}, acked: map[int32]rootsFileState{}}
+		tempRoots: map[string]bool{}, conns: map[net.Conn]bool{}, acked: map[int32]*ackedClient{}}
 	sv.wakeup = sync.NewCond(&sv.mu)
 	sv.wg.Add(1)
 	go sv.accept()
@@ -145,7 +153,7 @@ func (sv *gcServer) serve(conn net.Conn) {
 		if _, hash, ok := parseNixStorePath(path); ok {
 			sv.log.Debugf("got new GC root '%s'", path)
 			sv.addTempRootWait(hash)
-			sv.noteAck(pid)
+			sv.noteAck(pid, path)
 		} else {
 			sv.log.Errorf("received garbage instead of a root from client: %q", path)
 		}
@@ -184,10 +192,9 @@ func (sv *gcServer) statRootsFile(pid int32) rootsFileState {
 	return rootsFileState{dev: st.Dev, ino: st.Ino, size: st.Size, ctime: st.Ctim, exists: true}
 }
 
-// noteAck records the state of the client's roots file just before we
-// acknowledge one of its roots; it appends the root after the
-// acknowledgement.
-func (sv *gcServer) noteAck(pid int32) {
+// noteAck records root and the state of the client's roots file just
+// before we acknowledge the root.
+func (sv *gcServer) noteAck(pid int32, root string) {
 	if pid <= 0 {
 		return
 	}
@@ -196,27 +203,62 @@ func (sv *gcServer) noteAck(pid int32) {
 		return // not a roots file we can watch (another pid namespace?)
 	}
 	sv.mu.Lock()
-	sv.acked[pid] = st
+	a := sv.acked[pid]
+	if a == nil {
+		a = &ackedClient{}
+		sv.acked[pid] = a
+	}
+	a.file = st
+	a.roots = append(a.roots, root)
 	sv.mu.Unlock()
 }
 
-// awaitClients closes a race in the protocol. A client (Nix's
-// addTempRoot and AddTempRoots alike) appends a root to its roots file
-// only after the collector has acknowledged it, without holding any
-// lock. Were the collector to release gc.lock at once, the next
-// collection could read that file before the append and miss the root,
-// while the client, told its path is protected, goes on using it. So
-// before gc.lock is released, every client we acknowledged roots to is
-// given until the deadline to append them: until its roots file has
-// changed (grown; or been replaced or removed, and its roots with it) or
-// it has died. Clients append at once, so this costs next to nothing.
+// recorded reports whether the roots file of pid already holds every one
+// of roots.
+func (sv *gcServer) recorded(pid int32, roots []string) bool {
+	b, err := os.ReadFile(filepath.Join(sv.rootsDir, strconv.Itoa(int(pid))))
+	if err != nil {
+		return false
+	}
+	have := map[string]bool{}
+	for _, r := range strings.Split(string(b), "\x00") {
+		have[r] = true
+	}
+	for _, r := range roots {
+		if !have[r] {
+			return false
+		}
+	}
+	return true
+}
+
+// awaitClients closes a race in the protocol. A client like Nix's
+// addTempRoot appends a root to its roots file only after the collector
+// has acknowledged it, without holding any lock. Were the collector to
+// release gc.lock at once, the next collection could read that file
+// before the append and miss the root, while the client, told its path
+// is protected, goes on using it. So before gc.lock is released, every
+// client we acknowledged roots to is given until the deadline to record
+// them: until its roots file holds them all (our AddTempRoots writes
+// them before it sends them, so they are there at once), has changed
+// (grown; or been replaced or removed, and its roots with it), or the
+// client has died. Clients append at once, so this costs next to nothing.
 func (sv *gcServer) awaitClients(timeout time.Duration) {
 	sv.mu.Lock()
 	waiting := make(map[int32]rootsFileState, len(sv.acked))
-	for pid, st := range sv.acked {
-		waiting[pid] = st
+	roots := make(map[int32][]string, len(sv.acked))
+	for pid, a := range sv.acked {
+		waiting[pid] = a.file
+		roots[pid] = a.roots
 	}
 	sv.mu.Unlock()
+	// Roots recorded now stay recorded until the file changes, which
+	// the loop below sees: one look at the contents is enough.
+	for pid := range waiting {
+		if sv.recorded(pid, roots[pid]) {
+			delete(waiting, pid)
+		}
+	}
 	deadline := time.Now().Add(timeout)
 	delay := 100 * time.Microsecond
 	for len(waiting) > 0 {

@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+
 	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/pkg/store/storefs"
 	"github.com/storepkg/storepkg/pkg/storepath"
@@ -762,6 +765,52 @@ func TestGCAwaitsClientAppend(t *testing.T) {
 	}
 	if len(res.Dead) != 0 {
 		t.Errorf("deleted %v", res.Dead)
+	}
+}
+
+// TestGCAwaitsNoRecordedRoots: our AddTempRoots writes a root to its
+// file before it sends it to the collector, so the collector, which
+// waits for an acknowledged root to be recorded before it releases
+// gc.lock, finds it recorded and need not wait for the file to change
+// (it would wait for clientAppendTimeout while the client's Store stays
+// open, holding gc.lock and with it every other process's roots).
+func TestGCAwaitsNoRecordedRoots(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	root := t.TempDir()
+	gs := openStore(t, root)
+	client := openStore(t, root) // this process's roots file, kept open throughout
+	first, second := fakePath(t, "first"), fakePath(t, "second")
+	for _, p := range []storepath.Path{first, second} {
+		if err := os.WriteFile(gs.RealPath(p), []byte("x"), 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A root in the file before the collection, so that it is not new.
+	if err := client.AddTempRoots(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	testHookGC = func(stage, _ string) {
+		if stage == "roots" {
+			if err := client.AddTempRoots(ctx, second); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer func() { testHookGC = nil }()
+	logger, hook := logtest.NewNullLogger()
+	res, err := gs.CollectGarbage(ctx, GCOptions{Log: logrus.NewEntry(logger)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testHookGC = nil
+	if len(res.Dead) != 0 {
+		t.Errorf("deleted %v", res.Dead)
+	}
+	for _, e := range hook.AllEntries() {
+		if e.Level <= logrus.WarnLevel {
+			t.Errorf("the collector warned: %s", e.Message)
+		}
 	}
 }
 
