@@ -41,6 +41,7 @@ func newFetchCommand() *cobra.Command {
 		cacheConfig  string
 		slots        slotFlags
 		onlyIfValid  bool
+		cpuProfile   string
 	)
 	cmd := &cobra.Command{
 		Use:   "fetch [flags] PATH...",
@@ -62,6 +63,11 @@ and hand it over (--slot-fd), and pass the caches on stdin
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			stopProfile, err := startCPUProfile(cpuProfile)
+			if err != nil {
+				return err
+			}
+			defer stopProfile()
 			if timeout > 0 {
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, timeout)
@@ -183,6 +189,8 @@ and hand it over (--slot-fd), and pass the caches on stdin
 	cmd.Flags().IntVar(&slots.n, "max-concurrent-fetches", 0, "with --fetch-slots: how many fetches the node runs at once")
 	cmd.Flags().IntVar(&slots.fd, "slot-fd", -1, "the caller holds a fetch slot (pkg/fetchslot) on this inherited descriptor: fetch without waiting for one")
 	cmd.Flags().BoolVar(&onlyIfValid, "only-if-valid", false, "make the GC roots, then report the closure if it is already valid and fetch nothing otherwise (with --json: a needsFetch line)")
+	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a Go CPU profile of the fetch to this file (for benchmarks)")
+	cmd.Flags().MarkHidden("cpuprofile")
 	return cmd
 }
 
