@@ -25,11 +25,16 @@
 #   BENCH_DIR     where the closure and its caches live (made on first use,
 #                 ~1.2 GB, kept), default /var/tmp/storepkg-bench
 #   STOREPKG      the binary to measure, default ./bin/storepkg
+#   STOREPKG_BASE another storepkg binary (an older build) measured in the
+#                 same interleaving, for before/after figures; a table row
+#                 only, not in RESULTS_JSON
 #   RUNS          runs per tool and compression, default 3 (best and median)
 #   COMPRESSIONS  default "xz zstd"
 #   NIX_ONLY=1    measure Nix and the decode limit only (no storepkg binary)
 #   NIX_PARALLEL  0 skips the "nix -j" runs, default 1
 #   ROOTS_FS      tmpfs (default) or disk: where the fresh stores are made
+#   ROOTS_DIR     where the fresh stores are made, default BENCH_DIR/roots
+#                 (another directory lets two runs share one BENCH_DIR)
 #   IDLE_WAIT     seconds to wait for an idle machine before each run, 120
 #   RESULTS       a file to append the table to (default: none, print only)
 #   RESULTS_JSON  a file to write the medians to as JSON (hack/bench.sh)
@@ -43,6 +48,7 @@ LOG_PREFIX=bench-fetch
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/storepkg-bench}"
 STOREPKG="${STOREPKG:-${REPO_ROOT}/bin/storepkg}"
+STOREPKG_BASE="${STOREPKG_BASE:-}"
 RUNS="${RUNS:-3}"
 COMPRESSIONS="${COMPRESSIONS:-xz zstd}"
 NIX_ONLY="${NIX_ONLY:-0}"
@@ -59,9 +65,10 @@ declare -A LABEL=(
   [nix]="nix-store -r (Nix default, max-jobs=1)"
   [nix_par]="nix-store -r --max-jobs auto"
   [storepkg]="storepkg fetch"
+  [storepkg_base]="storepkg fetch (STOREPKG_BASE)"
 )
 
-ROOTS_DIR="${BENCH_DIR}/roots"
+ROOTS_DIR="${ROOTS_DIR:-${BENCH_DIR}/roots}"
 LOG_DIR="${BENCH_DIR}/logs"
 BUSY_RUNS=0
 
@@ -161,6 +168,11 @@ storepkg_cmd() {
     "${CLOSURE_ROOT}")
 }
 
+storepkg_base_cmd() {
+  storepkg_cmd "$@"
+  CMD[0]="${STOREPKG_BASE}"
+}
+
 # timed_run LOGFILE CMD...: runs CMD under /usr/bin/time, its output going to
 # LOGFILE, and prints "SECONDS PEAK_RSS_KB USER_S SYS_S".
 timed_run() {
@@ -236,6 +248,7 @@ bench_compression() {
   local comp="$1" run tool tools=(nix)
   [[ "${NIX_PARALLEL}" == 1 ]] && tools+=(nix_par)
   [[ "${NIX_ONLY}" == 1 ]] || tools+=(storepkg)
+  [[ "${NIX_ONLY}" == 1 || -z "${STOREPKG_BASE}" ]] || tools+=(storepkg_base)
   log "${comp}: warming the page cache"
   cat "${BENCH_DIR}/cache-${comp}"/nar/* >/dev/null
   # Interleaved, so that a drift of the machine hits every tool alike.
@@ -316,7 +329,7 @@ report() {
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
   local comp tool
   for comp in ${COMPRESSIONS}; do
-    for tool in nix nix_par storepkg; do
+    for tool in nix nix_par storepkg_base storepkg; do
       if [[ -s "${SAMPLES}/${tool}-${comp}" ]]; then
         tool_row "${tool}" "${comp}"
       fi
