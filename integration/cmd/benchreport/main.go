@@ -378,6 +378,11 @@ func (r *report) fetchTargets(cl fetchClosure, c string, cores int) {
 			"copy of every decompressed byte, through a pipe; decoding in-process through liblzma (cgo) would save both, at the price of a static binary."
 	}
 	largest := fmt.Sprintf("the largest NAR alone takes %.2f s to decode in one stream", fc.Largest)
+	// Idle time measured on a busy machine is partly other work's.
+	busy := ""
+	if r.fetch.Busy > 0 {
+		busy = fmt.Sprintf(" (%d measurements of this run started on a busy machine: part of that idle time may be other work's)", r.fetch.Busy)
+	}
 
 	// Nix's default configuration.
 	nix := f(fc.Nix.Median)
@@ -399,7 +404,7 @@ func (r *report) fetchTargets(cl fetchClosure, c string, cores int) {
 		if ceiling < target {
 			why = "Bound by CPU: " + why + ". "
 		} else {
-			why = "Not bound by CPU alone: " + why + ", above the target: what is missing is the time a core sat idle. "
+			why = "Not bound by CPU alone: " + why + ", above the target: what is missing is the time a core sat idle" + busy + ". "
 			closeIt = "keeping every core busy to the end of the fetch, then " + closeIt
 		}
 		r.note(fmt.Sprintf("Cold fetch, %s: %.2fx Nix, target %.1fx%s", label, ratio, target, borderline(ratio, target)), why+fmt.Sprintf(
@@ -434,9 +439,9 @@ func (r *report) fetchTargets(cl fetchClosure, c string, cores int) {
 					need, cores, need*float64(cores), cpuText(fc.Storepkg), cpuFloor, 100*(1-need*float64(cores)/cpu))
 			default:
 				why = fmt.Sprintf("Not bound by CPU: the target allows %.2f s; with every core busy to the end storepkg's %s would take "+
-					"%.2f s, and %s, but it kept %.2f of the %d cores busy on average (%.2f core-seconds idle). What would close it: every "+
+					"%.2f s, and %s, but it kept %.2f of the %d cores busy on average (%.2f core-seconds idle%s). What would close it: every "+
 					"core busy to the end of the fetch: the largest NARs started first, no core waiting on another's NAR or on the store's database.",
-					need, cpuText(fc.Storepkg), cpuFloor, largest, util, cores, idle)
+					need, cpuText(fc.Storepkg), cpuFloor, largest, util, cores, idle, busy)
 			}
 			r.note(fmt.Sprintf("Cold fetch, %s: %.2fx Nix -j, target %.1fx%s", label, ratio, fetchParTarget, borderline(ratio, fetchParTarget)), why)
 		}

@@ -81,7 +81,7 @@ func TestReport(t *testing.T) {
 		"sys +2.60 CPU-s",
 		// 1.67 / 1.2 = 1.39 s allowed, 2.5 / 2 = 1.25 s at best: idle cores.
 		"- **Cold fetch, pygo, zstd: 1.17x Nix -j, target 1.2x (borderline: within 3% of the target, run-to-run noise decides).** Not bound by CPU:",
-		"(0.36 core-seconds idle)",
+		"(0.36 core-seconds idle).",
 		"- **Cold fetch, pygo, zstd vs the decode limit: 2.31x, target 1.15x.**",
 		"| pygo | xz | decode limit: 2 `xz -dc` processes over balanced shares | 5.90 | | 10.80 | | | 0.64x |",
 		"| pygo | xz | largest NAR alone (98.0 MB compressed), one stream | 5.60 | | | | | |",
@@ -129,8 +129,12 @@ func TestReportMissed(t *testing.T) {
 	steady.RSSAnon += steady.RSS / 2
 	p.Memory.Median["storepkg-cold"] = steady
 
+	r.fetch.Busy = 4
 	out := r.render()
 	checkText(t, out)
+	if !strings.Contains(out, "(4 measurements of this run started on a busy machine: part of that idle time may be other work's)") {
+		t.Error("a note on idle cores does not say that the machine was busy")
+	}
 	// Every cold fetch target but two CPU ones, left as they were (mixed
 	// xz 3.90 CPU-s against Nix -j's 4.75, pygo zstd 2.50 against 2.50),
 	// is missed: 14; and one of each other benchmark.
