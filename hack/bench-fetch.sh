@@ -9,21 +9,34 @@
 #
 # Usage: hack/bench-fetch.sh            (or: make bench-fetch)
 #
-# Every run substitutes the whole closure (hack/mkbench-closure.sh: ~130
-# paths, ~350 MB) into a fresh, empty chroot store. Nix runs twice over:
+# Two closures, unlike in shape:
+#   mixed   hack/mkbench-closure.sh: ~130 paths, ~350 MB of NARs: libraries,
+#           interpreters, data paths of thousands of small files
+#   pygo    hack/mkbench-closure-pygo.sh: ~320 paths, ~700 MB: a Go
+#           toolchain of ~12,000 files in one path, CPython, ~310
+#           single-library paths
+# Every run substitutes a whole closure into a fresh, empty chroot store.
+# Nix runs twice over:
 #   nix       its default configuration (max-jobs = 1: one substitution at a
-#             time); the targets are ratios against this one
+#             time)
 #   nix -j    --max-jobs auto (as NixOS configures it): parallel substitutions
-# Below them: the decode limit, every compressed NAR of the cache piped by
-# `xz -dc`/`zstd -dc` to /dev/null on all cores, and the largest NAR alone.
+# Below them: the decode limit, the decoding work alone on every core (the
+# NARs split into one share per core of about equal compressed size, one
+# `xz -dc`/`zstd -dc` process per share reading its NARs in sequence, all
+# shares at once: the slowest share's wall time, the CPU time of all), and
+# the largest NAR alone, one stream.
 #
 # The fresh stores live on a tmpfs by default: ext4 here spends from 0.2 to
 # 2.5 s of kernel time creating the closure's ~10,000 inodes depending on what
 # was deleted before, which drowns the difference between the tools.
 #
 # Environment:
-#   BENCH_DIR     where the closure and its caches live (made on first use,
-#                 ~1.2 GB, kept), default /var/tmp/storepkg-bench
+#   BENCH_DIR     where the mixed closure and its caches live (made on first
+#                 use, ~1.2 GB, kept), default /var/tmp/storepkg-bench; the
+#                 fresh stores and logs are made under it too
+#   BENCH_DIR_PYGO  the same for the pygo closure (~2.5 GB), default
+#                 /var/tmp/storepkg-bench-pygo
+#   CLOSURES      default "mixed pygo"
 #   STOREPKG      the binary to measure, default ./bin/storepkg
 #   STOREPKG_BASE another storepkg binary (an older build) measured in the
 #                 same interleaving, for before/after figures; a table row
@@ -39,7 +52,9 @@
 #   RESULTS       a file to append the table to (default: none, print only)
 #   RESULTS_JSON  a file to write the medians to as JSON (hack/bench.sh)
 #
-# Targets: storepkg >= 1.5x faster than Nix on xz, >= 2x on zstd.
+# Targets, every closure and compression: wall time >= 1.2x faster than
+# `nix -j`, CPU time (user+sys) at most `nix -j`'s, within 1.15x of the
+# decode limit; and >= 1.5x faster than Nix's default on xz, >= 2x on zstd.
 
 set -o errexit -o nounset -o pipefail -o errtrace
 
@@ -47,6 +62,8 @@ LOG_PREFIX=bench-fetch
 # shellcheck source=hack/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/storepkg-bench}"
+BENCH_DIR_PYGO="${BENCH_DIR_PYGO:-/var/tmp/storepkg-bench-pygo}"
+CLOSURES="${CLOSURES:-mixed pygo}"
 STOREPKG="${STOREPKG:-${REPO_ROOT}/bin/storepkg}"
 STOREPKG_BASE="${STOREPKG_BASE:-}"
 RUNS="${RUNS:-3}"
@@ -59,6 +76,10 @@ RESULTS="${RESULTS:-}"
 RESULTS_JSON="${RESULTS_JSON:-}"
 
 declare -A TARGET=([xz]=1.5 [zstd]=2.0)
+PAR_TARGET=1.2   # wall time, nix -j / storepkg
+LIMIT_TARGET=1.15 # wall time, storepkg / decode limit
+declare -A CLOSURE_DIR=([mixed]="${BENCH_DIR}" [pygo]="${BENCH_DIR_PYGO}")
+declare -A CLOSURE_SCRIPT=([mixed]=mkbench-closure.sh [pygo]=mkbench-closure-pygo.sh)
 declare -A DECOMPRESS=([xz]="xz -dc" [zstd]="zstd -dc")
 declare -A SUFFIX=([xz]=.nar.xz [zstd]=.nar.zst)
 declare -A LABEL=(
@@ -151,7 +172,7 @@ nix_cmd() {
   CMD=(env "${NIX_ENV[@]}" "XDG_CACHE_HOME=${root}/.cache"
     nix-store --store "local?root=${root}" -r "${CLOSURE_ROOT}"
     --option fsync-metadata true
-    --option substituters "file://${BENCH_DIR}/cache-${comp}"
+    --option substituters "file://${CDIR}/cache-${comp}"
     --option trusted-public-keys "${PUBLIC_KEY}")
 }
 
@@ -163,7 +184,7 @@ nix_par_cmd() {
 storepkg_cmd() {
   local comp="$1" root="$2"
   CMD=("${STOREPKG}" fetch --root "${root}"
-    --substituter "file://${BENCH_DIR}/cache-${comp}"
+    --substituter "file://${CDIR}/cache-${comp}"
     --trusted-public-key "${PUBLIC_KEY}"
     "${CLOSURE_ROOT}")
 }
@@ -204,44 +225,65 @@ check_root() {
 measure() {
   local tool="$1" comp="$2" run="$3"
   local root logfile sample
-  root=$(mktemp -d "${ROOTS_DIR}/${tool}-${comp}.XXXX")
-  logfile="${LOG_DIR}/${tool}-${comp}-${run}.log"
+  root=$(mktemp -d "${ROOTS_DIR}/${CLOSURE}-${tool}-${comp}.XXXX")
+  logfile="${LOG_DIR}/${CLOSURE}-${tool}-${comp}-${run}.log"
   "${tool}_cmd" "${comp}" "${root}"
   wait_idle
   sample=$(timed_run "${logfile}" "${CMD[@]}")
   check_root "${tool}" "${root}"
   done_with_root "${root}"
   echo "${sample}" >>"${SAMPLES}/${tool}-${comp}"
-  log "${comp} ${tool} run ${run}: $(awk '{ printf "%ss, peak RSS %d MB, CPU %.2fs", $1, $2 / 1024, $3 + $4 }' <<<"${sample}")"
+  log "${CLOSURE} ${comp} ${tool} run ${run}: $(awk '{ printf "%ss, peak RSS %d MB, CPU %.2fs (user %.2f, sys %.2f)", $1, $2 / 1024, $3 + $4, $3, $4 }' <<<"${sample}")"
 }
 
 elapsed_since() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f", e - s }'; }
 
-nars_largest_first() {
-  find "${BENCH_DIR}/cache-$1/nar" -name "*${SUFFIX[$1]}" -printf '%s %p\n' | sort -rn | cut -d' ' -f2-
+# nars_by_size COMP: "BYTES FILE" of every compressed NAR, largest first.
+nars_by_size() {
+  find "${CDIR}/cache-$1/nar" -name "*${SUFFIX[$1]}" -printf '%s %p\n' | sort -rn
 }
 
-# decode_limit COMP: every compressed NAR of the cache decompressed to
-# /dev/null by the reference tool on all cores, largest first; prints
-# "SECONDS CPU_SECONDS".
+# decode_limit COMP: the decoding work alone on every core, as a fetch
+# that decodes each NAR in one stream could at best spread it. The NARs
+# are dealt into one share per core, largest first, each to the share with
+# the fewest compressed bytes so far; each share is one decoder process
+# reading its NARs in sequence to /dev/null, all shares at once (one
+# process per NAR would add a process start per NAR, seconds over hundreds
+# of small NARs, which is not decoding). Prints "SECONDS CPU_SECONDS": the
+# wall time until the last share is done, the user+sys time of all.
 decode_limit() {
-  local comp="$1" tf
+  local comp="$1" tf shares
   tf=$(mktemp)
-  # shellcheck disable=SC2086 # the command and its flags, one word each
-  nars_largest_first "${comp}" |
-    /usr/bin/time -f '%e %U %S' -o "${tf}" xargs -d '\n' -P "$(nproc)" -n 1 ${DECOMPRESS[${comp}]} >/dev/null
-  tail -1 "${tf}" | awk '{ printf "%s %.2f\n", $1, $2 + $3 }'
-  rm -f "${tf}"
+  shares=$(mktemp)
+  nars_by_size "${comp}" | awk -v n="$(nproc)" '
+    {
+      best = 1
+      for (i = 2; i <= n; i++) if (sum[i] < sum[best]) best = i
+      sum[best] += $1
+      files[best] = files[best] " " $2
+    }
+    END { for (i = 1; i <= n; i++) if (files[i] != "") print substr(files[i], 2) }' >"${shares}"
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  /usr/bin/time -f '%e %U %S' -o "${tf}" bash -c '
+    pids=()
+    while read -r -a nars; do
+      '"${DECOMPRESS[${comp}]}"' "${nars[@]}" >/dev/null &
+      pids+=($!)
+    done <"$1"
+    for p in "${pids[@]}"; do wait "${p}" || exit 1; done' _ "${shares}" ||
+    die "decoding the ${comp} NARs of ${CDIR} failed"
+  tail -1 "${tf}" | awk -v shares="$(wc -l <"${shares}")" '{ printf "%s %.2f %d\n", $1, $2 + $3, shares }'
+  rm -f "${tf}" "${shares}"
 }
 
 # largest_nar COMP: the largest NAR alone, one stream: a fetch that decodes
-# each NAR in one stream takes at least this long.
+# each NAR in one stream takes at least this long. Prints "SECONDS BYTES".
 largest_nar() {
-  local comp="$1" f start
-  f=$(nars_largest_first "${comp}" | awk 'NR == 1')
+  local comp="$1" size f start
+  read -r size f <<<"$(nars_by_size "${comp}" | awk 'NR == 1')"
   start=$(date +%s.%N)
   ${DECOMPRESS[${comp}]} "${f}" >/dev/null
-  elapsed_since "${start}"
+  echo "$(elapsed_since "${start}") ${size}"
 }
 
 bench_compression() {
@@ -249,8 +291,8 @@ bench_compression() {
   [[ "${NIX_PARALLEL}" == 1 ]] && tools+=(nix_par)
   [[ "${NIX_ONLY}" == 1 ]] || tools+=(storepkg)
   [[ "${NIX_ONLY}" == 1 || -z "${STOREPKG_BASE}" ]] || tools+=(storepkg_base)
-  log "${comp}: warming the page cache"
-  cat "${BENCH_DIR}/cache-${comp}"/nar/* >/dev/null
+  log "${CLOSURE} ${comp}: warming the page cache"
+  cat "${CDIR}/cache-${comp}"/nar/* >/dev/null
   # Interleaved, so that a drift of the machine hits every tool alike.
   for ((run = 1; run <= RUNS; run++)); do
     for tool in "${tools[@]}"; do
@@ -261,8 +303,21 @@ bench_compression() {
   decode_limit "${comp}" >"${SAMPLES}/limit-${comp}"
   wait_idle
   largest_nar "${comp}" >"${SAMPLES}/largest-${comp}"
-  log "${comp} decode limit: $(cut -d' ' -f1 "${SAMPLES}/limit-${comp}")s on $(nproc) cores (CPU $(cut -d' ' -f2 "${SAMPLES}/limit-${comp}")s)," \
-    "largest NAR alone $(cat "${SAMPLES}/largest-${comp}")s"
+  log "${CLOSURE} ${comp} decode limit: $(cut -d' ' -f1 "${SAMPLES}/limit-${comp}")s on $(nproc) cores (CPU $(cut -d' ' -f2 "${SAMPLES}/limit-${comp}")s)," \
+    "largest NAR alone $(cut -d' ' -f1 "${SAMPLES}/largest-${comp}")s"
+}
+
+# use_closure NAME: makes NAME's closure and caches if needed and points
+# CLOSURE, CDIR, CLOSURE_ROOT, PUBLIC_KEY, CLOSURE_PATHS and SAMPLES at it.
+use_closure() {
+  CLOSURE="$1"
+  CDIR="${CLOSURE_DIR[$1]:-}"
+  [[ -n "${CDIR}" ]] || die "unknown closure $1 in CLOSURES (known: ${!CLOSURE_DIR[*]})"
+  CLOSURE_ROOT=$(cat "${CDIR}/root-path")
+  PUBLIC_KEY=$(cat "${CDIR}/public-key")
+  CLOSURE_PATHS=$(sed -n 's/^store paths: *\([0-9]*\).*/\1/p' "${CDIR}/stats.txt")
+  SAMPLES="${SAMPLES_ROOT}/$1"
+  mkdir -p "${SAMPLES}"
 }
 
 # ---------------------------------------------------------------------------
@@ -288,20 +343,34 @@ ratio() {
   awk -v a="$1" -v b="$2" 'BEGIN { if (a != "-" && b != "-" && b > 0) printf "%.2fx", a / b; else print "" }'
 }
 
+# verdict NAME GOT TARGET ge|le: "NAME PASS" when GOT >= (or <=) TARGET.
+verdict() {
+  awk -v n="$1" -v a="$2" -v t="$3" -v op="$4" 'BEGIN {
+    if (a == "" || a == "-" || a == "null") { printf "%s -", n; exit }
+    ok = (op == "ge") ? a >= t : a <= t
+    printf "%s %s", n, ok ? "PASS" : "FAIL"
+  }'
+}
+
 tool_row() {
   local tool="$1" comp="$2"
   local cells=("${comp}" "${LABEL[${tool}]}"
     "$(stat_of "${tool}" "${comp}" best time)" "$(stat_of "${tool}" "${comp}" median time)"
     "$(cpu_of "${tool}" "${comp}")" "$(stat_of "${tool}" "${comp}" max rss)")
   if [[ "${tool}" == storepkg ]]; then
-    local nm sm
+    local nm sm pm limit
     nm=$(stat_of nix "${comp}" median time)
     sm=$(stat_of storepkg "${comp}" median time)
-    cells+=("$(ratio "$(stat_of nix "${comp}" best time)" "$(stat_of storepkg "${comp}" best time)")"
-      "$(ratio "${nm}" "${sm}")"
-      "$(ratio "$(stat_of nix_par "${comp}" median time)" "${sm}")"
-      "$(awk -v a="${nm}" -v b="${sm}" -v t="${TARGET[${comp}]}" \
-        'BEGIN { printf "%s (>= %.1fx)", (a / b >= t ? "PASS" : "FAIL"), t }')")
+    pm=$(stat_of nix_par "${comp}" median time)
+    limit=$(cut -d' ' -f1 "${SAMPLES}/limit-${comp}")
+    local targets=(
+      "$(verdict "nix >= ${TARGET[${comp}]}x" "$(awk -v a="${nm}" -v b="${sm}" 'BEGIN { print a / b }')" "${TARGET[${comp}]}" ge)"
+      "$(verdict "-j >= ${PAR_TARGET}x" "$(awk -v a="${pm}" -v b="${sm}" 'BEGIN { if (a != "-") print a / b }')" "${PAR_TARGET}" ge)"
+      "$(verdict "CPU <= -j" "$(awk -v a="$(cpu_of storepkg "${comp}")" -v b="$(cpu_of nix_par "${comp}")" 'BEGIN { if (b != "null") print a / b }')" 1 le)"
+      "$(verdict "limit <= ${LIMIT_TARGET}x" "$(awk -v a="${sm}" -v b="${limit}" 'BEGIN { print a / b }')" "${LIMIT_TARGET}" le)"
+    )
+    cells+=("$(ratio "${nm}" "${sm}")" "$(ratio "${pm}" "${sm}")" "$(ratio "${sm}" "${limit}")"
+      "$(printf '%s, ' "${targets[@]}" | sed 's/, $//')")
   else
     cells+=("" "" "" "")
   fi
@@ -315,83 +384,118 @@ report() {
   commit=$(git -C "${REPO_ROOT}" rev-parse --short HEAD 2>/dev/null || echo none)
   echo "## bench-fetch $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Closure: $(sed -n 's/^store paths: *//p' "${BENCH_DIR}/stats.txt") store paths," \
-    "$(sed -n 's/^NAR bytes: *[0-9]* (\(.*\))/\1/p' "${BENCH_DIR}/stats.txt") unpacked;" \
-    "local file:// cache; ${RUNS} runs each into a fresh store on ${ROOTS_FS}; warm page cache."
+  echo "Local file:// caches; ${RUNS} runs each into a fresh store on ${ROOTS_FS}; warm page cache."
   echo "Host: $(nproc) cores, $(awk '/^MemTotal:/ { print int($2 / 1048576) }' /proc/meminfo) GiB; $(nix --version);" \
     "xz $(xz --version | awk 'NR == 1 { print $4 }'); zstd $(zstd --version | grep -o 'v[0-9.]*');" \
     "storepkg ${version:-?} at ${commit}."
   if ((BUSY_RUNS > 0)); then
     echo "Warning: ${BUSY_RUNS} measurements ran on a busy machine."
   fi
-  echo
-  echo "| compression | tool | best s | median s | CPU s (median) | peak RSS MB | nix/storepkg best | nix/storepkg median | nix -j auto/storepkg median | target (median) |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
-  local comp tool
-  for comp in ${COMPRESSIONS}; do
-    for tool in nix nix_par storepkg_base storepkg; do
-      if [[ -s "${SAMPLES}/${tool}-${comp}" ]]; then
-        tool_row "${tool}" "${comp}"
-      fi
+  local closure comp tool
+  for closure in ${CLOSURES}; do
+    use_closure "${closure}"
+    echo
+    echo "Closure ${closure}: $(sed -n 's/^store paths: *//p' "${CDIR}/stats.txt") store paths," \
+      "$(sed -n 's/^NAR bytes: *[0-9]* (\(.*\))/\1/p' "${CDIR}/stats.txt") of NARs."
+    echo
+    echo "| compression | tool | best s | median s | CPU s (median) | peak RSS MB | nix/storepkg median | nix -j auto/storepkg median | storepkg/limit | targets (medians) |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    for comp in ${COMPRESSIONS}; do
+      for tool in nix nix_par storepkg_base storepkg; do
+        if [[ -s "${SAMPLES}/${tool}-${comp}" ]]; then
+          tool_row "${tool}" "${comp}"
+        fi
+      done
+      echo "| ${comp} | decode limit: \`${DECOMPRESS[${comp}]}\`, one process per core over balanced shares of the NARs | $(cut -d' ' -f1 "${SAMPLES}/limit-${comp}") | | $(cut -d' ' -f2 "${SAMPLES}/limit-${comp}") | | | | | |"
+      echo "| ${comp} | \`${DECOMPRESS[${comp}]}\`, largest NAR alone | $(cut -d' ' -f1 "${SAMPLES}/largest-${comp}") | | | | | | | |"
     done
-    echo "| ${comp} | decode limit: \`${DECOMPRESS[${comp}]}\` on $(nproc) cores, all NARs | $(cut -d' ' -f1 "${SAMPLES}/limit-${comp}") | | $(cut -d' ' -f2 "${SAMPLES}/limit-${comp}") | | | | | |"
-    echo "| ${comp} | \`${DECOMPRESS[${comp}]}\`, largest NAR alone | $(cat "${SAMPLES}/largest-${comp}") | | | | | | | |"
   done
   echo
 }
 
-# cpu_of TOOL COMP: median user+sys seconds.
+# cpu_of TOOL COMP [user|sys]: median user+sys (or user, or sys) seconds.
 cpu_of() {
   local f="${SAMPLES}/$1-$2"
-  if [[ -s "${f}" ]]; then awk '{ print $3 + $4 }' "${f}" | median; else echo null; fi
+  if [[ ! -s "${f}" ]]; then
+    echo null
+    return
+  fi
+  case "${3:-}" in
+    user) awk '{ print $3 }' "${f}" | median ;;
+    sys) awk '{ print $4 }' "${f}" | median ;;
+    *) awk '{ print $3 + $4 }' "${f}" | median ;;
+  esac
 }
 
 num_or_null() { if [[ "$1" == "-" || -z "$1" ]]; then echo null; else echo "$1"; fi; }
 
+# closure_json: the current closure's medians, one JSON object.
+closure_json() {
+  local comp tool first=1
+  echo "    {"
+  echo "      \"name\": \"${CLOSURE}\","
+  echo "      \"script\": \"hack/${CLOSURE_SCRIPT[${CLOSURE}]}\","
+  echo "      \"closure_paths\": ${CLOSURE_PATHS},"
+  echo "      \"nar_bytes\": $(sed -n 's/^NAR bytes: *\([0-9]*\).*/\1/p' "${CDIR}/stats.txt"),"
+  echo "      \"files\": \"$(sed -n 's/^file bytes: *//p' "${CDIR}/stats.txt")\","
+  echo "      \"compressions\": {"
+  for comp in ${COMPRESSIONS}; do
+    ((first)) || echo "        ,"
+    first=0
+    echo "        \"${comp}\": {"
+    echo "          \"compressed_bytes\": $(sed -n "s/^cache-${comp}: *\([0-9]*\).*/\1/p" "${CDIR}/stats.txt"),"
+    for tool in nix nix_par storepkg; do
+      echo "          \"${tool}\": {\"median_s\": $(num_or_null "$(stat_of "${tool}" "${comp}" median time)"), \"best_s\": $(num_or_null "$(stat_of "${tool}" "${comp}" best time)"), \"peak_rss_mb\": $(num_or_null "$(stat_of "${tool}" "${comp}" max rss)"), \"cpu_s\": $(cpu_of "${tool}" "${comp}"), \"user_s\": $(cpu_of "${tool}" "${comp}" user), \"sys_s\": $(cpu_of "${tool}" "${comp}" sys)},"
+    done
+    local limit largest
+    read -ra limit <"${SAMPLES}/limit-${comp}"
+    read -ra largest <"${SAMPLES}/largest-${comp}"
+    echo "          \"limit_s\": ${limit[0]}, \"limit_cpu_s\": ${limit[1]}, \"limit_procs\": ${limit[2]},"
+    echo "          \"largest_nar_s\": ${largest[0]}, \"largest_nar_bytes\": ${largest[1]}"
+    echo "        }"
+  done
+  echo "      }"
+  echo "    }"
+}
+
 # write_json FILE: the medians, for hack/bench.sh's results table.
 write_json() {
-  local comp tool first=1
+  local closure first=1
   {
     echo "{"
-    echo "  \"closure_paths\": ${CLOSURE_PATHS},"
-    echo "  \"nar_bytes\": $(sed -n 's/^NAR bytes: *\([0-9]*\).*/\1/p' "${BENCH_DIR}/stats.txt"),"
-    echo "  \"files\": \"$(sed -n 's/^file bytes: *//p' "${BENCH_DIR}/stats.txt")\","
     echo "  \"runs\": ${RUNS}, \"roots_fs\": \"${ROOTS_FS}\", \"busy_runs\": ${BUSY_RUNS},"
     echo "  \"nix_version\": \"$(nix --version | awk '{ print $NF }')\","
-    echo "  \"compressions\": {"
-    for comp in ${COMPRESSIONS}; do
+    echo "  \"closures\": ["
+    for closure in ${CLOSURES}; do
       ((first)) || echo "    ,"
       first=0
-      echo "    \"${comp}\": {"
-      echo "      \"compressed_bytes\": $(sed -n "s/^cache-${comp}: *\([0-9]*\).*/\1/p" "${BENCH_DIR}/stats.txt"),"
-      for tool in nix nix_par storepkg; do
-        echo "      \"${tool}\": {\"median_s\": $(num_or_null "$(stat_of "${tool}" "${comp}" median time)"), \"best_s\": $(num_or_null "$(stat_of "${tool}" "${comp}" best time)"), \"peak_rss_mb\": $(num_or_null "$(stat_of "${tool}" "${comp}" max rss)"), \"cpu_s\": $(cpu_of "${tool}" "${comp}")},"
-      done
-      echo "      \"limit_s\": $(cut -d' ' -f1 "${SAMPLES}/limit-${comp}"), \"limit_cpu_s\": $(cut -d' ' -f2 "${SAMPLES}/limit-${comp}"),"
-      echo "      \"largest_nar_s\": $(cat "${SAMPLES}/largest-${comp}")"
-      echo "    }"
+      use_closure "${closure}"
+      closure_json
     done
-    echo "  }"
+    echo "  ]"
     echo "}"
   } >"$1"
 }
 
 main() {
   ensure_tools
-  log "closure and caches in ${BENCH_DIR}"
-  "${REPO_ROOT}/hack/mkbench-closure.sh" "${BENCH_DIR}" >/dev/null
-  CLOSURE_ROOT=$(cat "${BENCH_DIR}/root-path")
-  PUBLIC_KEY=$(cat "${BENCH_DIR}/public-key")
-  CLOSURE_PATHS=$(sed -n 's/^store paths: *\([0-9]*\).*/\1/p' "${BENCH_DIR}/stats.txt")
+  local closure comp
+  for closure in ${CLOSURES}; do
+    [[ -n "${CLOSURE_DIR[${closure}]:-}" ]] || die "unknown closure ${closure} in CLOSURES (known: ${!CLOSURE_DIR[*]})"
+    log "closure ${closure} and its caches in ${CLOSURE_DIR[${closure}]}"
+    "${REPO_ROOT}/hack/${CLOSURE_SCRIPT[${closure}]}" "${CLOSURE_DIR[${closure}]}" >/dev/null
+  done
 
   trap cleanup EXIT
   setup_roots
-  SAMPLES=$(mktemp -d "${ROOTS_DIR}/samples.XXXX")
+  SAMPLES_ROOT=$(mktemp -d "${ROOTS_DIR}/samples.XXXX")
   log "fresh stores on ${ROOTS_FS} under ${ROOTS_DIR}"
 
-  local comp
-  for comp in ${COMPRESSIONS}; do
-    bench_compression "${comp}"
+  for closure in ${CLOSURES}; do
+    use_closure "${closure}"
+    for comp in ${COMPRESSIONS}; do
+      bench_compression "${comp}"
+    done
   done
 
   local table

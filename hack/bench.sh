@@ -6,6 +6,8 @@
 #
 #   name     what                                               measured by
 #   fetch    cold fetch: storepkg fetch vs nix-store -r         hack/bench-fetch.sh
+#            (default and --max-jobs auto), two closures, xz and
+#            zstd, with the decode limit
 #   pods     cold pod start: storepkg vs an OCI pull            BenchmarkPods/cold
 #            warm pod start: storepkg vs runc                   BenchmarkPods/warm
 #            shim memory: storepkg's shim vs runc's shim        BenchmarkPods/memory
@@ -30,6 +32,8 @@
 #              deleted, which swamps the timings; tmpfs keeps them stable.
 #   BENCH_DIR  the benchmark closure and its caches (hack/mkbench-closure.sh),
 #              default /var/tmp/storepkg-bench; raw results are kept there
+#   BENCH_DIR_PYGO  the cold fetch's second closure and its caches
+#              (hack/mkbench-closure-pygo.sh), default /var/tmp/storepkg-bench-pygo
 #   IDLE_WAIT  seconds each measurement waits for a quiet CPU (default 15)
 set -o errexit -o nounset -o pipefail -o errtrace
 
@@ -41,6 +45,7 @@ BENCHMARKS="${BENCHMARKS:-${ROWS:-${ALL_BENCHMARKS}}}"
 RUNS="${RUNS:-5}"
 BENCH_FS="${BENCH_FS:-tmpfs}"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/storepkg-bench}"
+BENCH_DIR_PYGO="${BENCH_DIR_PYGO:-/var/tmp/storepkg-bench-pygo}"
 IDLE_WAIT="${IDLE_WAIT:-15}"
 if [[ "${BENCHMARKS}" == "${ALL_BENCHMARKS}" ]]; then
   OUT="${OUT:-${REPO_ROOT}/bench/results/latest.md}"
@@ -148,7 +153,7 @@ main() {
   if has_bench fetch; then
     log "cold fetch (hack/bench-fetch.sh)"
     STOREPKG="${REPO_ROOT}/bin/storepkg" IDLE_WAIT="${IDLE_WAIT}" RESULTS_JSON="${SCRATCH}/out/fetch.json" \
-      BENCH_DIR="${BENCH_DIR}" "${REPO_ROOT}/hack/bench-fetch.sh" >&2
+      BENCH_DIR="${BENCH_DIR}" BENCH_DIR_PYGO="${BENCH_DIR_PYGO}" "${REPO_ROOT}/hack/bench-fetch.sh" >&2
   fi
 
   local benches=()

@@ -46,7 +46,9 @@ type fetchTool struct {
 	Median *float64 `json:"median_s"`
 	Best   *float64 `json:"best_s"`
 	RSS    *float64 `json:"peak_rss_mb"`
-	CPU    *float64 `json:"cpu_s"`
+	CPU    *float64 `json:"cpu_s"` // user+sys
+	User   *float64 `json:"user_s"`
+	Sys    *float64 `json:"sys_s"`
 }
 
 type fetchComp struct {
@@ -56,17 +58,26 @@ type fetchComp struct {
 	Storepkg        fetchTool `json:"storepkg"`
 	Limit           float64   `json:"limit_s"`
 	LimitCPU        float64   `json:"limit_cpu_s"`
+	LimitProcs      int       `json:"limit_procs"` // decoder processes, one per core
 	Largest         float64   `json:"largest_nar_s"`
+	LargestBytes    int64     `json:"largest_nar_bytes"` // compressed
 }
 
-type fetchResult struct {
+// fetchClosure is one benchmark closure's results.
+type fetchClosure struct {
+	Name         string               `json:"name"`
+	Script       string               `json:"script"`
 	Paths        int                  `json:"closure_paths"`
 	NarBytes     int64                `json:"nar_bytes"`
 	Files        string               `json:"files"`
-	Runs         int                  `json:"runs"`
-	RootsFS      string               `json:"roots_fs"`
-	Busy         int                  `json:"busy_runs"`
 	Compressions map[string]fetchComp `json:"compressions"`
+}
+
+type fetchResult struct {
+	Runs     int            `json:"runs"`
+	RootsFS  string         `json:"roots_fs"`
+	Busy     int            `json:"busy_runs"`
+	Closures []fetchClosure `json:"closures"`
 }
 
 func main() {
@@ -243,101 +254,234 @@ func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 // ---- cold fetch: storepkg fetch vs Nix's substituter (hack/bench-fetch.sh)
 
+// The cold fetch's targets, every closure and compression, on wall times
+// (medians) unless said otherwise.
+var fetchNixTargets = map[string]float64{"xz": 1.5, "zstd": 2.0} // Nix's default / storepkg
+
+const (
+	fetchParTarget   = 1.2  // Nix --max-jobs auto / storepkg
+	fetchLimitTarget = 1.15 // storepkg / the decode limit
+	// and storepkg's CPU time (user+sys) at most Nix --max-jobs auto's
+)
+
+// cpuText is "4.98 CPU-s (user 3.10, sys 1.88)", without the split when
+// the run did not record it.
+func cpuText(t fetchTool) string {
+	if t.User == nil || t.Sys == nil {
+		return fmt.Sprintf("%.2f CPU-s", f(t.CPU))
+	}
+	return fmt.Sprintf("%.2f CPU-s (user %.2f, sys %.2f)", f(t.CPU), *t.User, *t.Sys)
+}
+
+// faster says how a peer's time compares with storepkg's: ratio is the
+// peer's over storepkg's.
+func faster(ratio float64) string {
+	if ratio < 1 {
+		return fmt.Sprintf("%.2fx slower", 1/ratio)
+	}
+	return fmt.Sprintf("%.2fx faster", ratio)
+}
+
+// fetchClosure is the closure named name, or the first one.
+func (r *report) fetchClosure(name string) *fetchClosure {
+	if r.fetch == nil || len(r.fetch.Closures) == 0 {
+		return nil
+	}
+	for i := range r.fetch.Closures {
+		if r.fetch.Closures[i].Name == name {
+			return &r.fetch.Closures[i]
+		}
+	}
+	return &r.fetch.Closures[0]
+}
+
 func (r *report) fetchSection() {
 	fr := r.fetch
-	if fr == nil {
+	if fr == nil || len(fr.Closures) == 0 {
 		return
 	}
 	cores := r.cores()
-	targets := map[string]float64{"xz": 1.5, "zstd": 2.0}
-	const limitTarget = 1.3
 	var d strings.Builder
 	fmt.Fprintf(&d, "## Cold fetch: storepkg vs Nix's substituter\n\n")
-	files := fr.Files
-	if _, rest, ok := strings.Cut(files, " in "); ok {
-		files = rest // "370056953 in 7561 files (...)": the bytes are the NAR size's
-	}
-	fmt.Fprintf(&d, "One closure of %d store paths, %s as NARs (%s; files copied from the host by hack/mkbench-closure.sh), "+
-		"from a local `file://` binary cache into an empty store on %s; %d runs per tool, interleaved, medians (hack/bench-fetch.sh).",
-		fr.Paths, mb(fr.NarBytes), files, fr.RootsFS, fr.Runs)
+	fmt.Fprintf(&d, "Each closure from a local `file://` binary cache (written by `nix copy`) into an empty store on %s; %d runs per tool, "+
+		"interleaved, medians (hack/bench-fetch.sh). CPU is user+sys time of the process and its children.", fr.RootsFS, fr.Runs)
 	if fr.Busy > 0 {
 		fmt.Fprintf(&d, " %d measurements started on a busy machine.", fr.Busy)
 	}
-	fmt.Fprintf(&d, "\n\n| compression | tool | median s | best s | CPU s | peak RSS MB | Nix/storepkg |\n|---|---|---:|---:|---:|---:|---:|\n")
-	for _, c := range sortedKeys(fr.Compressions) {
-		fc := fr.Compressions[c]
-		sp := f(fc.Storepkg.Median)
-		for _, t := range []struct {
-			name string
-			ft   fetchTool
-		}{{"Nix `nix-store -r` (default: max-jobs 1)", fc.Nix}, {"Nix `nix-store -r --max-jobs auto`", fc.NixPar}, {"storepkg fetch", fc.Storepkg}} {
-			if t.ft.Median == nil {
-				continue
+	fmt.Fprintf(&d, " The decode limit is decoding alone on every core: the compressed NARs dealt into one share per core of about "+
+		"equal size (largest first, each to the smallest share), one `xz -dc` or `zstd -dc` process per share reading its NARs in sequence "+
+		"to /dev/null, all shares at once; its time is when the last share is done, its CPU that of all. A fetch that decodes each NAR "+
+		"in one stream can do no better, nor better than the largest NAR alone.\n\n")
+	for _, cl := range fr.Closures {
+		files := cl.Files
+		if _, rest, ok := strings.Cut(files, " in "); ok {
+			files = rest // "370056953 in 7561 files (...)": the bytes are the NAR size's
+		}
+		fmt.Fprintf(&d, "- **%s**: %d store paths, %s as NARs (%s; files of Debian packages staged by %s).\n", cl.Name, cl.Paths, mb(cl.NarBytes), files, cl.Script)
+	}
+	fmt.Fprintf(&d, "\n| closure | compression | tool | median s | best s | CPU s | user / sys s | peak RSS MB | median vs storepkg |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n")
+	for _, cl := range fr.Closures {
+		for _, c := range sortedKeys(cl.Compressions) {
+			fc := cl.Compressions[c]
+			sp := f(fc.Storepkg.Median)
+			for _, t := range []struct {
+				name string
+				ft   fetchTool
+			}{{"Nix `nix-store -r` (default: max-jobs 1)", fc.Nix}, {"Nix `nix-store -r --max-jobs auto`", fc.NixPar}, {"storepkg fetch", fc.Storepkg}} {
+				if t.ft.Median == nil {
+					continue
+				}
+				ratio, split := "", ""
+				if t.name != "storepkg fetch" {
+					ratio = fmt.Sprintf("%.2fx", *t.ft.Median/sp)
+				}
+				if t.ft.User != nil && t.ft.Sys != nil {
+					split = fmt.Sprintf("%.2f / %.2f", *t.ft.User, *t.ft.Sys)
+				}
+				fmt.Fprintf(&d, "| %s | %s | %s | %.2f | %.2f | %.2f | %s | %.0f | %s |\n", cl.Name, c, t.name, *t.ft.Median, f(t.ft.Best), f(t.ft.CPU), split, f(t.ft.RSS), ratio)
 			}
-			ratio := ""
-			if t.name != "storepkg fetch" {
-				ratio = fmt.Sprintf("%.2fx", *t.ft.Median/sp)
+			procs := fc.LimitProcs
+			if procs == 0 {
+				procs = cores
 			}
-			fmt.Fprintf(&d, "| %s | %s | %.2f | %.2f | %.2f | %.0f | %s |\n", c, t.name, *t.ft.Median, f(t.ft.Best), f(t.ft.CPU), f(t.ft.RSS), ratio)
-		}
-		fmt.Fprintf(&d, "| %s | decode limit: all NARs decompressed to /dev/null on %d cores | %.2f | | %.2f | | |\n", c, cores, fc.Limit, fc.LimitCPU)
-		fmt.Fprintf(&d, "| %s | largest NAR alone, one stream | %.2f | | | | |\n", c, fc.Largest)
-
-		nix := f(fc.Nix.Median)
-		ratio := nix / sp
-		met := ratio >= targets[c]
-		mark := ""
-		if borderline(ratio, targets[c]) != "" {
-			mark = " (borderline)"
-		}
-		r.judge(benchFetch, fmt.Sprintf("%s: %d paths, %s, vs Nix's substituter", c, fr.Paths, mb(fr.NarBytes)), fmt.Sprintf("%.2f s", sp),
-			fmt.Sprintf("Nix %.2f s", nix), fmt.Sprintf("%.2fx faster%s", ratio, mark), fmt.Sprintf(">= %.1fx Nix", targets[c]), met)
-		cpu := f(fc.Storepkg.CPU)
-		cpuFloor := cpu / float64(cores)
-		parNote := ""
-		if fc.NixPar.Median != nil {
-			parNote = fmt.Sprintf(" Against Nix configured as NixOS does (`--max-jobs auto`, %.2f s) the ratio is %.2fx.", *fc.NixPar.Median, *fc.NixPar.Median/sp)
-		}
-		util := cpu / sp
-		extra := cpu/fc.LimitCPU - 1
-		xzNote := ""
-		if c == "xz" {
-			xzNote = " For xz, storepkg pipes each NAR through the host's xz(1) when there is one (pkg/fetch): a process per NAR and one more " +
-				"copy of every decompressed byte, through a pipe; decoding in-process through liblzma (cgo) would save both, at the price of a static binary."
-		}
-		if !met {
-			ceiling := nix / cpuFloor
-			why := fmt.Sprintf("storepkg used %.2f CPU-s (user+sys) and kept %.2f of the %d cores busy on average; with every core busy "+
-				"to the end it would take %.2f s, and Nix's default took %.2f s, so with this CPU time the ratio cannot exceed %.2fx here",
-				cpu, util, cores, cpuFloor, nix, ceiling)
-			closeIt := "more cores (substitution decodes the largest NARs first, one per core), or less CPU per byte outside decoding."
-			if ceiling < targets[c] {
-				why = "Bound by CPU: " + why + ". "
-			} else {
-				why = "Not bound by CPU alone: " + why + ", above the target: what is missing is the time a core sat idle. "
-				closeIt = "keeping every core busy to the end of the fetch, then " + closeIt
+			fmt.Fprintf(&d, "| %s | %s | decode limit: %d `%s -dc` processes over balanced shares | %.2f | | %.2f | | | %.2fx |\n", cl.Name, c, procs, c, fc.Limit, fc.LimitCPU, fc.Limit/sp)
+			largest := "largest NAR alone, one stream"
+			if fc.LargestBytes > 0 {
+				largest = fmt.Sprintf("largest NAR alone (%s compressed), one stream", mb(fc.LargestBytes))
 			}
-			r.note(fmt.Sprintf("Cold fetch, %s: %.2fx Nix, target %.1fx%s", c, ratio, targets[c], borderline(ratio, targets[c])), why+fmt.Sprintf(
-				"Decompression alone is %.2f CPU-s (`%s -dc` of the same NARs); storepkg needs %.0f%% more for what substituting "+
-					"requires besides: SHA-256 of every NAR byte (the signed NarHash), parsing the NARs "+
-					"and writing %s of NARs as files through the kernel. What would close it: %s%s%s",
-				fc.LimitCPU, c, 100*extra, mb(fr.NarBytes), closeIt, xzNote, parNote))
+			fmt.Fprintf(&d, "| %s | %s | %s | %.2f | | | | | |\n", cl.Name, c, largest, fc.Largest)
 		}
-		lim := sp / fc.Limit
-		metLim := lim <= limitTarget
-		r.judge(benchFetch, fmt.Sprintf("%s: vs the decode limit", c), fmt.Sprintf("%.2f s", sp),
-			fmt.Sprintf("limit %.2f s", fc.Limit), fmt.Sprintf("%.2fx the limit", lim), fmt.Sprintf("within %.1fx of the limit", limitTarget), metLim)
-		if !metLim {
-			floorLim := math.Max(1, cpuFloor/fc.Limit)
-			r.note(fmt.Sprintf("Cold fetch, %s vs the decode limit: %.2fx, target %.1fx", c, lim, limitTarget), fmt.Sprintf(
-				"The limit is decompression alone: %.2f CPU-s, %.2f s on %d cores. storepkg decompresses the same NARs and also verifies "+
-					"and writes the closure: %.2f CPU-s, %.0f%% more, which on %d cores puts its floor at %.2fx the limit; it kept %.2f cores busy "+
-					"on average, hence %.2fx measured. What would close it: work outside decoding (SHA-256, NAR parsing, file creation) "+
-					"below %.0f%% of the decoding work instead of %.0f%%, and every core busy to the end.%s",
-				fc.LimitCPU, fc.Limit, cores, cpu, 100*extra, cores, floorLim, util, lim, 100*(limitTarget-1), 100*extra, xzNote))
+	}
+	for _, cl := range fr.Closures {
+		for _, c := range sortedKeys(cl.Compressions) {
+			r.fetchTargets(cl, c, cores)
 		}
 	}
 	r.details = append(r.details, d.String())
+}
+
+// fetchTargets judges one closure and compression against the cold
+// fetch's targets and, for each missed one, says from this run's figures
+// why and what would close it.
+func (r *report) fetchTargets(cl fetchClosure, c string, cores int) {
+	fc := cl.Compressions[c]
+	sp := f(fc.Storepkg.Median)
+	cpu := f(fc.Storepkg.CPU)
+	cpuFloor := cpu / float64(cores) // every core busy from start to end
+	util := cpu / sp
+	idle := float64(cores)*sp - cpu
+	extra := cpu/fc.LimitCPU - 1
+	label := fmt.Sprintf("%s, %s", cl.Name, c)
+	xzNote := ""
+	if c == "xz" {
+		xzNote = " For xz, storepkg pipes each NAR through the host's xz(1) when there is one (pkg/fetch): a process per NAR and one more " +
+			"copy of every decompressed byte, through a pipe; decoding in-process through liblzma (cgo) would save both, at the price of a static binary."
+	}
+	largest := fmt.Sprintf("the largest NAR alone takes %.2f s to decode in one stream", fc.Largest)
+	// Idle time measured on a busy machine is partly other work's.
+	busy := ""
+	if r.fetch.Busy > 0 {
+		busy = fmt.Sprintf(" (%d measurements of this run started on a busy machine: part of that idle time may be other work's)", r.fetch.Busy)
+	}
+
+	// Nix's default configuration.
+	nix := f(fc.Nix.Median)
+	target := fetchNixTargets[c]
+	ratio := nix / sp
+	met := ratio >= target
+	mark := ""
+	if borderline(ratio, target) != "" {
+		mark = " (borderline)"
+	}
+	r.judge(benchFetch, fmt.Sprintf("%s: %d paths, %s, vs Nix's default (max-jobs 1)", label, cl.Paths, mb(cl.NarBytes)), fmt.Sprintf("%.2f s", sp),
+		fmt.Sprintf("Nix %.2f s", nix), faster(ratio)+mark, fmt.Sprintf(">= %.1fx Nix", target), met)
+	if !met {
+		ceiling := nix / cpuFloor
+		why := fmt.Sprintf("storepkg used %.2f CPU-s (user+sys) and kept %.2f of the %d cores busy on average; with every core busy "+
+			"to the end it would take %.2f s, and Nix's default took %.2f s, so with this CPU time the ratio cannot exceed %.2fx here",
+			cpu, util, cores, cpuFloor, nix, ceiling)
+		closeIt := "more cores (substitution decodes the largest NARs first, one per core), or less CPU per byte outside decoding."
+		if ceiling < target {
+			why = "Bound by CPU: " + why + ". "
+		} else {
+			why = "Not bound by CPU alone: " + why + ", above the target: what is missing is the time a core sat idle" + busy + ". "
+			closeIt = "keeping every core busy to the end of the fetch, then " + closeIt
+		}
+		r.note(fmt.Sprintf("Cold fetch, %s: %.2fx Nix, target %.1fx%s", label, ratio, target, borderline(ratio, target)), why+fmt.Sprintf(
+			"Decompression alone is %.2f CPU-s (`%s -dc` of the same NARs); storepkg needs %.0f%% more for what substituting "+
+				"requires besides: SHA-256 of every NAR byte (the signed NarHash), parsing the NARs "+
+				"and writing %s of NARs as files through the kernel. What would close it: %s%s",
+			fc.LimitCPU, c, 100*extra, mb(cl.NarBytes), closeIt, xzNote))
+	}
+
+	// Nix as NixOS configures it: --max-jobs auto, wall time and CPU.
+	if fc.NixPar.Median != nil {
+		par := *fc.NixPar.Median
+		ratio := par / sp
+		met := ratio >= fetchParTarget
+		mark := ""
+		if borderline(ratio, fetchParTarget) != "" {
+			mark = " (borderline)"
+		}
+		r.judge(benchFetch, fmt.Sprintf("%s: vs Nix --max-jobs auto", label), fmt.Sprintf("%.2f s", sp),
+			fmt.Sprintf("Nix -j %.2f s", par), faster(ratio)+mark, fmt.Sprintf(">= %.1fx Nix -j", fetchParTarget), met)
+		if !met {
+			need := par / fetchParTarget
+			var why string
+			switch {
+			case fc.Largest > need:
+				why = fmt.Sprintf("Bound by the largest NAR: the target allows %.2f s, and %s (%s compressed), so no fetch that decodes a NAR "+
+					"in one stream meets it here. What would close it: a cache whose large NARs are made of independently decodable blocks "+
+					"(xz with parallel-compression, zstd in several frames), decoded on several cores at once.", need, largest, mb(fc.LargestBytes))
+			case cpuFloor > need:
+				why = fmt.Sprintf("Bound by CPU: the target allows %.2f s, which on %d cores is %.2f CPU-s; storepkg used %s, so even with "+
+					"every core busy to the end it takes %.2f s. What would close it: %.0f%% less CPU (see the CPU target below).",
+					need, cores, need*float64(cores), cpuText(fc.Storepkg), cpuFloor, 100*(1-need*float64(cores)/cpu))
+			default:
+				why = fmt.Sprintf("Not bound by CPU: the target allows %.2f s; with every core busy to the end storepkg's %s would take "+
+					"%.2f s, and %s, but it kept %.2f of the %d cores busy on average (%.2f core-seconds idle%s). What would close it: every "+
+					"core busy to the end of the fetch: the largest NARs started first, no core waiting on another's NAR or on the store's database.",
+					need, cpuText(fc.Storepkg), cpuFloor, largest, util, cores, idle, busy)
+			}
+			r.note(fmt.Sprintf("Cold fetch, %s: %.2fx Nix -j, target %.1fx%s", label, ratio, fetchParTarget, borderline(ratio, fetchParTarget)), why)
+		}
+	}
+	if fc.NixPar.CPU != nil {
+		parCPU := *fc.NixPar.CPU
+		ratio := cpu / parCPU
+		met := ratio <= 1
+		r.judge(benchFetch, fmt.Sprintf("%s: CPU (user+sys) vs Nix --max-jobs auto", label), fmt.Sprintf("%.2f CPU-s", cpu),
+			fmt.Sprintf("Nix -j %.2f CPU-s", parCPU), fmt.Sprintf("%.2fx", ratio), "at most Nix -j's", met)
+		if !met {
+			split := ""
+			if fc.Storepkg.User != nil && fc.Storepkg.Sys != nil && fc.NixPar.User != nil && fc.NixPar.Sys != nil {
+				split = fmt.Sprintf(" By kind: user %+.2f CPU-s (decoding, SHA-256 of every NAR byte for the signed NarHash, NAR parsing, copies), "+
+					"sys %+.2f CPU-s (syscalls: reading the cache, creating and writing the closure's files, pipes).",
+					*fc.Storepkg.User-*fc.NixPar.User, *fc.Storepkg.Sys-*fc.NixPar.Sys)
+			}
+			r.note(fmt.Sprintf("Cold fetch, %s: CPU %.2fx Nix -j's, target at most 1x", label, ratio), fmt.Sprintf(
+				"storepkg used %s, Nix -j %s. Decoding alone (the decode limit's processes) is %.2f CPU-s, so storepkg spends %.2f CPU-s "+
+					"beyond decoding where Nix spends %.2f.%s What would close it: %.2f CPU-s less beyond decoding, found by profiling `storepkg fetch` "+
+					"on this closure (pprof, and perf for the kernel's share): fewer copies of each byte between decoder, hash and file, "+
+					"fewer syscalls per file.%s",
+				cpuText(fc.Storepkg), cpuText(fc.NixPar), fc.LimitCPU, cpu-fc.LimitCPU, parCPU-fc.LimitCPU, split, cpu-parCPU, xzNote))
+		}
+	}
+
+	// The decode limit.
+	lim := sp / fc.Limit
+	metLim := lim <= fetchLimitTarget
+	r.judge(benchFetch, fmt.Sprintf("%s: vs the decode limit", label), fmt.Sprintf("%.2f s", sp),
+		fmt.Sprintf("limit %.2f s", fc.Limit), fmt.Sprintf("%.2fx the limit", lim), fmt.Sprintf("within %.2fx of the limit", fetchLimitTarget), metLim)
+	if !metLim {
+		floorLim := math.Max(1, cpuFloor/fc.Limit)
+		r.note(fmt.Sprintf("Cold fetch, %s vs the decode limit: %.2fx, target %.2fx", label, lim, fetchLimitTarget), fmt.Sprintf(
+			"The limit is decoding alone: %.2f CPU-s, %.2f s on %d cores (%s). storepkg decodes the same NARs and also verifies "+
+				"and writes the closure: %.2f CPU-s, %.0f%% more, which on %d cores puts its floor at %.2fx the limit; it kept %.2f cores busy "+
+				"on average, hence %.2fx measured. What would close it: work outside decoding (SHA-256, NAR parsing, file creation) "+
+				"below %.0f%% of the decoding work instead of %.0f%%, and every core busy to the end.%s",
+			fc.LimitCPU, fc.Limit, cores, largest, cpu, 100*extra, cores, floorLim, util, lim, 100*(fetchLimitTarget-1), 100*extra, xzNote))
+	}
 }
 
 // ---- pod start: cold vs an OCI pull, warm vs runc (BenchmarkPods)
@@ -685,8 +829,8 @@ func (r *report) memorySection() {
 	var d strings.Builder
 	fmt.Fprintf(&d, "## Shim memory: storepkg's shim vs containerd-shim-runc-v2\n\n")
 	child := "the `storepkg fetch` of the cold fetch section"
-	if r.fetch != nil {
-		if z, ok := r.fetch.Compressions["zstd"]; ok && z.Storepkg.RSS != nil {
+	if cl := r.fetchClosure("mixed"); cl != nil {
+		if z, ok := cl.Compressions["zstd"]; ok && z.Storepkg.RSS != nil {
 			child += fmt.Sprintf(" (peak RSS %.0f MB on zstd NARs in this run)", *z.Storepkg.RSS)
 		}
 	}

@@ -33,6 +33,12 @@ func checkText(t *testing.T, out string) {
 	}
 }
 
+// withLargest is fc with its largest NAR taking secs to decode.
+func withLargest(fc fetchComp, secs float64) fetchComp {
+	fc.Largest = secs
+	return fc
+}
+
 func loadRun(t *testing.T) *report {
 	t.Helper()
 	r, err := loadReport(runDir)
@@ -50,18 +56,36 @@ func TestReport(t *testing.T) {
 			t.Errorf("no section %q", s)
 		}
 	}
-	// The fixture's zstd fetch is 0.89/0.45 = 1.98x Nix against a 2.0x
-	// target: the one missed target, borderline; everything else is met.
-	if n := strings.Count(out, "**missed**"); n != 1 {
-		t.Errorf("%d targets missed, want 1", n)
+	// The fixture's mixed-closure zstd fetch is 0.89/0.45 = 1.98x Nix's
+	// default against a 2.0x target, borderline; its pygo closure, with
+	// the figures of a measurement from outside, misses four targets;
+	// everything else is met.
+	if n := strings.Count(out, "**missed**"); n != 6 {
+		t.Errorf("%d targets missed, want 6", n)
 	}
-	if n := strings.Count(out, "**met**"); n != 9 {
-		t.Errorf("%d targets met, want 9", n)
+	if n := strings.Count(out, "**met**"); n != 16 {
+		t.Errorf("%d targets met, want 16", n)
 	}
 	for _, want := range []string{
-		"| cold fetch | zstd: 133 paths, 371.9 MB, vs Nix's substituter | 0.45 s | Nix 0.89 s | 1.98x faster (borderline) | >= 2.0x Nix | **missed** |",
-		"- **Cold fetch, zstd: 1.98x Nix, target 2.0x (borderline",
+		"| cold fetch | mixed, zstd: 133 paths, 371.9 MB, vs Nix's default (max-jobs 1) | 0.45 s | Nix 0.89 s | 1.98x faster (borderline) | >= 2.0x Nix | **missed** |",
+		"- **Cold fetch, mixed, zstd: 1.98x Nix, target 2.0x (borderline",
 		"with this CPU time the ratio cannot exceed 2.09x here", // 0.89 / (0.85 / 2)
+		"| cold fetch | mixed, xz: vs Nix --max-jobs auto | 2.05 s | Nix -j 2.54 s | 1.24x faster | >= 1.2x Nix -j | **met** |",
+		"| cold fetch | pygo, xz: vs Nix --max-jobs auto | 9.20 s | Nix -j 7.30 s | 1.26x slower | >= 1.2x Nix -j | **missed** |",
+		"| cold fetch | pygo, xz: CPU (user+sys) vs Nix --max-jobs auto | 17.30 CPU-s | Nix -j 12.40 CPU-s | 1.40x | at most Nix -j's | **missed** |",
+		"| cold fetch | pygo, zstd: CPU (user+sys) vs Nix --max-jobs auto | 2.50 CPU-s | Nix -j 2.50 CPU-s | 1.00x | at most Nix -j's | **met** |",
+		"| cold fetch | pygo, xz: vs the decode limit | 9.20 s | limit 5.90 s | 1.56x the limit | within 1.15x of the limit | **missed** |",
+		// 7.3 / 1.2 = 6.08 s allowed, 17.3 / 2 = 8.65 s at best.
+		"- **Cold fetch, pygo, xz: 0.79x Nix -j, target 1.2x.** Bound by CPU: the target allows 6.08 s, which on 2 cores is 12.17 CPU-s; storepkg used 17.30 CPU-s (user 13.80, sys 3.50), so even with every core busy to the end it takes 8.65 s.",
+		"storepkg spends 6.50 CPU-s beyond decoding where Nix spends 1.60. By kind: user +2.30 CPU-s",
+		"sys +2.60 CPU-s",
+		// 1.67 / 1.2 = 1.39 s allowed, 2.5 / 2 = 1.25 s at best: idle cores.
+		"- **Cold fetch, pygo, zstd: 1.17x Nix -j, target 1.2x (borderline: within 3% of the target, run-to-run noise decides).** Not bound by CPU:",
+		"(0.36 core-seconds idle).",
+		"- **Cold fetch, pygo, zstd vs the decode limit: 2.31x, target 1.15x.**",
+		"| pygo | xz | decode limit: 2 `xz -dc` processes over balanced shares | 5.90 | | 10.80 | | | 0.64x |",
+		"| pygo | xz | largest NAR alone (98.0 MB compressed), one stream | 5.60 | | | | | |",
+		"| pygo | xz | storepkg fetch | 9.20 | 9.00 | 17.30 | 13.80 / 3.50 | 60 |  |",
 		"| closure-size scaling | create+start, 3,000-path vs 10-path closure | 88 vs 77 ms |  | +10 ms | within 50 ms | **met** |",
 		"In this run storepkg-paths-3000 (3002 paths) takes +10.5 ms over storepkg-paths-10 (12 paths): 3.5 µs per additional path.",
 		"(jan: 7 apps, mar: 3 apps)",
@@ -79,10 +103,15 @@ func TestReport(t *testing.T) {
 // note, and the notes give this run's numbers.
 func TestReportMissed(t *testing.T) {
 	r := loadRun(t)
-	for _, c := range r.fetch.Compressions {
-		*c.Storepkg.Median = *c.Nix.Median // 1.00x Nix, and far from the decode limit
+	for _, cl := range r.fetch.Closures {
+		for _, c := range cl.Compressions {
+			*c.Storepkg.Median = *c.Nix.Median // 1.00x Nix, and far from the decode limit
+		}
 	}
-	*r.fetch.Compressions["zstd"].Storepkg.CPU = 2 * 0.89 // on 2 cores, 0.89 s at best: 1.00x
+	mixed := r.fetch.Closures[0].Compressions
+	*mixed["zstd"].Storepkg.CPU = 2 * 0.89 // on 2 cores, 0.89 s at best: 1.00x
+	// Nix -j 0.56 s allows 0.47 s: the largest NAR alone takes longer.
+	mixed["zstd"] = withLargest(mixed["zstd"], 0.5)
 	p := r.pods
 	p.Medians["cold/storepkg"] = 2000
 	p.Phases["cold/storepkg"]["start"] = 1800
@@ -100,16 +129,25 @@ func TestReportMissed(t *testing.T) {
 	steady.RSSAnon += steady.RSS / 2
 	p.Memory.Median["storepkg-cold"] = steady
 
+	r.fetch.Busy = 4
 	out := r.render()
 	checkText(t, out)
-	if n := strings.Count(out, "**missed**"); n != 9 {
-		t.Errorf("%d targets missed, want 9", n)
+	if !strings.Contains(out, "(4 measurements of this run started on a busy machine: part of that idle time may be other work's)") {
+		t.Error("a note on idle cores does not say that the machine was busy")
+	}
+	// Every cold fetch target but two CPU ones, left as they were (mixed
+	// xz 3.90 CPU-s against Nix -j's 4.75, pygo zstd 2.50 against 2.50),
+	// is missed: 14; and one of each other benchmark.
+	if n := strings.Count(out, "**missed**"); n != 14+5 {
+		t.Errorf("%d targets missed, want 19", n)
 	}
 	for _, want := range []string{
-		"- **Cold fetch, xz: 1.00x Nix, target 1.5x.** Not bound by CPU alone:",
-		"- **Cold fetch, xz vs the decode limit: 2.09x, target 1.3x.**",
-		"- **Cold fetch, zstd: 1.00x Nix, target 2.0x.** Bound by CPU: storepkg used 1.78 CPU-s",
-		"below 30% of the decoding work instead of 15%",
+		"- **Cold fetch, mixed, xz: 1.00x Nix, target 1.5x.** Not bound by CPU alone:",
+		"- **Cold fetch, mixed, xz vs the decode limit: 2.41x, target 1.15x.**",
+		"- **Cold fetch, mixed, zstd: 1.00x Nix, target 2.0x.** Bound by CPU: storepkg used 1.78 CPU-s",
+		"below 15% of the decoding work instead of 183%",
+		"- **Cold fetch, mixed, zstd: 0.63x Nix -j, target 1.2x.** Bound by the largest NAR: the target allows 0.47 s, and the largest NAR alone takes 0.50 s",
+		"- **Cold fetch, mixed, zstd: CPU 1.96x Nix -j's, target at most 1x.**",
 		"- **Cold pod start: 2000 ms against 1383 ms for oci-dockerfile.** By phase (medians, storepkg minus oci-dockerfile): runp +32 ms, pull -1210 ms, create +28 ms, start +1739 ms.",
 		"- **Warm pod start: +55 ms over runc, target +18 ms.** By phase (medians, storepkg minus runc): runp +18 ms, start +50 ms. What those phases include: `runp` includes the pod's prefetch",
 		"- **Closure-size scaling: 3,000 paths take +300 ms over 10 paths, target 50 ms.** In this run storepkg-paths-3000 (3002 paths) takes +300.0 ms over storepkg-paths-10 (12 paths): 100.3 µs per additional path.",
