@@ -28,11 +28,16 @@ import (
 // closure in it usage is soakPeakPercent, above the agent's high
 // threshold (85%): each check after a few cycles collects down to 80%,
 // deleting the closures of deleted pods, which later cycles fetch again.
+// The headroom (12%, 61 MiB) holds the closures and what Nix's database
+// adds: its WAL grows some 26 KB a cycle, since Nix's pragma
+// wal_autocheckpoint(40000), which pkg/store keeps, checkpoints only
+// every 40,000 pages (160 MiB) and the agent keeps the database open (on
+// a 64 MiB store the WAL filled it within 300 cycles).
 // No minimum age: a closure comes back every few seconds, so with one its
 // view would never be idle long enough to be pruned, and the collection
 // would delete paths whose space the view's hard links keep.
 const (
-	soakStoreSize     = 64 << 20
+	soakStoreSize     = 512 << 20
 	soakPeakPercent   = 88
 	soakAgentInterval = "2s"
 	soakAgentMinAge   = "0"
