@@ -3,6 +3,7 @@
 #   make test   run every test, the kind e2e included (installs what it needs)
 #   make bench  benchmarks against the peers
 #   make chaos  faults and load, measured (docs/reliability.md)
+#   make soak   1,000 pod cycles under disk pressure: bench/results/soak.md
 
 GO       ?= go
 BIN      := bin
@@ -11,7 +12,7 @@ BIN      := bin
 # (golang/go#75804, fixed in Go 1.27).
 FUZZTIME ?= 300000x
 
-.PHONY: all build image test e2e unit fuzz vet demo bench bench-fetch bench-start bench-pods bench-sharing bench-view chaos deps clean
+.PHONY: all build image test e2e unit fuzz vet demo bench bench-fetch bench-start bench-pods bench-sharing bench-view chaos soak deps clean
 
 all: build
 
@@ -62,6 +63,22 @@ chaos: deps
 	cd integration && STOREPKG_CHAOS_TABLE=$(CHAOS_LOG).table $(GO) test -count=1 -timeout 20m -run '^TestChaos$$' -v . >$(CHAOS_LOG) 2>&1; rc=$$?; \
 	if [ -f $(CHAOS_LOG).table ]; then cat $(CHAOS_LOG).table; else tail -n 40 $(CHAOS_LOG); fi; \
 	echo "log: $(CHAOS_LOG)"; exit $$rc
+
+# The soak (integration/soak_test.go, TestSoak; not in `make test`):
+# SOAK_CYCLES pod create/delete cycles over four closures with the real
+# agent collecting a store kept over its high threshold, sampled every
+# 10 cycles; fails on any failed start, a figure that is not flat or
+# what the chaos end check finds. Writes bench/results/soak.md,
+# soak-<date>.csv and soak-<date>.png (commit them); SOAK_MAX (a Go
+# duration) stops starting cycles after that long. Log: $(SOAK_LOG).
+SOAK_CYCLES ?= 1000
+SOAK_MAX    ?=
+SOAK_LOG    ?= $(or $(TMPDIR),/tmp)/storepkg-soak.log
+soak: deps
+	cd integration && STOREPKG_SOAK_CYCLES=$(SOAK_CYCLES) STOREPKG_SOAK_MAX=$(SOAK_MAX) STOREPKG_SOAK_OUT=$(CURDIR)/bench/results \
+		$(GO) test -count=1 -timeout 3h -run '^TestSoak$$' -v . >$(SOAK_LOG) 2>&1; rc=$$?; \
+	grep -E '^\s+soak_test.go:|^(--- |ok|FAIL)' $(SOAK_LOG) | tail -n 40; \
+	echo "results: bench/results/soak.md; log: $(SOAK_LOG)"; exit $$rc
 
 # Each fuzz target runs briefly: enough to catch regressions on the seeds
 # and 300,000 mutations each, not a fuzzing campaign.
