@@ -33,8 +33,8 @@
 # the Debian package versions.
 #
 # Running it again on a complete OUTDIR only prints the stats (a stamp file
-# records the version of this script that made it; a different version
-# rebuilds from scratch).
+# records the version of this script and of hack/mkbench-lib.sh that made
+# it; a different version rebuilds from scratch).
 #
 # Environment:
 #   XZ_PARALLEL=1   write the xz cache with parallel-compression=true (faster
@@ -47,6 +47,7 @@ HOST_LIB=/usr/lib/x86_64-linux-gnu
 MIN_PATHS=120
 MIN_BYTES=$((220 * 1000 * 1000))
 XZ_PARALLEL="${XZ_PARALLEL:-0}"
+KEY_NAME=bench-1
 
 # What the script itself runs.
 TOOL_PACKAGES=(xz-utils zstd)
@@ -181,21 +182,8 @@ trap 'echo "ERROR: ${BASH_SOURCE[0]}:${LINENO}: ${BASH_COMMAND}" >&2' ERR
 LOG_PREFIX=mkbench-closure
 # shellcheck source=hack/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-
-# timed LABEL CMD...: runs CMD and logs how long it took.
-timed() {
-  local label="$1"; shift
-  local start end
-  start=$(date +%s.%N)
-  "$@"
-  end=$(date +%s.%N)
-  log "${label}: $(awk -v s="${start}" -v e="${end}" 'BEGIN { printf "%.1fs", e - s }')"
-}
-
-usage() {
-  echo "usage: $0 OUTDIR" >&2
-  exit 2
-}
+# shellcheck source=hack/mkbench-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/mkbench-lib.sh"
 
 # all_packages prints every Debian package this script needs, sorted.
 all_packages() {
@@ -208,100 +196,12 @@ all_packages() {
   } | LC_ALL=C sort -u
 }
 
-# ensure_packages installs, as root with apt-get, the Debian packages that
-# are missing: the tools this script runs (Nix among them) and every
-# package it stages files of.
-ensure_packages() {
-  local pkgs
-  mapfile -t pkgs < <(all_packages)
-  install_apt nix-bin "${pkgs[@]}"
-}
-
-script_version() {
-  { sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1; echo "xz-parallel=${XZ_PARALLEL}"; } | sha256sum | cut -c1-16
-}
-
 # ---------------------------------------------------------------------------
 # Staging: copy files of Debian packages into OUTDIR/src/<name>/ (one dir
 # per store path).
 
-# pkg_list PKG: the file OUTDIR/dpkg/PKG.list, what dpkg installed for PKG,
-# one path a line, /bin, /sbin and /lib as /usr/bin, /usr/sbin and /usr/lib
-# (Debian 12's /usr is merged). Prints its name.
-pkg_list() {
-  local pkg="$1" list="${OUTDIR}/dpkg/$1.list"
-  if [[ ! -f "${list}" ]]; then
-    dpkg-query -W -f='${Status}' "${pkg}" 2>/dev/null | grep -q 'install ok installed' ||
-      die "Debian package ${pkg} is not installed"
-    mkdir -p "${OUTDIR}/dpkg"
-    dpkg-query -L "${pkg}" | grep '^/' | sed -E 's#^/(bin|sbin|lib|lib64)/#/usr/\1/#' |
-      LC_ALL=C sort -u >"${list}.tmp"
-    mv "${list}.tmp" "${list}"
-  fi
-  echo "${list}"
-}
-
-# check_owned PKG FILE...: dies unless each FILE is a file of PKG and is here.
-check_owned() {
-  local pkg="$1"; shift
-  local list f
-  list=$(pkg_list "${pkg}")
-  for f in "$@"; do
-    grep -Fxq -- "${f}" "${list}" || die "${f} is not a file of the Debian package ${pkg}"
-    [[ -e "${f}" ]] || die "${f} of the Debian package ${pkg} is missing"
-  done
-}
-
-# stage_file NAME SUBDIR PKG FILE...: copies files of PKG (dereferenced)
-# into NAME/SUBDIR.
-stage_file() {
-  local name="$1" sub="$2" pkg="$3"; shift 3
-  check_owned "${pkg}" "$@"
-  mkdir -p "${SRC}/${name}/${sub}"
-  cp -L "$@" "${SRC}/${name}/${sub}/"
-}
-
-# stage_lib NAME PKG FILE...: stage_file NAME lib PKG HOST_LIB/FILE...
-stage_lib() {
-  local name="$1" pkg="$2"; shift 2
-  stage_file "${name}" lib "${pkg}" "${@/#/${HOST_LIB}/}"
-}
-
-# stage_tree NAME SUBDIR DIR PKG...: copies the files, symlinks and dirs
-# under DIR that the packages installed into NAME/SUBDIR/<basename of DIR>,
-# as they are (symlinks kept). Anything else under DIR is left out.
-stage_tree() {
-  local name="$1" sub="$2" dir="$3"; shift 3
-  local parent="${dir%/*}" pkg lists=() entries=() e nfiles=0
-  for pkg in "$@"; do
-    lists+=("$(pkg_list "${pkg}")")
-  done
-  mapfile -t entries < <(cat "${lists[@]}" | awk -v d="${dir}/" 'index($0, d) == 1' | LC_ALL=C sort -u)
-  for e in "${entries[@]}"; do
-    [[ -e "${e}" || -L "${e}" ]] || die "${e} of the Debian package(s) $* is missing"
-    [[ -f "${e}" && ! -L "${e}" ]] && nfiles=$((nfiles + 1))
-  done
-  ((nfiles > 0)) || die "the Debian package(s) $* installed no files under ${dir}"
-  mkdir -p "${SRC}/${name}/${sub}"
-  printf '%s\n' "${entries[@]#"${parent}/"}" |
-    tar -C "${parent}" --no-recursion --verbatim-files-from --no-unquote -cf - -T - |
-    tar -C "${SRC}/${name}/${sub}" -xf -
-}
-
-# A store path name may only hold these characters.
-valid_name() { [[ "$1" =~ ^[A-Za-z0-9+._?=-]+$ && "$1" != .* ]]; }
-
 stage_sources() {
-  rm -rf "${SRC}" "${OUTDIR}/bb" "${OUTDIR}/dpkg"
-  mkdir -p "${SRC}" "${OUTDIR}/bb/bin"
-  check_owned busybox-static /usr/bin/busybox
-  cp /usr/bin/busybox "${OUTDIR}/bb/bin/busybox"
-  ln -s busybox "${OUTDIR}/bb/bin/sh"
-
-  stage_lib glibc libc6 libc.so.6 ld-linux-x86-64.so.2 libm.so.6 libpthread.so.0 libdl.so.2 librt.so.1 libresolv.so.2
-  stage_file glibc bin libc-bin /usr/bin/{ldd,getconf,locale,iconv}
-  stage_lib gcc-12-lib libstdc++6 libstdc++.so.6.0.30
-  stage_lib gcc-12-lib libgcc-s1 libgcc_s.so.1
+  stage_base
   stage_lib gcc-12-lib libgomp1 libgomp.so.1.0.0
   stage_lib icu4c-72.1 libicu72 libicu{data,uc,i18n,io}.so.72.1
   stage_lib llvm-15-lib libllvm15 libLLVM-15.so.1
@@ -353,42 +253,12 @@ stage_sources() {
 }
 
 # ---------------------------------------------------------------------------
-# The Nix expression. Every package copies its staged tree into $out and
-# lists its dependencies' store paths in nix-support/propagated-build-inputs,
-# which is how Nix finds the references.
+# The Nix expression, after hack/mkbench-lib.sh's nix_prelude.
 
 write_expression() {
-  cat >"${OUTDIR}/closure.nix" <<'EOF'
-let
-  inherit (builtins) concatStringsSep div elemAt genList length;
-  manifest = import ./src/manifest.nix;
-
-  busybox = builtins.path { path = ./bb; name = "busybox-static"; };
-  src = name: builtins.path { path = ./src + "/${name}"; name = "${name}-source"; };
-
-  mk = name: script: derivation {
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "${busybox}/bin/sh";
-    args = [ "-c" ("set -eu\n" + script) ];
-    PATH = "${busybox}/bin";
-  };
-
-  depsList = deps: ''
-    mkdir -p $out/nix-support
-    for d in ${concatStringsSep " " (map toString deps)}; do
-      echo "$d" >>$out/nix-support/propagated-build-inputs
-    done
-  '';
-
-  pkg = { name, deps ? [ ], post ? "" }: mk name ''
-    mkdir -p $out
-    cp -a ${src name}/. $out/
-    find $out -type d -exec chmod u+w {} +
-    ${depsList deps}
-    ${post}
-  '';
-
+  {
+    nix_prelude
+    cat <<'EOF'
   # libfoo.so.1.2.3 -> libfoo.so symlinks and a self-referencing .pc file.
   libPost = name: ''
     cd $out/lib
@@ -485,126 +355,7 @@ mk "storepkg-bench-closure" ''
   ${depsList everything}
 ''
 EOF
+  } >"${OUTDIR}/closure.nix"
 }
 
-# ---------------------------------------------------------------------------
-
-build_closure() {
-  local root
-  root=$(nix_run nix-build --store "${STORE}" --option sandbox true --max-jobs "$(nproc)" \
-    --no-out-link "${OUTDIR}/closure.nix" 2> >(grep -vE '^(building |these |  /nix/store/)' >&2 || true))
-  [[ -n "${root}" ]] || die "nix-build printed no root path"
-  echo "${root}" >"${OUTDIR}/root-path"
-  log "root: ${root}"
-}
-
-ensure_key() {
-  if [[ ! -s "${OUTDIR}/secret-key" ]]; then
-    (umask 077 && nix_run nix key generate-secret --key-name bench-1 >"${OUTDIR}/secret-key")
-  fi
-  nix_run nix key convert-secret-to-public <"${OUTDIR}/secret-key" >"${OUTDIR}/public-key"
-  echo >>"${OUTDIR}/public-key"
-}
-
-# write_cache COMPRESSION [EXTRA-PARAMS]: nix copy the closure into cache-COMPRESSION.
-write_cache() {
-  local comp="$1" extra="${2:-}"
-  local url="file://${OUTDIR}/cache-${comp}?compression=${comp}&secret-key=${OUTDIR}/secret-key${extra}"
-  nix_run nix copy --store "${STORE}" --to "${url}" "$(cat "${OUTDIR}/root-path")" \
-    2> >(grep -v '^copying path' >&2 || true)
-  local n
-  n=$(find "${OUTDIR}/cache-${comp}" -maxdepth 1 -name '*.narinfo' | wc -l)
-  log "cache-${comp}: ${n} narinfos, $(du -sh "${OUTDIR}/cache-${comp}/nar" | cut -f1)"
-}
-
-compute_stats() {
-  local root store_dir="${OUTDIR}/build"
-  root=$(cat "${OUTDIR}/root-path")
-  local paths nar_bytes
-  paths=$(nix_run nix path-info --store "${STORE}" -r "${root}" | wc -l)
-  nar_bytes=$(nix_run nix path-info --store "${STORE}" -rs "${root}" | awk '{ s += $2 } END { print s }')
-  # What the closure holds on disk: regular-file bytes, files, symlinks, dirs.
-  local files
-  files=$(nix_run nix path-info --store "${STORE}" -r "${root}" | sed "s|^|${store_dir}|" |
-    xargs find | xargs -d '\n' stat -c '%F %s %A' | awk '
-      /^regular/       { f++; b += $(NF-1); if ($NF ~ /x/) x++ }
-      /^symbolic link/ { l++ }
-      /^directory/     { d++ }
-      END { printf "%d %d %d %d %d", b, f, x, l, d }')
-  local file_bytes nfiles nexec nlinks ndirs
-  read -r file_bytes nfiles nexec nlinks ndirs <<<"${files}"
-  local single_file
-  single_file=$(nix_run nix path-info --store "${STORE}" -r "${root}" |
-    while read -r p; do if [[ -f "${store_dir}${p}" ]]; then echo "${p}"; fi; done | wc -l)
-
-  {
-    echo "root:              ${root}"
-    echo "store paths:       ${paths} (${single_file} single-file)"
-    echo "NAR bytes:         ${nar_bytes} ($((nar_bytes / 1000000)) MB)"
-    echo "file bytes:        ${file_bytes} in ${nfiles} files (${nexec} executable), ${nlinks} symlinks, ${ndirs} dirs"
-    local c
-    for c in xz zstd; do
-      local comp_bytes
-      comp_bytes=$(cat "${OUTDIR}/cache-${c}"/*.narinfo | awk '/^FileSize:/ { s += $2 } END { print s }')
-      echo "cache-${c}:  $(printf '%12d' "${comp_bytes}") compressed bytes (ratio $(awk -v a="${nar_bytes}" -v b="${comp_bytes}" 'BEGIN { printf "%.2f", a / b }'))"
-    done
-    echo "largest NARs (bytes):"
-    nix_run nix path-info --store "${STORE}" -rs "${root}" | sort -k2 -rn | awk 'NR <= 5 { printf "  %11d  %s\n", $2, $1 }'
-    echo "xz parallel-compression: ${XZ_PARALLEL}"
-  } >"${OUTDIR}/stats.txt"
-
-  ((paths >= MIN_PATHS)) || die "closure has only ${paths} paths (want >= ${MIN_PATHS})"
-  ((nar_bytes >= MIN_BYTES)) || die "closure has only ${nar_bytes} bytes (want >= ${MIN_BYTES})"
-}
-
-# reset_outdir: keeps a half-made OUTDIR of this same version (nix-build and
-# nix copy both resume), removes one made by another version.
-reset_outdir() {
-  local version="$1"
-  if [[ -f "${OUTDIR}/.building" && "$(cat "${OUTDIR}/.building")" == "${version}" ]]; then
-    log "resuming a half-made ${OUTDIR}"
-    return
-  fi
-  if [[ -e "${OUTDIR}/build" || -e "${OUTDIR}/cache-xz" || -e "${OUTDIR}/cache-zstd" ]]; then
-    log "removing ${OUTDIR} contents made by another version of this script"
-    chmod -R u+w "${OUTDIR}/build" 2>/dev/null || true
-    rm -rf "${OUTDIR}/build" "${OUTDIR}/cache-xz" "${OUTDIR}/cache-zstd" "${OUTDIR}/.complete"
-  fi
-  echo "${version}" >"${OUTDIR}/.building"
-}
-
-main() {
-  (($# == 1)) || usage
-  mkdir -p "$1"
-  OUTDIR=$(cd "$1" && pwd)
-  SRC="${OUTDIR}/src"
-  local version
-  version=$(script_version)
-
-  if [[ -f "${OUTDIR}/.complete" && "$(cat "${OUTDIR}/.complete")" == "${version}" ]]; then
-    log "${OUTDIR} is complete (version ${version}), nothing to do"
-    cat "${OUTDIR}/stats.txt"
-    return
-  fi
-
-  ensure_packages
-  STORE="local?root=${OUTDIR}/build"
-  reset_outdir "${version}"
-  local start=${SECONDS}
-  timed "stage package files" stage_sources
-  write_expression
-  timed "nix-build (sandboxed, chroot store ${OUTDIR}/build)" build_closure
-  ensure_key
-  local xz_extra=""
-  [[ "${XZ_PARALLEL}" == 1 ]] && xz_extra="&parallel-compression=true"
-  timed "write cache-xz" write_cache xz "${xz_extra}"
-  timed "write cache-zstd" write_cache zstd
-  timed "stats" compute_stats
-  rm -rf "${SRC}" "${OUTDIR}/bb" "${OUTDIR}/dpkg"
-  echo "${version}" >"${OUTDIR}/.complete"
-  rm -f "${OUTDIR}/.building"
-  log "done in $((SECONDS - start))s"
-  cat "${OUTDIR}/stats.txt"
-}
-
-main "$@"
+mkbench_main "$@"

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -151,32 +150,16 @@ func validKind(kind string) bool {
 
 // cacheLabel names a cache in a label without its credentials, whatever
 // the record says (the fetch child names caches redacted already; a
-// record is only a file on the node): a password becomes "xxxxx" as in
-// the fetch's own messages, a user name without a password (a token
-// passed as one) too, and the query and fragment are dropped.
+// record is only a file on the node): as fetchapi.RedactURL names it, and
+// without query and fragment, which name no cache and may hold a token
+// (a signed URL's signature).
 func cacheLabel(cache string) string {
 	u, err := url.Parse(cache)
 	if err != nil || u.Opaque != "" {
-		// Not a hierarchical URL: cut everything up to the last "@".
-		at := strings.LastIndex(cache, "@")
-		if at < 0 {
-			return cache
-		}
-		start := 0
-		if i := strings.Index(cache, "://"); i >= 0 && i < at {
-			start = i + len("://")
-		}
-		return cache[:start] + "xxxxx" + cache[at:]
+		return fetchapi.RedactURL(cache)
 	}
 	u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = "", false, "", ""
-	if u.User != nil {
-		if _, ok := u.User.Password(); ok {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-		} else {
-			u.User = url.User("xxxxx")
-		}
-	}
-	return u.String()
+	return fetchapi.RedactedURL(u)
 }
 
 // storeCollector reports the store's size from its database at each

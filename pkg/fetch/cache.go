@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
@@ -51,11 +52,11 @@ func NewCache(raw string, o *Options) (*Cache, error) {
 			err = ue.Err
 		}
 		if strings.Contains(raw, "@") {
-			return nil, fmt.Errorf("substituter %q: not a valid URL", redactURL(raw))
+			return nil, fmt.Errorf("substituter %q: not a valid URL", fetchapi.RedactURL(raw))
 		}
 		return nil, fmt.Errorf("substituter %q: %w", raw, err)
 	}
-	raw = redactURL(raw)
+	raw = fetchapi.RedactURL(raw)
 	if u.Opaque != "" {
 		// "https:user:password@host": no host to send to, and Redacted
 		// would not hide the password.
@@ -78,45 +79,11 @@ func NewCache(raw string, o *Options) (*Cache, error) {
 		}
 	}
 	u.RawQuery = ""
-	c.URL = redacted(u)
+	c.URL = fetchapi.RedactedURL(u)
 	if c.t, err = newTransport(u, o); err != nil {
 		return nil, fmt.Errorf("substituter %q: %w", raw, err)
 	}
 	return c, nil
-}
-
-// redacted is u as url.URL.Redacted names it, and also with a user name
-// that comes without a password replaced by "xxxxx": such a name is
-// often the secret itself (https://TOKEN@cache.example).
-func redacted(u *url.URL) string {
-	if u.User == nil {
-		return u.String()
-	}
-	if _, ok := u.User.Password(); ok {
-		return u.Redacted()
-	}
-	v := *u
-	v.User = url.User("xxxxx")
-	return v.String()
-}
-
-// redactURL is raw with the password of its userinfo, if any, replaced
-// by "xxxxx", as url.URL.Redacted does; a string that is not a
-// hierarchical URL has everything between "://" (or its start) and its
-// last "@" replaced instead, so a malformed URL cannot leak either.
-func redactURL(raw string) string {
-	if u, err := url.Parse(raw); err == nil && u.Opaque == "" {
-		return redacted(u)
-	}
-	at := strings.LastIndex(raw, "@")
-	if at < 0 {
-		return raw
-	}
-	start := 0
-	if i := strings.Index(raw, "://"); i >= 0 && i < at {
-		start = i + len("://")
-	}
-	return raw[:start] + "xxxxx" + raw[at:]
 }
 
 // Info loads nix-cache-info once and checks the cache serves /nix/store.

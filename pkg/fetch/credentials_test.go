@@ -131,7 +131,7 @@ func TestCredentialsNotShown(t *testing.T) {
 	} {
 		_, err := fetch.NewCache(raw, &fetch.Options{})
 		if err == nil {
-			t.Errorf("%s: accepted", fetch.RedactURLForTest(raw))
+			t.Errorf("%s: accepted", fetchapi.RedactURL(raw))
 			continue
 		}
 		noPassword(t, "NewCache's error", err.Error())
@@ -156,7 +156,7 @@ func TestTokenAsUserRedacted(t *testing.T) {
 	} {
 		_, err := fetch.NewCache(raw, &fetch.Options{})
 		if err == nil {
-			t.Errorf("%s: accepted", fetch.RedactURLForTest(raw))
+			t.Errorf("%s: accepted", fetchapi.RedactURL(raw))
 		} else if strings.Contains(err.Error(), token) {
 			t.Errorf("NewCache's error shows the token: %v", err)
 		}

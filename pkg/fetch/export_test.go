@@ -9,6 +9,3 @@ func SetPureGoXZ(pure bool) {
 		xzCommand = lookupXZ
 	}
 }
-
-// RedactURLForTest is how a substituter URL is named in messages.
-var RedactURLForTest = redactURL

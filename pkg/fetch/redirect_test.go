@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/storepkg/storepkg/pkg/fetch"
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 )
 
@@ -151,7 +152,7 @@ func TestRedirectsKeepCredentialsHome(t *testing.T) {
 			}
 			msg := err.Error()
 			t.Log(msg)
-			cache := fetch.RedactURLForTest(c.url)
+			cache := fetchapi.RedactURL(c.url)
 			if !strings.Contains(msg, "cache "+cache) || !strings.Contains(msg, "refused") || !strings.Contains(msg, "redirect to "+elsewhere.URL) {
 				t.Errorf("the error does not name the cache %s and the refused redirect: %s", cache, msg)
 			}

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/storepkg/storepkg/pkg/fetchapi"
 )
 
 // ErrNotFound means the cache does not have the file (HTTP 404 or 403,
@@ -375,11 +377,11 @@ func checkCredentialRedirect(from *url.URL, req *http.Request) error {
 	to := req.URL
 	switch {
 	case from.Scheme == "https" && to.Scheme != "https":
-		return &redirectError{redacted(to), "it leaves https while the cache has credentials"}
+		return &redirectError{fetchapi.RedactedURL(to), "it leaves https while the cache has credentials"}
 	case sameOrigin(from, to):
 		return nil
 	case strings.EqualFold(from.Hostname(), to.Hostname()):
-		return &redirectError{redacted(to), "the cache's credentials are only sent to " + from.Scheme + "://" + from.Host}
+		return &redirectError{fetchapi.RedactedURL(to), "the cache's credentials are only sent to " + from.Scheme + "://" + from.Host}
 	}
 	req.Header.Del("Authorization")
 	return nil

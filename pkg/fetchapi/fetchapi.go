@@ -4,7 +4,8 @@
 // `storepkg fetch --json` writes them as JSON lines (Report, Reporter),
 // which the shim reads from its fetch child (pkg/fetchexec); the shim's
 // fetch records (pkg/fetchrecord) carry the Failure to the node agent,
-// which counts failures by kind.
+// which counts failures by kind. Wherever it names a cache, it names it
+// as RedactURL does.
 //
 // The JSON forms cross process and version boundaries on a node (a shim
 // and the storepkg binary it runs, shims and the agent): keep them
