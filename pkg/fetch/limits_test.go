@@ -27,19 +27,7 @@ func TestClosureLimits(t *testing.T) {
 	fx, key, caches := fixture(t)
 	dir := caches["xz"]
 	// What Nix signed: the closure's NarSize sum, from its narinfos.
-	var total int64
-	for _, abs := range fx.Closure {
-		hash, _, _ := strings.Cut(filepath.Base(abs), "-")
-		data, err := os.ReadFile(filepath.Join(dir, hash+".narinfo"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ni, err := narinfo.ParseBytes(data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		total += int64(ni.NarSize)
-	}
+	total := closureNarSize(t, dir, fx.Closure)
 	paths := len(fx.Closure)
 	var narGets, narinfoGets atomic.Int64
 	url := nixtest.Serve(t, dir, func(h http.Handler) http.Handler {
@@ -123,16 +111,9 @@ func TestClosureLimits(t *testing.T) {
 func TestClosureLimitsCountWith(t *testing.T) {
 	fx, key, caches := fixture(t)
 	dir := caches["xz"]
+	// narSize is abs's signed NarSize if it refers to nothing else, else -1.
 	narSize := func(abs string) int64 {
-		hash, _, _ := strings.Cut(filepath.Base(abs), "-")
-		data, err := os.ReadFile(filepath.Join(dir, hash+".narinfo"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ni, err := narinfo.ParseBytes(data)
-		if err != nil {
-			t.Fatal(err)
-		}
+		ni := cachedNarInfo(t, dir, abs)
 		if len(ni.References) > 0 && !(len(ni.References) == 1 && ni.References[0].Absolute() == abs) {
 			return -1
 		}
@@ -149,18 +130,7 @@ func TestClosureLimitsCountWith(t *testing.T) {
 	if leaf == "" {
 		t.Fatal("the fixture has no leaf path")
 	}
-	for _, abs := range fx.Closure {
-		hash, _, _ := strings.Cut(filepath.Base(abs), "-")
-		data, err := os.ReadFile(filepath.Join(dir, hash+".narinfo"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ni, err := narinfo.ParseBytes(data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		total += int64(ni.NarSize)
-	}
+	total = closureNarSize(t, dir, fx.Closure)
 	var narGets atomic.Int64
 	url := nixtest.Serve(t, dir, func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -209,4 +179,29 @@ func TestClosureLimitsCountWith(t *testing.T) {
 	if _, err := fetchInto(t, t.TempDir(), opts(leafSize, missing), leaf); err != nil {
 		t.Errorf("counting a path no cache has: %v", err)
 	}
+}
+
+// cachedNarInfo reads the narinfo of store path abs from cache dir.
+func cachedNarInfo(t *testing.T, dir, abs string) *narinfo.NarInfo {
+	t.Helper()
+	hash, _, _ := strings.Cut(filepath.Base(abs), "-")
+	data, err := os.ReadFile(filepath.Join(dir, hash+".narinfo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ni, err := narinfo.ParseBytes(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ni
+}
+
+// closureNarSize sums the signed NarSize of paths, from cache dir.
+func closureNarSize(t *testing.T, dir string, paths []string) int64 {
+	t.Helper()
+	var total int64
+	for _, abs := range paths {
+		total += int64(cachedNarInfo(t, dir, abs).NarSize)
+	}
+	return total
 }
