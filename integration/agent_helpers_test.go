@@ -67,18 +67,25 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 // syntheticCache writes a signed cache with a synthetic closure of n paths.
 func syntheticCache(t *testing.T, seed string, n int) (dir string, root storepath.Path, all []storepath.Path, key narinfo.SecretKey) {
 	t.Helper()
-	_, priv, _ := ed25519.GenerateKey(nil)
-	key = narinfo.SecretKey{Name: seed + "-1", Key: priv}
 	dir = filepath.Join(t.TempDir(), seed)
-	w, err := cachetest.NewWriter(dir, key, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, all, err = w.Synthetic(seed, n)
+	root, all, key, err := writeSynthetic(dir, seed, n)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return dir, root, all, key
+}
+
+// writeSynthetic writes at dir a cache, signed by a new key, with a
+// synthetic closure of n paths.
+func writeSynthetic(dir, seed string, n int) (root storepath.Path, all []storepath.Path, key narinfo.SecretKey, err error) {
+	_, priv, _ := ed25519.GenerateKey(nil)
+	key = narinfo.SecretKey{Name: seed + "-1", Key: priv}
+	w, err := cachetest.NewWriter(dir, key, true)
+	if err != nil {
+		return "", nil, key, err
+	}
+	root, all, err = w.Synthetic(seed, n)
+	return root, all, key, err
 }
 
 // readRecords reads every record in the status directory.

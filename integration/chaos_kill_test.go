@@ -4,7 +4,6 @@ package integration
 // several moments of a pod's start, and a node reboot.
 
 import (
-	"crypto/ed25519"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/storepkg/storepkg/integration/critest"
-	"github.com/storepkg/storepkg/internal/cachetest"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/store/views"
 	"github.com/storepkg/storepkg/pkg/storepath"
@@ -52,36 +50,38 @@ func killScenarios() []chaosScenario {
 	return out
 }
 
-// bigClosure is a synthetic closure of enough paths that building its
-// store view takes long enough to be killed in the middle, in a signed
-// cache built once per test binary.
-var bigClosure struct {
+// sharedSynthetic is a synthetic closure of some paths in its own signed
+// cache, built once per test binary.
+type sharedSynthetic struct {
+	name  string
+	paths int
+
 	once sync.Once
 	err  error
 	dir  string
 	root storepath.Path
-	all  []storepath.Path
 	key  narinfo.SecretKey
 }
 
-const bigClosurePaths = 3000
+var (
+	// bigClosure has enough paths that building its store view takes
+	// long enough to be killed in the middle.
+	bigClosure   = &sharedSynthetic{name: "viewbuild", paths: 3000}
+	smallClosure = &sharedSynthetic{name: "small", paths: 12}
+)
 
-func bigClosureCache(t *testing.T) (dir string, root storepath.Path, key string) {
+// get builds the cache on first use and returns its directory, the
+// closure's root and the public key that signs it.
+func (c *sharedSynthetic) get(t *testing.T) (dir string, root storepath.Path, key string) {
 	t.Helper()
-	bigClosure.once.Do(func() {
-		dir, key := syntheticKey("viewbuild")
-		bigClosure.dir, bigClosure.key = filepath.Join(fixture.dir, dir), key
-		w, err := cachetest.NewWriter(bigClosure.dir, key, true)
-		if err != nil {
-			bigClosure.err = err
-			return
-		}
-		bigClosure.root, bigClosure.all, bigClosure.err = w.Synthetic("viewbuild", bigClosurePaths)
+	c.once.Do(func() {
+		c.dir = filepath.Join(fixture.dir, "synthetic-"+c.name)
+		c.root, _, c.key, c.err = writeSynthetic(c.dir, c.name, c.paths)
 	})
-	if bigClosure.err != nil {
-		t.Fatal(bigClosure.err)
+	if c.err != nil {
+		t.Fatal(c.err)
 	}
-	return bigClosure.dir, bigClosure.root, bigClosure.key.Public().String()
+	return c.dir, c.root, c.key.Public().String()
 }
 
 // largestNAR returns the URL and compressed size of the largest NAR of
@@ -150,7 +150,7 @@ func killAt(t *testing.T, r *chaosRun, victim, moment string, podDeleted bool) {
 	cmd, want := helloCmd("chaos")
 	watched := cache // the cache whose NARs are held
 	if moment == momentViewBuild {
-		dir, root, key := bigClosureCache(t)
+		dir, root, key := bigClosure.get(t)
 		big := serveFaultCache(t, dir)
 		subs, keys = append(subs, big.URL), append(keys, key)
 		rootPaths = []string{root.Absolute(), fx.Tools}
@@ -243,7 +243,7 @@ func killAt(t *testing.T, r *chaosRun, victim, moment string, podDeleted bool) {
 		r.note("at the kill: nothing half-written in the store")
 	}
 	if moment == momentViewBuild && victim == "shim" && len(viewBuilds(r.storeRoot)) == 0 {
-		t.Error("the view build was not interrupted (it ended before the kill): make bigClosurePaths larger")
+		t.Error("the view build was not interrupted (it ended before the kill): make bigClosure's paths more")
 	}
 	if rule != nil {
 		rule.Release()
@@ -314,13 +314,6 @@ func summarize(items []string, n int) string {
 	return strings.Join(items[:n], ", ") + ", and " + strconv.Itoa(len(items)-n) + " more"
 }
 
-// syntheticKey makes a signing key for a synthetic cache named seed, and
-// the cache's directory name under the fixture's.
-func syntheticKey(seed string) (dir string, key narinfo.SecretKey) {
-	_, priv, _ := ed25519.GenerateKey(nil)
-	return "synthetic-" + seed, narinfo.SecretKey{Name: seed + "-1", Key: priv}
-}
-
 func rebootScenarios() []chaosScenario {
 	return []chaosScenario{{name: "node-reboot", run: rebootNode}}
 }
@@ -332,7 +325,7 @@ func rebootScenarios() []chaosScenario {
 func rebootNode(t *testing.T, r *chaosRun) {
 	fx := fixture.fx
 	cache := serveFaultCache(t, fixture.cache)
-	syn, synRoot, synKey := smallClosureCache(t)
+	syn, synRoot, synKey := smallClosure.get(t)
 	synCache := serveFaultCache(t, syn)
 	env := r.start(chaosOptions{substituters: []string{cache.URL, synCache.URL}, keys: []string{fixture.key.Public, synKey}})
 	url, size := largestNAR(t, syn, []string{synRoot.Absolute()})
@@ -386,33 +379,4 @@ func rebootNode(t *testing.T, r *chaosRun) {
 	for _, id := range ids {
 		deletePod(t, env, id)
 	}
-}
-
-// smallClosure is a synthetic closure of a few paths in its own signed
-// cache, built once per test binary.
-var smallClosure struct {
-	once sync.Once
-	err  error
-	dir  string
-	root storepath.Path
-	all  []storepath.Path
-	key  narinfo.SecretKey
-}
-
-func smallClosureCache(t *testing.T) (dir string, root storepath.Path, key string) {
-	t.Helper()
-	smallClosure.once.Do(func() {
-		dir, key := syntheticKey("small")
-		smallClosure.dir, smallClosure.key = filepath.Join(fixture.dir, dir), key
-		w, err := cachetest.NewWriter(smallClosure.dir, key, true)
-		if err != nil {
-			smallClosure.err = err
-			return
-		}
-		smallClosure.root, smallClosure.all, smallClosure.err = w.Synthetic("small", 12)
-	})
-	if smallClosure.err != nil {
-		t.Fatal(smallClosure.err)
-	}
-	return smallClosure.dir, smallClosure.root, smallClosure.key.Public().String()
 }

@@ -40,7 +40,7 @@ func fiftyPods(t *testing.T, r *chaosRun) {
 	fx := fixture.fx
 	cache := serveFaultCache(t, fixture.cache)
 	cache.add(anyNAR, fault{delay: 300 * time.Millisecond}, 0)
-	slowDir, slowRoot, slowKey := smallClosureCache(t)
+	slowDir, slowRoot, slowKey := smallClosure.get(t)
 	slow := serveFaultCache(t, slowDir)
 	slowNAR := "/" + readNarInfo(t, slowDir, slowRoot.Absolute()).URL
 	// The root's NAR never comes while its fetches wait for it.
