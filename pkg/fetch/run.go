@@ -166,21 +166,10 @@ func (r *run) count(it *item) error {
 // Called with r.mu held.
 func (r *run) whatIsCounted() string {
 	if r.counted == 0 {
-		return "the closure of " + describe(r.roots)
+		return "the closure of " + storepath.Describe(r.roots)
 	}
 	return fmt.Sprintf("the closure of %s together with the %d other paths it is counted with (%s)",
-		describe(r.roots), len(r.f.opts.BoundAlso), describe(r.f.opts.BoundAlso))
-}
-
-// describe names paths for messages: the first, and how many more.
-func describe(paths []storepath.Path) string {
-	switch len(paths) {
-	case 0:
-		return "no paths"
-	case 1:
-		return paths[0].Absolute()
-	}
-	return fmt.Sprintf("%s and %d more", paths[0].Absolute(), len(paths)-1)
+		storepath.Describe(r.roots), len(r.f.opts.BoundAlso), storepath.Describe(r.f.opts.BoundAlso))
 }
 
 // walk walks the closure a depth level at a time: the narinfos of one

@@ -215,7 +215,7 @@ func canceled(ctx context.Context, r Request) error {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		kind = fetchapi.KindTimeout
 	}
-	return &fetchapi.Failure{Kind: kind, Message: fmt.Sprintf("substituting %s: %v", Describe(r.Paths), ctx.Err())}
+	return &fetchapi.Failure{Kind: kind, Message: fmt.Sprintf("substituting %s: %v", storepath.Describe(r.Paths), ctx.Err())}
 }
 
 // run runs one child with extra flags (before the paths), handing it
@@ -348,7 +348,7 @@ func run(ctx context.Context, r Request, extra []string, slot *os.File) (res *fe
 	case ctx.Err() != nil:
 		return nil, false, canceled(ctx, r)
 	}
-	msg := fmt.Sprintf("%s fetch of %s ended without a result", r.Binary, Describe(r.Paths))
+	msg := fmt.Sprintf("%s fetch of %s ended without a result", r.Binary, storepath.Describe(r.Paths))
 	if waitErr != nil {
 		msg += ": " + waitErr.Error()
 	} else if protoErr != nil {
@@ -358,15 +358,4 @@ func run(ctx context.Context, r Request, extra []string, slot *os.File) (res *fe
 		msg += " (its last log: " + strings.Join(lastLog, " | ") + ")"
 	}
 	return nil, false, &fetchapi.Failure{Kind: fetchapi.KindOther, Message: msg}
-}
-
-// Describe names paths for messages: the first, and how many more.
-func Describe(paths []storepath.Path) string {
-	switch len(paths) {
-	case 0:
-		return "no paths"
-	case 1:
-		return paths[0].Absolute()
-	}
-	return fmt.Sprintf("%s and %d more", paths[0].Absolute(), len(paths)-1)
 }

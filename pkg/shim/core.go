@@ -268,7 +268,7 @@ func (c *core) prepareContainer(ctx context.Context, cfg *Config, id, bundle str
 	select {
 	case <-call.done:
 	case <-ctx.Done():
-		return fmt.Errorf("storepkg: waiting for the closure of %s (substitution continues for a retry): %w", fetchexec.Describe(paths), ctx.Err())
+		return fmt.Errorf("storepkg: waiting for the closure of %s (substitution continues for a retry): %w", storepath.Describe(paths), ctx.Err())
 	}
 	if call.err != nil {
 		return fetchError(call.err)

@@ -115,3 +115,14 @@ func (p Path) HashPart() string { return string(p)[:HashLen] }
 
 // Name returns the part after the hash.
 func (p Path) Name() string { return string(p)[HashLen+1:] }
+
+// Describe names paths for messages: the first, and how many more.
+func Describe(paths []Path) string {
+	switch len(paths) {
+	case 0:
+		return "no paths"
+	case 1:
+		return paths[0].Absolute()
+	}
+	return fmt.Sprintf("%s and %d more", paths[0].Absolute(), len(paths)-1)
+}

@@ -56,3 +56,26 @@ func TestParseEntryName(t *testing.T) {
 		t.Errorf("ParseEntryName hash part = %q", hash)
 	}
 }
+
+func TestDescribe(t *testing.T) {
+	a, err := Parse("/nix/store/00000000000000000000000000000000-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Parse("/nix/store/11111111111111111111111111111111-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		paths []Path
+		want  string
+	}{
+		{nil, "no paths"},
+		{[]Path{a}, a.Absolute()},
+		{[]Path{a, b, b}, a.Absolute() + " and 2 more"},
+	} {
+		if got := Describe(c.paths); got != c.want {
+			t.Errorf("Describe(%v) = %q, want %q", c.paths, got, c.want)
+		}
+	}
+}
