@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -31,6 +32,19 @@ type tempRoots struct {
 	mu     sync.Mutex // serialises appends, like Nix's state lock
 	file   *os.File   // nil until the first root is added
 	gcLock *os.File   // <state>/gc.lock, opened on first use
+
+	// What the file must keep (guarded by mu): the roots added for the
+	// process's lifetime, and those held for a while (HoldTempRoots) with
+	// their holders' counts. A path in either is in the file, so adding
+	// it again appends nothing. records counts the file's records.
+	pinned  map[storepath.Path]bool
+	held    map[storepath.Path]int
+	records int
+}
+
+// fileName is the roots file's name, temproots/<pid>.
+func (tr *tempRoots) fileName() string {
+	return filepath.Join(tr.stateDir, "temproots", strconv.Itoa(os.Getpid()))
 }
 
 var (
@@ -43,7 +57,7 @@ func acquireTempRoots(stateDir string) *tempRoots {
 	defer tempRootsMu.Unlock()
 	tr := tempRootsFor[stateDir]
 	if tr == nil {
-		tr = &tempRoots{stateDir: stateDir}
+		tr = &tempRoots{stateDir: stateDir, pinned: map[storepath.Path]bool{}, held: map[storepath.Path]int{}}
 		tempRootsFor[stateDir] = tr
 	}
 	tr.refs++
@@ -68,12 +82,15 @@ func (tr *tempRoots) release() error {
 	defer tr.mu.Unlock()
 	var errs []error
 	if tr.file != nil {
-		name := tr.file.Name()
+		name := tr.fileName()
 		errs = append(errs, tr.file.Close())
 		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
 		tr.file = nil
+		tr.records = 0
+		clear(tr.pinned)
+		clear(tr.held)
 	}
 	if tr.gcLock != nil {
 		errs = append(errs, tr.gcLock.Close())
@@ -108,12 +125,45 @@ func (s *Store) TempRootsFile() string {
 // The Nix collector matches temporary roots by hash part, so a root for p
 // also protects p's lock file and TempPath(p).
 func (s *Store) AddTempRoots(ctx context.Context, paths ...storepath.Path) error {
+	return s.addTempRoots(ctx, paths, false)
+}
+
+// addTempRoots adds paths to the roots file unless they are in it, then
+// records them as held (hold) or pinned for the process's lifetime.
+func (s *Store) addTempRoots(ctx context.Context, paths []storepath.Path, hold bool) error {
 	if len(paths) == 0 {
 		return nil
 	}
 	tr := s.roots
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
+	var todo []storepath.Path
+	for _, p := range paths {
+		if !tr.pinned[p] && tr.held[p] == 0 && !slices.Contains(todo, p) {
+			todo = append(todo, p)
+		}
+	}
+	if err := s.appendTempRoots(ctx, todo); err != nil {
+		return err
+	}
+	tr.records += len(todo)
+	for _, p := range paths {
+		if hold {
+			tr.held[p]++
+		} else {
+			tr.pinned[p] = true
+		}
+	}
+	return nil
+}
+
+// appendTempRoots is AddTempRoots' protocol for paths not yet in the
+// file; tr.mu is held.
+func (s *Store) appendTempRoots(ctx context.Context, paths []storepath.Path) error {
+	if len(paths) == 0 {
+		return nil
+	}
+	tr := s.roots
 	if tr.file == nil {
 		f, err := createTempRootsFile(ctx, s.TempRootsFile())
 		if err != nil {
@@ -150,7 +200,7 @@ func (s *Store) AddTempRoots(ctx context.Context, paths ...storepath.Path) error
 			_, werr := tr.file.Write(rec)
 			uerr := storefs.Unlock(tr.gcLock)
 			if err := errors.Join(werr, uerr); err != nil {
-				return fmt.Errorf("store: writing temporary roots to %s: %w", tr.file.Name(), err)
+				return fmt.Errorf("store: writing temporary roots to %s: %w", tr.fileName(), err)
 			}
 			return nil
 		}
@@ -160,7 +210,7 @@ func (s *Store) AddTempRoots(ctx context.Context, paths ...storepath.Path) error
 		// window open.
 		if !written {
 			if _, err := tr.file.Write(rec); err != nil {
-				return fmt.Errorf("store: writing temporary roots to %s: %w", tr.file.Name(), err)
+				return fmt.Errorf("store: writing temporary roots to %s: %w", tr.fileName(), err)
 			}
 			written = true
 		}
