@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -17,6 +18,10 @@ import (
 // /healthz unless told otherwise.
 const DefaultAgentListen = ":9477"
 
+// DefaultPeerListen is where `storepkg agent` serves the store to its
+// peers, when it has a token.
+const DefaultPeerListen = ":7420"
+
 func newAgentCommand() *cobra.Command {
 	var (
 		cfg        agent.Config
@@ -25,6 +30,7 @@ func newAgentCommand() *cobra.Command {
 		kubeEvents string
 		logFormat  string
 		logLevel   string
+		peerToken  string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent [flags]",
@@ -36,6 +42,10 @@ When its usage reaches --gc-high-percent it collects garbage, as
 'storepkg gc' does, until usage is back at --gc-low-percent, keeping paths
 registered less than --gc-min-age ago (like kubelet's image garbage
 collection).
+
+With --peer-token-file it serves the node's store to the other nodes
+as a Nix binary cache on --peer-listen, to clients that send that token
+(docs/peers.md).
 
 It reads the fetch status records the shims write to --status-dir, and
 serves Prometheus metrics at http://<listen-address>/metrics and a health
@@ -63,6 +73,12 @@ service account needs create and patch on events, nothing else.`,
 			if nodeName == "" {
 				nodeName = os.Getenv("NODE_NAME")
 			}
+			cfg.NodeName = nodeName
+			if cfg.PeerListen != "" && peerToken != "" {
+				if cfg.PeerToken, err = readPeerToken(peerToken); err != nil {
+					return err
+				}
+			}
 			sink, err := kubeEventSink(kubeEvents, nodeName)
 			if err != nil {
 				return err
@@ -85,6 +101,8 @@ service account needs create and patch on events, nothing else.`,
 	f.StringVar(&cfg.StoreRoot, "root", "/", "root directory of the node store (the store is ROOT/nix/store)")
 	f.StringVar(&cfg.StatusDir, "status-dir", fetchrecord.DefaultDir, "directory where the shims write fetch status records")
 	f.StringVar(&cfg.ListenAddress, "listen-address", DefaultAgentListen, "`ADDRESS` to serve /metrics and /healthz on (empty: none)")
+	f.StringVar(&cfg.PeerListen, "peer-listen", DefaultPeerListen, "`ADDRESS` to serve the store to peers on, with --peer-token-file (empty: none)")
+	f.StringVar(&peerToken, "peer-token-file", "", "`FILE` holding the bearer token peers must send; without it the store is not served")
 	f.DurationVar(&cfg.Interval, "interval", agent.DefaultInterval, "how often to check the store filesystem's usage")
 	f.Float64Var(&cfg.HighPercent, "gc-high-percent", agent.DefaultHighPercent, "collect garbage when the store filesystem's usage reaches this percentage")
 	f.Float64Var(&cfg.LowPercent, "gc-low-percent", agent.DefaultLowPercent, "collect until usage is down to this percentage")
@@ -97,6 +115,25 @@ service account needs create and patch on events, nothing else.`,
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
+}
+
+// readPeerToken reads the token file: one line, surrounding whitespace
+// ignored.
+func readPeerToken(file string) (string, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--peer-token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	switch {
+	case tok == "":
+		return "", fmt.Errorf("--peer-token-file %s: empty", file)
+	case strings.ContainsAny(tok, " \t\r\n"):
+		return "", fmt.Errorf("--peer-token-file %s: the token must be one word", file)
+	case len(tok) < 16:
+		return "", fmt.Errorf("--peer-token-file %s: token of %d characters, want at least 16", file, len(tok))
+	}
+	return tok, nil
 }
 
 func agentLogger(format, level string) (*logrus.Entry, error) {

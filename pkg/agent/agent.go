@@ -20,6 +20,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/storepkg/storepkg/pkg/fetchrecord"
+	"github.com/storepkg/storepkg/pkg/peer"
 	"github.com/storepkg/storepkg/pkg/store"
 )
 
@@ -59,6 +60,24 @@ type Config struct {
 	// for this long when the writer's liveness cannot be checked by PID
 	// (another PID namespace); default 1m.
 	StaleAfter time.Duration
+
+	// PeerListen serves the node's store to the other nodes as a binary
+	// cache (pkg/peer) on this address, a listener of its own apart from
+	// the metrics; empty, or no PeerToken: not served.
+	PeerListen string
+	// PeerToken is the bearer token peers must send.
+	PeerToken string
+	// NodeName is this node's name among its peers.
+	NodeName string
+	// Peers returns the current peer list (pkg/peer.ServerConfig.Peers);
+	// nil: any client with the token is served.
+	Peers func() []peer.Peer
+	// PeerCoordinator, if set, is served under /storepkg/v1/ on the peer
+	// listener.
+	PeerCoordinator http.Handler
+	// PeerCompression is how NARs are served: pkg/peer.CompressionNone
+	// (default) or CompressionZstd.
+	PeerCompression string
 
 	// Events receives pod events; nil posts none.
 	Events EventSink
@@ -130,6 +149,7 @@ type Agent struct {
 
 	listener net.Listener
 	server   *http.Server
+	peerL    net.Listener
 	wg       sync.WaitGroup
 	started  bool
 
@@ -183,8 +203,15 @@ func (a *Agent) Start(ctx context.Context) error {
 			}
 		}()
 	}
+	if err := a.startPeerServer(ctx); err != nil {
+		if a.listener != nil {
+			a.server.Close()
+			a.wg.Wait()
+		}
+		return err
+	}
 	a.log.WithFields(logrus.Fields{
-		"root": a.cfg.StoreRoot, "statusDir": a.cfg.StatusDir, "listen": a.Addr(),
+		"root": a.cfg.StoreRoot, "statusDir": a.cfg.StatusDir, "listen": a.Addr(), "peerListen": a.PeerAddr(),
 		"interval": a.cfg.Interval.String(), "highPercent": a.cfg.HighPercent, "lowPercent": a.cfg.LowPercent,
 		"minAge": a.cfg.MinAge.String(), "events": a.cfg.Events != nil,
 	}).Info("storepkg agent started")
