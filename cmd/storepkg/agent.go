@@ -12,6 +12,7 @@ import (
 
 	"github.com/storepkg/storepkg/pkg/agent"
 	"github.com/storepkg/storepkg/pkg/fetchrecord"
+	"github.com/storepkg/storepkg/pkg/peer"
 )
 
 // DefaultAgentListen is where `storepkg agent` serves /metrics and
@@ -74,6 +75,9 @@ service account needs create and patch on events, nothing else.`,
 				nodeName = os.Getenv("NODE_NAME")
 			}
 			cfg.NodeName = nodeName
+			if c := cfg.PeerCompression; c != peer.CompressionNone && c != peer.CompressionZstd {
+				return fmt.Errorf("--peer-compression %q: want %s or %s", c, peer.CompressionNone, peer.CompressionZstd)
+			}
 			if cfg.PeerListen != "" && peerToken != "" {
 				if cfg.PeerToken, err = readPeerToken(peerToken); err != nil {
 					return err
@@ -103,6 +107,7 @@ service account needs create and patch on events, nothing else.`,
 	f.StringVar(&cfg.ListenAddress, "listen-address", DefaultAgentListen, "`ADDRESS` to serve /metrics and /healthz on (empty: none)")
 	f.StringVar(&cfg.PeerListen, "peer-listen", DefaultPeerListen, "`ADDRESS` to serve the store to peers on, with --peer-token-file (empty: none)")
 	f.StringVar(&peerToken, "peer-token-file", "", "`FILE` holding the bearer token peers must send; without it the store is not served")
+	f.StringVar(&cfg.PeerCompression, "peer-compression", peer.CompressionNone, "NARs served to peers: none, or zstd (compressed on the fly: only for links between nodes slower than a core compresses)")
 	f.DurationVar(&cfg.Interval, "interval", agent.DefaultInterval, "how often to check the store filesystem's usage")
 	f.Float64Var(&cfg.HighPercent, "gc-high-percent", agent.DefaultHighPercent, "collect garbage when the store filesystem's usage reaches this percentage")
 	f.Float64Var(&cfg.LowPercent, "gc-low-percent", agent.DefaultLowPercent, "collect until usage is down to this percentage")

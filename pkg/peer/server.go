@@ -447,7 +447,7 @@ func (s *Server) nar(w http.ResponseWriter, r *http.Request) {
 
 // encoders keeps zstd encoders for reuse: each holds its window buffers.
 var encoders = sync.Pool{New: func() any {
-	e, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	e, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
 	return e
 }}
 

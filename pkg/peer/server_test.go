@@ -158,6 +158,14 @@ func get(t *testing.T, url, tok string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// short is a body fit for a test's message.
+func short(body string) string {
+	if len(body) > 200 {
+		return fmt.Sprintf("%q… (%d bytes)", body[:200], len(body))
+	}
+	return fmt.Sprintf("%q", body)
+}
+
 func hashPart(abs string) string {
 	p, err := storepath.Parse(abs)
 	if err != nil {
@@ -209,7 +217,7 @@ func TestAuth(t *testing.T) {
 		}
 	}
 	if code, body := get(t, s.raw+"/nix-cache-info", token); code != http.StatusOK || !strings.Contains(body, "StoreDir: /nix/store\n") {
-		t.Errorf("nix-cache-info with the token: %d %q", code, body)
+		t.Errorf("nix-cache-info with the token: %d %s", code, short(body))
 	}
 	if code, _ := get(t, s.raw+"/storepkg/v1/claim", token); code != http.StatusNotFound {
 		t.Errorf("coordinator route with the token: %d, want the coordinator's 404", code)
@@ -265,7 +273,7 @@ func TestNotFound(t *testing.T) {
 		"/nar/garbage.nar": http.StatusNotFound,
 	} {
 		if code, body := get(t, s.raw+path, token); code != want {
-			t.Errorf("GET %s: %d %q, want %d", path, code, body, want)
+			t.Errorf("GET %s: %d %s, want %d", path, code, short(body), want)
 		}
 	}
 }
@@ -294,7 +302,7 @@ func TestNarInfoAndNar(t *testing.T) {
 	for _, abs := range shared.fx.Closure {
 		code, body := get(t, s.raw+"/"+hashPart(abs)+".narinfo", token)
 		if code != http.StatusOK {
-			t.Fatalf("%s.narinfo: %d %s", hashPart(abs), code, body)
+			t.Fatalf("%s.narinfo: %d %s", hashPart(abs), code, short(body))
 		}
 		ni := parseNarInfo(t, body)
 		if ni.StorePath.Absolute() != abs {
@@ -336,7 +344,7 @@ func TestNarInfoAndNar(t *testing.T) {
 	other := strings.Replace(ni.URL, "-", "-1", 1)
 	other = other[:len("nar/")+32+1+52] + ".nar"
 	if code, body := get(t, s.raw+"/"+other, token); code != http.StatusNotFound || !strings.Contains(body, "NAR hash") {
-		t.Errorf("NAR URL with another hash: %d %q, want 404 naming the NAR hash", code, body)
+		t.Errorf("NAR URL with another hash: %d %s, want 404 naming the NAR hash", code, short(body))
 	}
 	// Deleted meanwhile (in a store that served no NAR, so holds no root).
 	s2 := serve(t, peer.ServerConfig{}, shared.fx.Root)
@@ -381,7 +389,7 @@ func TestNarInfoWait(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	select {
 	case a := <-got:
-		t.Fatalf("answered %d before the path was fetched: %s", a.code, a.body)
+		t.Fatalf("answered %d before the path was fetched: %s", a.code, short(a.body))
 	default:
 	}
 	fetch(t, s.root, shared.fx.Root)
@@ -389,7 +397,7 @@ func TestNarInfoWait(t *testing.T) {
 	select {
 	case a := <-got:
 		if a.code != http.StatusOK || !strings.Contains(a.body, "StorePath: "+shared.fx.Root+"\n") {
-			t.Fatalf("after the fetch: %d %q", a.code, a.body)
+			t.Fatalf("after the fetch: %d %s", a.code, short(a.body))
 		}
 		t.Logf("answered %v after the fetch exited", a.at.Sub(fetched))
 	case <-time.After(5 * time.Second):
