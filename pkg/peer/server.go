@@ -47,7 +47,7 @@ type ServerConfig struct {
 	Store *store.Store
 	// Token is the bearer token every request must carry (required).
 	Token string
-	// Self is this node's name (for logs).
+	// Self is this node's name, in the server's log lines.
 	Self string
 	// Peers returns the current peer list. When it is not empty, only
 	// clients at a listed peer's host (or this machine's own addresses)
@@ -107,6 +107,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	if cfg.Log == nil {
 		cfg.Log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	if cfg.Self != "" {
+		cfg.Log = cfg.Log.WithField("node", cfg.Self)
 	}
 	s := &Server{cfg: cfg, log: cfg.Log, waiting: map[string]*waitEntry{}, localIP: cachedLocalAddrs()}
 	mux := http.NewServeMux()
