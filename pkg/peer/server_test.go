@@ -22,6 +22,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/storepkg/storepkg/internal/nixtest"
+	"github.com/storepkg/storepkg/pkg/nar"
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/peer"
 	"github.com/storepkg/storepkg/pkg/store"
@@ -290,7 +291,8 @@ func parseNarInfo(t *testing.T, body string) *narinfo.NarInfo {
 // TestNarInfoAndNar: the narinfo carries the upstream signature (it
 // verifies with the upstream key) and what Nix's database says; the NAR
 // hashes to its NarHash; a NAR URL whose hash is not the path's current
-// one, or of a path deleted meanwhile, is 404.
+// one (the path deleted and registered again with other contents
+// meanwhile), or of a path deleted meanwhile, is 404.
 func TestNarInfoAndNar(t *testing.T) {
 	setup(t)
 	s := serve(t, peer.ServerConfig{}, shared.fx.Root)
@@ -357,6 +359,32 @@ func TestNarInfoAndNar(t *testing.T) {
 	}
 	if code, _ = get(t, s2.raw+"/"+top+".narinfo", token); code != http.StatusNotFound {
 		t.Errorf("narinfo of a deleted path: %d, want 404", code)
+	}
+	// Then registered again with other contents: the old URL is 404, the
+	// new narinfo's URL serves the new NAR.
+	p, _ := storepath.Parse(shared.fx.Root)
+	real := s2.st.RealPath(p)
+	if err := os.WriteFile(real, []byte("other contents\n"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	n, err := nar.WriteTree(context.Background(), h, real)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	if err := s2.st.Register(context.Background(), []store.PathInfo{{Path: p, NarHash: sum, NarSize: uint64(n), Sigs: ni.Sigs}}); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(t, s2.raw+"/"+ni.URL, token); code != http.StatusNotFound || !strings.Contains(body, "NAR hash") {
+		t.Errorf("old NAR URL of a replaced path: %d %s, want 404 naming the NAR hash", code, short(body))
+	}
+	_, body = get(t, s2.raw+"/"+top+".narinfo", token)
+	if ni2 := parseNarInfo(t, body); ni2.URL == ni.URL {
+		t.Errorf("narinfo of the replaced path still has the old URL")
+	} else if code, body := get(t, s2.raw+"/"+ni2.URL, token); code != http.StatusOK || narinfo.Hash(sha256.Sum256([]byte(body))) != ni2.NarHash {
+		t.Errorf("NAR of the replaced path: %d, or not its NarHash", code)
 	}
 }
 
