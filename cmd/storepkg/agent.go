@@ -25,6 +25,7 @@ func newAgentCommand() *cobra.Command {
 		kubeEvents string
 		logFormat  string
 		logLevel   string
+		peers      peerFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "agent [flags]",
@@ -44,7 +45,16 @@ check at /healthz.
 In a cluster (--node-name or $NODE_NAME set, and the in-cluster service
 account available) it posts events on pods whose closure fetch is slow
 (StorepkgFetching, StorepkgFetched) or fails (StorepkgFetchFailed). Its
-service account needs create and patch on events, nothing else.`,
+service account needs create and patch on events.
+
+Peer sharing (docs/peers.md): in a cluster it lists the other nodes'
+agents (the pods matching --peer-pod-selector in --namespace, on nodes
+labelled storepkg.dev/ready=true and matching --peer-node-selector) and
+writes them, with this node's name and the peers' token, to --peers-file,
+which the node's fetches read. The token comes from --peer-token-file, or
+else from the Secret --peer-token-secret in --namespace, created with a
+random token if missing. --peer-sharing=false turns sharing off and
+removes the peers file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := agentLogger(logFormat, logLevel)
@@ -74,6 +84,9 @@ service account needs create and patch on events, nothing else.`,
 				log.Info("not posting pod events (no cluster)")
 			}
 			ctx := cmd.Context()
+			if cfg.Peers, err = peers.config(ctx, log, nodeName); err != nil {
+				return err
+			}
 			a, err := agent.New(ctx, cfg)
 			if err != nil {
 				return err
@@ -94,6 +107,7 @@ service account needs create and patch on events, nothing else.`,
 	f.DurationVar(&cfg.StaleAfter, "stale-after", agent.DefaultStaleAfter, "expire a running fetch's record not updated for this long (when the shim's PID cannot be checked)")
 	f.StringVar(&nodeName, "node-name", "", "this node's name, for event sources (default $NODE_NAME)")
 	f.StringVar(&kubeEvents, "kube-events", "auto", "post pod events: auto (when in a cluster with a node name), true or false")
+	peers.register(f)
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
