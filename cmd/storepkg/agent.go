@@ -107,7 +107,7 @@ removes the peers file.`,
 	f.DurationVar(&cfg.StaleAfter, "stale-after", agent.DefaultStaleAfter, "expire a running fetch's record not updated for this long (when the shim's PID cannot be checked)")
 	f.StringVar(&nodeName, "node-name", "", "this node's name, for event sources (default $NODE_NAME)")
 	f.StringVar(&kubeEvents, "kube-events", "auto", "post pod events: auto (when in a cluster with a node name), true or false")
-	peers.register(f)
+	peers.register(cmd)
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd

@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/sirupsen/logrus"
-	"github.com/spf13/pflag"
+	"github.com/spf13/cobra"
 
 	"github.com/storepkg/storepkg/pkg/agent"
 )
@@ -27,7 +27,8 @@ type peerFlags struct {
 	tokenSecret  string
 }
 
-func (p *peerFlags) register(f *pflag.FlagSet) {
+func (p *peerFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
 	f.BoolVar(&p.sharing, "peer-sharing", true, "share closures with the other nodes' agents (false: remove the peers file, discover nothing)")
 	f.StringVar(&p.file, "peers-file", agent.DefaultPeersFile, "`FILE` to write the discovered peers to, for the node's fetches (empty: discover nothing)")
 	f.StringVar(&p.namespace, "namespace", "", "namespace of the agents' pods and of the token's Secret (default $POD_NAMESPACE, else the service account's)")
