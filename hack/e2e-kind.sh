@@ -570,6 +570,11 @@ check_peer_rollout() {
   wait_fresh "$FRESH1"
   log "rollout of fresh1 on ${#NODES[@]} nodes: $((SECONDS - start))s"
   check_counts "$FRESH1" "$once"
+  if [[ $PEER_ASSERTIONS == 1 ]]; then
+    check_peer_sources
+  else
+    log "peer assertions off: STOREPKG_E2E_PEER_ASSERTIONS=1 turns them on once peer serving and fetching are on main"
+  fi
 
   step "Rolling out another fresh closure; one node's agent is killed meanwhile"
   local victim=${NODES[2]} pod cid pid restarts
@@ -592,12 +597,6 @@ check_peer_rollout() {
   check_counts "$FRESH2" "${#NODES[@]}"
   # Its peers file lists every node again once it is ready.
   check_peers_files
-
-  if [[ $PEER_ASSERTIONS == 1 ]]; then
-    check_peer_sources
-  else
-    log "peer assertions off: STOREPKG_E2E_PEER_ASSERTIONS=1 turns them on once peer serving and fetching are on main"
-  fi
 }
 
 # check_peer_sources: bytes came from peers, and the pods' events say so;
@@ -738,8 +737,9 @@ main() {
   check_service
   check_bad_annotation
   check_slow_fetch
-  check_peer_rollout
+  # Before the rollouts: they kill an agent, whose counters start again.
   check_metrics
+  check_peer_rollout
   check_clean_nodes
   check_agent_gc
   uninstall_storepkg
