@@ -39,7 +39,9 @@ func (p *peerFlags) register(cmd *cobra.Command) {
 }
 
 // config returns the discovery's configuration, or nil when sharing is
-// off or there is no cluster to discover peers in.
+// off or there is no cluster to discover peers in. Only turning sharing
+// off removes a peers file: an agent run by hand outside the cluster
+// leaves the node's file alone.
 func (p *peerFlags) config(ctx context.Context, log *logrus.Entry, node string) (*agent.PeersConfig, error) {
 	if !p.sharing {
 		log.Info("peer sharing off (--peer-sharing=false)")
@@ -51,12 +53,12 @@ func (p *peerFlags) config(ctx context.Context, log *logrus.Entry, node string) 
 	}
 	if node == "" {
 		log.Info("no peer discovery (no node name: --node-name or $NODE_NAME)")
-		return nil, agent.RemovePeersFile(p.file)
+		return nil, nil
 	}
 	client, err := kubeClient("")
 	if err != nil {
 		log.WithError(err).Info("no peer discovery (no cluster)")
-		return nil, agent.RemovePeersFile(p.file)
+		return nil, nil
 	}
 	ns := p.namespace
 	if ns == "" {
