@@ -84,7 +84,7 @@ removes the peers file.`,
 				log.Info("not posting pod events (no cluster)")
 			}
 			ctx := cmd.Context()
-			if cfg.Peers, err = peers.config(ctx, log, nodeName); err != nil {
+			if cfg.Discovery, err = peers.config(ctx, log, nodeName); err != nil {
 				return err
 			}
 			a, err := agent.New(ctx, cfg)

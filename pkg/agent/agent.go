@@ -62,9 +62,9 @@ type Config struct {
 	// (another PID namespace); default 1m.
 	StaleAfter time.Duration
 
-	// Peers, if set, lists the other nodes' agents through the API
+	// Discovery, if set, lists the other nodes' agents through the API
 	// server and writes the peers file the fetch children read.
-	Peers *PeersConfig
+	Discovery *PeersConfig
 
 	// Events receives pod events; nil posts none.
 	Events EventSink
@@ -161,8 +161,8 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, store: st, metrics: newMetrics(st), events: make(chan PodEvent, 256)}
 	a.records = newRecordWatcher(a)
-	if cfg.Peers != nil {
-		if a.peers, err = newDiscovery(*cfg.Peers, cfg.Log, a.metrics.peers); err != nil {
+	if cfg.Discovery != nil {
+		if a.peers, err = newDiscovery(*cfg.Discovery, cfg.Log, a.metrics.peers); err != nil {
 			st.Close()
 			return nil, fmt.Errorf("agent: %w", err)
 		}
