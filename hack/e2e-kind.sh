@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make e2e: the user's acceptance test, on a real kind cluster (one control
-# plane, one worker).
+# plane, two workers).
 #
 #  1. Builds storepkg's installer image (in Go) and two overlapping closures
 #     with Nix, offline, into a signed binary cache served from the host on
@@ -10,16 +10,25 @@
 #     under systemd).
 #  3. Installs storepkg the way a user does (kubectl apply -k of
 #     examples/k8s/install with this cache in the node config) and waits for
-#     storepkg.dev/ready=true on both nodes, containerd restarted through
+#     storepkg.dev/ready=true on every node, containerd restarted through
 #     systemd in each. With the agent's own token (read on its node):
 #     its node's storepkg.dev/ready label may be patched, nothing else of
-#     any node, and only storepkg's events naming its node posted; the
-#     agent process has only the capabilities examples/k8s asks for.
+#     any node, and only storepkg's events naming its node posted; it may
+#     read the peers' token Secret and create no other Secret; the agent
+#     process has only the capabilities examples/k8s asks for. Every
+#     node's peers file lists the three nodes, with the Secret's token.
 #  4. Runs examples/k8s/workloads with these closures: the Job's output, the
 #     server reached through its Service from a pod on the other node,
 #     kubectl exec and logs; a pod with an unknown path shows the cause;
+#     a Deployment with a pod on each node on a fresh closure, served by a
+#     cache that counts what it serves, while one node's agent is killed:
+#     the rollout completes, every NAR was served at most once per node;
 #     the agent's metrics answer.
-#  5. Deletes everything and checks both nodes: no mounts, GC roots
+#     STOREPKG_E2E_PEER_ASSERTIONS=1 adds what needs the peer listener and
+#     the peer fetch (docs/peers.md): every NAR served by the cache once,
+#     bytes counted from peers, the pod events say so, and the listener
+#     refuses a pod on another node.
+#  5. Deletes everything and checks every node: no mounts, GC roots
 #     released, store paths still valid (real Nix verifies the node store);
 #     then `storepkg gc` in each agent's container (its privileges) frees them.
 #  6. Uninstalls (examples/k8s/uninstall) and checks containerd's config is
@@ -34,6 +43,10 @@ CLUSTER=${CLUSTER:-storepkg-e2e}
 WORK=""
 HTTPD_PID=""
 SLOW_PID=""
+COUNT_PID=""
+# The checks that need the peer listener and the peer fetch (issue 16's
+# serve and fetch parts): off until both are on main.
+PEER_ASSERTIONS=${STOREPKG_E2E_PEER_ASSERTIONS:-0}
 NODES=()
 LOG_PREFIX=e2e
 # shellcheck source=hack/lib.sh
@@ -70,6 +83,7 @@ cleanup() {
   set +o errexit
   [[ -n "$HTTPD_PID" ]] && kill "$HTTPD_PID" 2>/dev/null && wait "$HTTPD_PID" 2>/dev/null
   [[ -n "$SLOW_PID" ]] && kill "$SLOW_PID" 2>/dev/null && wait "$SLOW_PID" 2>/dev/null
+  [[ -n "$COUNT_PID" ]] && kill "$COUNT_PID" 2>/dev/null && wait "$COUNT_PID" 2>/dev/null
   if [[ "${KEEP:-}" == 1 ]]; then
     log "KEEP=1: cluster $CLUSTER left up (kubeconfig ${KUBECONFIG_FILE:-}); cache server stopped"
   else
@@ -109,7 +123,9 @@ build_cache() {
   local build=(nix_run nix-build --store "local?root=$WORK/build" --option sandbox true --no-out-link
     --arg busyboxSrc "$WORK/src/bb" "$REPO/hack/e2e/closures.nix")
   HELLO=$("${build[@]}" -A hello 2>"$WORK/nix-build.log") &&
-    SLEEPY=$("${build[@]}" -A sleepy 2>>"$WORK/nix-build.log") ||
+    SLEEPY=$("${build[@]}" -A sleepy 2>>"$WORK/nix-build.log") &&
+    FRESH1=$("${build[@]}" -A fresh1 2>>"$WORK/nix-build.log") &&
+    FRESH2=$("${build[@]}" -A fresh2 2>>"$WORK/nix-build.log") ||
     { cat "$WORK/nix-build.log" >&2; fail "nix-build of hack/e2e/closures.nix"; }
   # busybox is a source path (builtins.path), not a derivation: it is in
   # hello's closure.
@@ -123,10 +139,15 @@ build_cache() {
   # A second cache, the only one with sleepy, answers NAR requests slowly.
   nix_run nix copy --store "local?root=$WORK/build" \
     --to "file://$WORK/slowcache?compression=zstd&secret-key=$WORK/secret-key" "$SLEEPY" 2>/dev/null
+  # A third, the only one with the fresh closures, counts what it serves:
+  # the cluster's uplink.
+  nix_run nix copy --store "local?root=$WORK/build" \
+    --to "file://$WORK/countcache?compression=zstd&secret-key=$WORK/secret-key" "$FRESH1" "$FRESH2" 2>/dev/null
   (cd "$REPO/integration" && go build -o "$WORK/slowcache-server" ./cmd/slowcache)
   log "busybox $BUSYBOX"
   log "hello   $HELLO"
   log "sleepy  $SLEEPY (slow cache only)"
+  log "fresh1  $FRESH1, fresh2 $FRESH2 (counting cache only)"
 }
 
 start_cluster() {
@@ -136,7 +157,7 @@ start_cluster() {
   # kind, kubectl and DOCKER_HOST of the script-started dockerd.
   eval "$("$REPO/hack/kind/cluster.sh" env "$CLUSTER")"
   mapfile -t NODES < <(kind get nodes --name "$CLUSTER" | sort)
-  ((${#NODES[@]} == 2)) || fail "want 2 nodes, have: ${NODES[*]}"
+  ((${#NODES[@]} == 3)) || fail "want 3 nodes, have: ${NODES[*]}"
   log "nodes: ${NODES[*]}"
 }
 
@@ -153,9 +174,14 @@ serve_cache() {
   "$WORK/slowcache-server" -dir "$WORK/slowcache" -addr "$gw:$((port + 1))" -nar-delay 8s 2>"$WORK/slowcache.log" &
   SLOW_PID=$!
   SLOW_URL="http://$gw:$((port + 1))"
+  # NARs held back 6s: the rollout is still fetching when an agent dies,
+  # and every fetch is slow enough for a StorepkgFetched event.
+  "$WORK/slowcache-server" -dir "$WORK/countcache" -addr "$gw:$((port + 2))" -nar-delay 6s 2>"$WORK/countcache.log" &
+  COUNT_PID=$!
+  COUNT_URL="http://$gw:$((port + 2))"
   retry 20 0.2 node_exec "${NODES[0]}" bash -c "exec 3<>/dev/tcp/$gw/$port" ||
     fail "nodes cannot reach the cache at $CACHE_URL"
-  log "cache $CACHE_URL, slow cache $SLOW_URL (from the nodes), key $PUBLIC_KEY"
+  log "cache $CACHE_URL, slow cache $SLOW_URL, counting cache $COUNT_URL (from the nodes), key $PUBLIC_KEY"
 }
 
 # containerd's config and PID on each node, to compare after install and
@@ -183,7 +209,7 @@ configMapGenerator:
     namespace: storepkg-system
     behavior: replace
     literals:
-      - STOREPKG_SUBSTITUTERS=$CACHE_URL $SLOW_URL
+      - STOREPKG_SUBSTITUTERS=$CACHE_URL $SLOW_URL $COUNT_URL
       - STOREPKG_TRUSTED_PUBLIC_KEYS=$PUBLIC_KEY
 EOF
   kubectl apply -k "$WORK/overlays/install"
@@ -242,6 +268,15 @@ refused_by() {
   log "refused: $1 ${2##*/}: ${out#denied request: }"
 }
 
+# forbidden METHOD PATH BODY [CONTENT-TYPE]: agent_api is refused by RBAC.
+forbidden() {
+  local out
+  out=$(agent_api "$@") || fail "agent_api $1 $2: $out"
+  [[ "${out##*$'\n'}" == 403 ]] || fail "the agent's token was not refused: $1 $2: $out"
+  ! grep -q ValidatingAdmissionPolicy <<<"$out" || fail "$1 $2: refused by a policy, not by RBAC: $out"
+  log "refused by RBAC: $1 $2"
+}
+
 # agent_event KIND NAME REASON HOST: an Event as the agent posts them
 # (pkg/agent/events.go) about object KIND/NAME in storepkg-system.
 agent_event() {
@@ -292,6 +327,22 @@ check_agent_identity() {
   name=$(kubectl -n storepkg-system get events --field-selector "involvedObject.name=$pod,source=kubelet" -o jsonpath='{.items[0].metadata.name}')
   [[ -n "$name" ]] || fail "no kubelet event on $pod to try"
   refused_by $p PATCH "$events/$name" '{"message":"rewritten by the agent"}' $sp
+
+  # Peer sharing: the token's Secret, the agents' pods, the ready nodes;
+  # no other Secret, nothing of other namespaces; no Secret created but
+  # that one (the API server would fill a service-account-token Secret
+  # with another account's token).
+  allowed GET /api/v1/namespaces/storepkg-system/secrets/storepkg-peer-token ""
+  allowed GET "/api/v1/namespaces/storepkg-system/pods?labelSelector=app.kubernetes.io%2Fname%3Dstorepkg-node" ""
+  allowed GET "/api/v1/nodes?labelSelector=storepkg.dev%2Fready%3Dtrue" ""
+  log "allowed: the peers' token Secret, the agents' pods, the ready nodes"
+  forbidden GET /api/v1/namespaces/storepkg-system/secrets ""
+  forbidden GET /api/v1/namespaces/kube-system/secrets ""
+  forbidden GET /api/v1/namespaces/kube-system/pods ""
+  p=storepkg-node-secret.storepkg.dev
+  local secrets=/api/v1/namespaces/storepkg-system/secrets
+  refused_by $p POST $secrets '{"apiVersion":"v1","kind":"Secret","metadata":{"name":"e2e-other"},"type":"Opaque","data":{"token":"eA=="}}'
+  refused_by $p POST $secrets '{"apiVersion":"v1","kind":"Secret","metadata":{"name":"storepkg-peer-token","annotations":{"kubernetes.io/service-account.name":"storepkg-node"}},"type":"kubernetes.io/service-account-token"}'
 
   # The agent process: the capabilities, no new privileges, seccomp.
   local cid pid status
@@ -392,6 +443,194 @@ check_slow_fetch() {
   grep -E '^StorepkgFetch' <<<"$events" | sed 's/^/  /' >&2
 }
 
+# peers_file NODE: NODE's peers file, its token replaced by its length.
+peers_file() {
+  node_exec "$1" cat /run/storepkg/peers/peers.json | jq -c '.token |= length'
+}
+
+check_peers_files() {
+  step "Every node's peers file: the three nodes' agents, the Secret's token, 0600"
+  local token n f want urls=()
+  token=$(kubectl -n storepkg-system get secret storepkg-peer-token -o jsonpath='{.data.token}' | base64 -d)
+  ((${#token} >= 40)) || fail "Secret storepkg-peer-token holds no token (${#token} characters)"
+  for n in "${NODES[@]}"; do
+    urls+=("{\"name\":\"$n\",\"url\":\"http://$(kubectl -n storepkg-system get pod "$(agent_pod "$n")" -o jsonpath='{.status.podIP}'):7420\"}")
+  done
+  want=$(printf '%s\n' "${urls[@]}" | jq -sc 'sort_by(.name)')
+  for n in "${NODES[@]}"; do
+    # The agents become ready one after the other: wait for the last.
+    retry 60 1 bash -c "[[ \$(docker exec $n cat /run/storepkg/peers/peers.json 2>/dev/null | jq -c .peers) == '$want' ]]" ||
+      fail "$n: peers file $(peers_file "$n" 2>&1), want peers $want"
+    f=$(node_exec "$n" cat /run/storepkg/peers/peers.json)
+    [[ $(jq -r .version <<<"$f") == 1 && $(jq -r .self <<<"$f") == "$n" ]] || fail "$n: peers file $(peers_file "$n")"
+    [[ $(jq -r .token <<<"$f") == "$token" ]] || fail "$n: the peers file's token is not the Secret's"
+    [[ $(node_exec "$n" stat -c '%a %u' /run/storepkg/peers/peers.json) == "600 0" ]] ||
+      fail "$n: peers file mode: $(node_exec "$n" stat -c '%a %U' /run/storepkg/peers/peers.json)"
+    log "$n: $(peers_file "$n")"
+  done
+}
+
+# nar_counts CLOSURE: for each path of CLOSURE but busybox, how many times
+# the counting cache served its NAR: "<path> <requests> <bytes served>
+# <NAR file size>" lines.
+nar_counts() {
+  local stats p hash url
+  stats=$(curl -sS "$COUNT_URL/.slowcache/stats") || fail "counting cache: no stats"
+  for p in $(nix_run nix-store --store "local?root=$WORK/build" -qR "$1" | grep -v -- '-busybox$'); do
+    hash=$(basename "$p" | cut -c1-32)
+    url=$(sed -n 's/^URL: //p' "$WORK/countcache/$hash.narinfo")
+    jq -r --arg u "/$url" --arg p "$p" --arg size "$(stat -c %s "$WORK/countcache/$url")" \
+      '"\($p) \(.[$u].requests // 0) \(.[$u].bytes // 0) \($size)"' <<<"$stats"
+  done
+}
+
+# fresh_deployment CLOSURE: the Deployment "fresh", a pod on every node
+# (the control plane's taint tolerated) running CLOSURE; Recreate, so a
+# new closure starts on every node at once.
+fresh_deployment() {
+  kubectl apply -f - <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: fresh
+  namespace: storepkg-examples
+spec:
+  replicas: ${#NODES[@]}
+  strategy:
+    type: Recreate
+  selector:
+    matchLabels:
+      app: fresh
+  template:
+    metadata:
+      labels:
+        app: fresh
+      annotations:
+        storepkg.dev/paths: "$1"
+    spec:
+      runtimeClassName: storepkg
+      terminationGracePeriodSeconds: 1
+      tolerations:
+        - key: node-role.kubernetes.io/control-plane
+          operator: Exists
+          effect: NoSchedule
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            - labelSelector:
+                matchLabels:
+                  app: fresh
+              topologyKey: kubernetes.io/hostname
+      containers:
+        - name: fresh
+          image: registry.k8s.io/pause:3.10.1
+          imagePullPolicy: IfNotPresent
+          command: ["fresh"]
+EOF
+}
+
+# wait_fresh CLOSURE: the rollout of CLOSURE done, one pod on each node,
+# each saying so.
+wait_fresh() {
+  local tag nodes pod
+  tag=$(basename "$1")
+  tag=${tag#*-}
+  tag=${tag%-storepkg}
+  kubectl -n storepkg-examples rollout status deploy/fresh --timeout=300s || fail "Deployment fresh ($1) did not roll out"
+  nodes=$(kubectl -n storepkg-examples get pod -l app=fresh --field-selector=status.phase=Running \
+    -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u | wc -l)
+  ((nodes == ${#NODES[@]})) || fail "fresh pods run on $nodes nodes, want ${#NODES[@]}"
+  for pod in $(kubectl -n storepkg-examples get pod -l app=fresh --field-selector=status.phase=Running -o name); do
+    retry 30 1 bash -c "kubectl --kubeconfig '$KUBECONFIG_FILE' -n storepkg-examples logs $pod | grep -q '^$tag closure on'" ||
+      fail "$pod: $(kubectl -n storepkg-examples logs "$pod")"
+  done
+}
+
+# check_counts CLOSURE MAX: the counting cache served each NAR of CLOSURE
+# (busybox aside, which the nodes have) at least once and at most MAX
+# times; with MAX 1, at most 1.1 times the closure's bytes in all.
+check_counts() {
+  local p n bytes size sum_bytes=0 sum_size=0 max=$2
+  while read -r p n bytes size; do
+    log "  upstream served $(basename "$p") $n times ($bytes bytes, NAR file $size)"
+    ((n >= 1 && n <= max)) || fail "the counting cache served $p's NAR $n times, want 1 to $max"
+    sum_bytes=$((sum_bytes + bytes)) sum_size=$((sum_size + size))
+  done < <(nar_counts "$1")
+  log "upstream served $sum_bytes bytes for $sum_size bytes of NARs: $(awk -v a="$sum_bytes" -v b="$sum_size" 'BEGIN{printf "%.2f", a/b}')x on ${#NODES[@]} nodes"
+  if ((max == 1)); then
+    ((sum_bytes * 10 <= sum_size * 11)) || fail "upstream served more than 1.1x the closure"
+  fi
+}
+
+check_peer_rollout() {
+  step "A Deployment with a pod on every node on a fresh closure: what crosses the uplink"
+  local start=$SECONDS once=${#NODES[@]}
+  [[ $PEER_ASSERTIONS == 1 ]] && once=1
+  fresh_deployment "$FRESH1"
+  wait_fresh "$FRESH1"
+  log "rollout of fresh1 on ${#NODES[@]} nodes: $((SECONDS - start))s"
+  check_counts "$FRESH1" "$once"
+  if [[ $PEER_ASSERTIONS == 1 ]]; then
+    check_peer_sources
+  else
+    log "peer assertions off: STOREPKG_E2E_PEER_ASSERTIONS=1 turns them on once peer serving and fetching are on main"
+  fi
+
+  step "Rolling out another fresh closure; one node's agent is killed meanwhile"
+  local victim=${NODES[2]} pod cid pid restarts
+  pod=$(agent_pod "$victim")
+  restarts=$(kubectl -n storepkg-system get pod "$pod" -o jsonpath='{.status.containerStatuses[?(@.name=="agent")].restartCount}')
+  start=$SECONDS
+  fresh_deployment "$FRESH2"
+  # As soon as a fetch runs on the victim (its shim's record is there).
+  retry 120 0.5 bash -c "docker exec $victim sh -c 'ls /run/storepkg/fetches/*.json' >/dev/null 2>&1" ||
+    fail "no fetch started on $victim"
+  cid=$(node_exec "$victim" crictl ps --name '^agent$' --pod "$(node_exec "$victim" crictl pods --name "$pod" -q)" -q)
+  pid=$(node_exec "$victim" crictl inspect -o go-template --template '{{.info.pid}}' "$cid")
+  node_exec "$victim" kill -KILL "$pid"
+  log "killed the agent on $victim (pid $pid) $((SECONDS - start))s into the rollout"
+  wait_fresh "$FRESH2"
+  log "rollout of fresh2 on ${#NODES[@]} nodes, an agent killed: $((SECONDS - start))s"
+  retry 60 1 bash -c "[[ \$(kubectl --kubeconfig '$KUBECONFIG_FILE' -n storepkg-system get pod $pod -o jsonpath='{.status.containerStatuses[?(@.name==\"agent\")].restartCount}') -gt $restarts ]]" ||
+    fail "the agent on $victim was not restarted"
+  # The killed agent's coordination is lost: bounded by a fetch per node.
+  check_counts "$FRESH2" "${#NODES[@]}"
+  # Its peers file lists every node again once it is ready.
+  check_peers_files
+}
+
+# check_peer_sources: bytes came from peers, and the pods' events say so;
+# the peer listener refuses a pod on another node.
+check_peer_sources() {
+  step "Peers: bytes from peers in the metrics and events; the listener refuses pods"
+  local pod all="" events peer
+  for pod in $(kubectl -n storepkg-system get pod -l app.kubernetes.io/name=storepkg-node -o name); do
+    all+=$(kubectl get --raw "/api/v1/namespaces/storepkg-system/pods/${pod#pod/}:9477/proxy/metrics")$'\n'
+  done
+  peer=$(awk '/^storepkg_fetched_bytes_total[{].*source="peer"/ { s += $NF } END { printf "%d\n", s }' <<<"$all")
+  ((peer > 0)) || fail "no bytes counted from peers: $(grep '^storepkg_fetched_bytes_total' <<<"$all")"
+  log "the agents counted $peer bytes from peers"
+  events=$(kubectl -n storepkg-examples get events --field-selector reason=StorepkgFetched \
+    -o jsonpath='{range .items[*]}{.involvedObject.name}: {.message}{"\n"}{end}')
+  grep -q '^fresh-.* MB from peers, .* MB from upstream$' <<<"$events" ||
+    fail "no StorepkgFetched event says where the bytes came from: $events"
+  grep '^fresh-' <<<"$events" | sed 's/^/  /' >&2
+
+  # A pod on another node than the agent, without the token and with a
+  # forged one: 401 both times.
+  local target=${NODES[1]} other=${NODES[0]} ip out
+  ip=$(kubectl -n storepkg-system get pod "$(agent_pod "$target")" -o jsonpath='{.status.podIP}')
+  kubectl -n storepkg-examples run peer-probe --restart=Never --image=registry.k8s.io/pause:3.10.1 \
+    --image-pull-policy=IfNotPresent \
+    --overrides="{\"metadata\":{\"annotations\":{\"storepkg.dev/paths\":\"$BUSYBOX\"}},\"spec\":{\"runtimeClassName\":\"storepkg\",\"nodeName\":\"$other\"}}" \
+    --command -- sh -c "wget -q -O- http://$ip:7420/nix-cache-info; wget -q -O- --header 'Authorization: Bearer forged-token-forged-token' http://$ip:7420/nix-cache-info; exit 0"
+  kubectl -n storepkg-examples wait pod/peer-probe --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s ||
+    fail "pod peer-probe did not run"
+  out=$(kubectl -n storepkg-examples logs peer-probe 2>&1)
+  [[ $(grep -c 401 <<<"$out") == 2 && $out != *StoreDir* ]] || fail "a pod on $other reached the peer listener of $target: $out"
+  log "a pod on $other: the peer listener of $target answered 401 without the token and with a forged one"
+}
+
 check_metrics() {
   step "The agent's metrics"
   local pod metrics m all=""
@@ -408,7 +647,7 @@ check_metrics() {
   # from our cache, and the missing path counts as a not_found failure.
   sum() { awk -v re="$1" '$0 ~ re { s += $NF } END { printf "%d\n", s }' <<<"$all"; }
   (($(sum '^storepkg_substitutions_total ') >= 2)) || fail "storepkg_substitutions_total < 2 over the nodes"
-  (($(sum "^storepkg_fetched_bytes_total[{]cache=\"$CACHE_URL\"[}] ") > 0)) || fail "no bytes counted for cache $CACHE_URL"
+  (($(sum "^storepkg_fetched_bytes_total[{]cache=\"$CACHE_URL\",source=\"upstream\"[}] ") > 0)) || fail "no bytes counted for cache $CACHE_URL"
   (($(sum '^storepkg_fetch_failures_total[{]reason="not_found"[}] ') >= 1)) || fail "the missing path is not counted in storepkg_fetch_failures_total{reason=not_found}"
   # The agent's own events and their updates pass its policy.
   (($(sum '^storepkg_pod_events_total[{].*result="success"') >= 3)) || fail "fewer than 3 pod events posted"
@@ -416,7 +655,7 @@ check_metrics() {
 }
 
 check_clean_nodes() {
-  step "Deleting the workloads; both nodes clean, store still valid"
+  step "Deleting the workloads; every node clean, store still valid"
   kubectl delete -k "$WORK/workloads" --wait=true --timeout=120s
   local n roots
   for n in "${NODES[@]}"; do
@@ -433,6 +672,10 @@ check_clean_nodes() {
     nix_run nix-store --store "local?root=$WORK/nodestore" --verify --check-contents 2>&1 | grep -v '^reading\|^checking' >&2 || true
     nix_run nix-store --store "local?root=$WORK/nodestore" --verify --check-contents >/dev/null 2>&1 || fail "$n: nix-store --verify failed on the node store"
     roots=$(nix_run nix-store --store "local?root=$WORK/nodestore" --check-validity "$BUSYBOX" 2>&1) || fail "$n: $BUSYBOX no longer valid: $roots"
+    # The fresh closures, whoever served them, are whole on every node.
+    # shellcheck disable=SC2046 # one argument per path
+    roots=$(nix_run nix-store --store "local?root=$WORK/nodestore" --check-validity \
+      $(nix_run nix-store --store "local?root=$WORK/build" -qR "$FRESH1" "$FRESH2") 2>&1) || fail "$n: a fresh closure is not valid: $roots"
     log "$n: no mounts, no GC roots, store valid ($(ls "$WORK/nodestore/nix/store" | grep -vc '\.lock$') paths)"
   done
 }
@@ -488,12 +731,15 @@ main() {
   record_nodes
   install_storepkg
   check_agent_identity
+  check_peers_files
   run_workloads
   check_views
   check_service
   check_bad_annotation
   check_slow_fetch
+  # Before the rollouts: they kill an agent, whose counters start again.
   check_metrics
+  check_peer_rollout
   check_clean_nodes
   check_agent_gc
   uninstall_storepkg

@@ -26,10 +26,11 @@ DEMO_APT_PACKAGES=(
 # GNU time for the benchmarks, a C compiler for the programs the shim tests
 # link against store paths, the sqlite3 shell and flock(1) that the store
 # tests contend with as Nix does, losetup(8) and mkfs.ext4(8) for the power
-# cut tests (internal/powercut).
+# cut tests (internal/powercut), jq for the kind e2e's peers files and
+# cache counts.
 TEST_APT_PACKAGES=(
   "${DEMO_APT_PACKAGES[@]}"
-  xz-utils zstd time gcc libc6-dev sqlite3 util-linux mount e2fsprogs
+  xz-utils zstd time gcc libc6-dev sqlite3 util-linux mount e2fsprogs jq
 )
 
 TOOLS_DIR="${STOREPKG_TOOLS:-/var/cache/storepkg/tools}"

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -31,7 +30,7 @@ func newAgentCommand() *cobra.Command {
 		kubeEvents string
 		logFormat  string
 		logLevel   string
-		peerToken  string
+		peers      peerFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "agent [flags]",
@@ -44,9 +43,9 @@ When its usage reaches --gc-high-percent it collects garbage, as
 registered less than --gc-min-age ago (like kubelet's image garbage
 collection).
 
-With --peer-token-file it serves the node's store to the other nodes
-as a Nix binary cache on --peer-listen, to clients that send that token
-(docs/peers.md).
+With a peers' token (discovered, or --peer-token-file) it serves the
+node's store to the other nodes as a Nix binary cache on --peer-listen,
+to clients that send that token (docs/peers.md).
 
 It reads the fetch status records the shims write to --status-dir, and
 serves Prometheus metrics at http://<listen-address>/metrics and a health
@@ -55,7 +54,16 @@ check at /healthz.
 In a cluster (--node-name or $NODE_NAME set, and the in-cluster service
 account available) it posts events on pods whose closure fetch is slow
 (StorepkgFetching, StorepkgFetched) or fails (StorepkgFetchFailed). Its
-service account needs create and patch on events, nothing else.`,
+service account needs create and patch on events.
+
+Peer sharing (docs/peers.md): in a cluster it lists the other nodes'
+agents (the pods matching --peer-pod-selector in --namespace, on nodes
+labelled storepkg.dev/ready=true and matching --peer-node-selector) and
+writes them, with this node's name and the peers' token, to --peers-file,
+which the node's fetches read. The token comes from --peer-token-file, or
+else from the Secret --peer-token-secret in --namespace, created with a
+random token if missing. --peer-sharing=false turns sharing off and
+removes the peers file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := agentLogger(logFormat, logLevel)
@@ -78,11 +86,6 @@ service account needs create and patch on events, nothing else.`,
 			if c := cfg.PeerCompression; c != peer.CompressionNone && c != peer.CompressionZstd {
 				return fmt.Errorf("--peer-compression %q: want %s or %s", c, peer.CompressionNone, peer.CompressionZstd)
 			}
-			if cfg.PeerListen != "" && peerToken != "" {
-				if cfg.PeerToken, err = readPeerToken(peerToken); err != nil {
-					return err
-				}
-			}
 			sink, err := kubeEventSink(kubeEvents, nodeName)
 			if err != nil {
 				return err
@@ -94,6 +97,12 @@ service account needs create and patch on events, nothing else.`,
 				log.Info("not posting pod events (no cluster)")
 			}
 			ctx := cmd.Context()
+			if cfg.Discovery, err = peers.config(ctx, log, nodeName); err != nil {
+				return err
+			}
+			if cfg.PeerToken, err = peers.token(cfg.Discovery); err != nil {
+				return err
+			}
 			a, err := agent.New(ctx, cfg)
 			if err != nil {
 				return err
@@ -106,7 +115,6 @@ service account needs create and patch on events, nothing else.`,
 	f.StringVar(&cfg.StatusDir, "status-dir", fetchrecord.DefaultDir, "directory where the shims write fetch status records")
 	f.StringVar(&cfg.ListenAddress, "listen-address", DefaultAgentListen, "`ADDRESS` to serve /metrics and /healthz on (empty: none)")
 	f.StringVar(&cfg.PeerListen, "peer-listen", DefaultPeerListen, "`ADDRESS` to serve the store to peers on, with --peer-token-file (empty: none)")
-	f.StringVar(&peerToken, "peer-token-file", "", "`FILE` holding the bearer token peers must send; without it the store is not served")
 	f.StringVar(&cfg.PeerCompression, "peer-compression", peer.CompressionNone, "NARs served to peers: none, or zstd (compressed on the fly: only for links between nodes slower than a core compresses)")
 	f.DurationVar(&cfg.Interval, "interval", agent.DefaultInterval, "how often to check the store filesystem's usage")
 	f.Float64Var(&cfg.HighPercent, "gc-high-percent", agent.DefaultHighPercent, "collect garbage when the store filesystem's usage reaches this percentage")
@@ -117,28 +125,10 @@ service account needs create and patch on events, nothing else.`,
 	f.DurationVar(&cfg.StaleAfter, "stale-after", agent.DefaultStaleAfter, "expire a running fetch's record not updated for this long (when the shim's PID cannot be checked)")
 	f.StringVar(&nodeName, "node-name", "", "this node's name, for event sources (default $NODE_NAME)")
 	f.StringVar(&kubeEvents, "kube-events", "auto", "post pod events: auto (when in a cluster with a node name), true or false")
+	peers.register(cmd)
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
-}
-
-// readPeerToken reads the token file: one line, surrounding whitespace
-// ignored.
-func readPeerToken(file string) (string, error) {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return "", fmt.Errorf("--peer-token-file: %w", err)
-	}
-	tok := strings.TrimSpace(string(b))
-	switch {
-	case tok == "":
-		return "", fmt.Errorf("--peer-token-file %s: empty", file)
-	case strings.ContainsAny(tok, " \t\r\n"):
-		return "", fmt.Errorf("--peer-token-file %s: the token must be one word", file)
-	case len(tok) < 16:
-		return "", fmt.Errorf("--peer-token-file %s: token of %d characters, want at least 16", file, len(tok))
-	}
-	return tok, nil
 }
 
 func agentLogger(format, level string) (*logrus.Entry, error) {

@@ -2,7 +2,8 @@
 // DaemonSet: it collects the node store's garbage when its filesystem
 // fills up (high and low thresholds and a minimum age, like kubelet's
 // image garbage collection), turns the shims' fetch records
-// (pkg/fetchrecord) into Prometheus metrics and pod events, and answers
+// (pkg/fetchrecord) into Prometheus metrics and pod events, keeps the
+// node's peers file in step with the other nodes' agents, and answers
 // health probes.
 package agent
 
@@ -13,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -78,6 +80,9 @@ type Config struct {
 	// PeerCompression is how NARs are served: pkg/peer.CompressionNone
 	// (default) or CompressionZstd.
 	PeerCompression string
+	// Discovery, if set, lists the other nodes' agents through the API
+	// server and writes the peers file the fetch children read.
+	Discovery *PeersConfig
 
 	// Events receives pod events; nil posts none.
 	Events EventSink
@@ -146,6 +151,7 @@ type Agent struct {
 	metrics *metrics
 	records *recordWatcher
 	events  chan PodEvent
+	peers   *discovery // nil: no discovery
 
 	listener net.Listener
 	server   *http.Server
@@ -174,6 +180,12 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, store: st, metrics: newMetrics(st), events: make(chan PodEvent, 256)}
 	a.records = newRecordWatcher(a)
+	if cfg.Discovery != nil {
+		if a.peers, err = newDiscovery(*cfg.Discovery, cfg.Log, a.metrics.peers); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+	}
 	return a, nil
 }
 
@@ -213,8 +225,13 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.log.WithFields(logrus.Fields{
 		"root": a.cfg.StoreRoot, "statusDir": a.cfg.StatusDir, "listen": a.Addr(), "peerListen": a.PeerAddr(),
 		"interval": a.cfg.Interval.String(), "highPercent": a.cfg.HighPercent, "lowPercent": a.cfg.LowPercent,
-		"minAge": a.cfg.MinAge.String(), "events": a.cfg.Events != nil,
+		"minAge": a.cfg.MinAge.String(), "events": a.cfg.Events != nil, "peers": a.peers != nil,
 	}).Info("storepkg agent started")
+
+	if a.peers != nil {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.peers.run(ctx) }()
+	}
 
 	a.wg.Add(3)
 	go func() { defer a.wg.Done(); a.gcLoop(ctx) }()
@@ -247,6 +264,25 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	return a.Wait()
+}
+
+// Peers returns the peers the last discovery listed, this node among
+// them (nil without discovery, or before the first listing).
+func (a *Agent) Peers() []Peer {
+	if a.peers == nil {
+		return nil
+	}
+	return a.peers.Peers()
+}
+
+// PeerClientAllowed reports whether a request to the peer listener from
+// addr can come from a listed peer's fetch (see discovery.ClientAllowed).
+// Without discovery there is no list to check against: true.
+func (a *Agent) PeerClientAllowed(addr netip.Addr) bool {
+	if a.peers == nil {
+		return true
+	}
+	return a.peers.ClientAllowed(addr)
 }
 
 // Addr is the address the metrics server listens on ("" if none).

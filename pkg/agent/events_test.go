@@ -46,6 +46,11 @@ func TestEventMessages(t *testing.T) {
 	if got, want := fetchedMessage(&done), "fetched 120 paths (210 MB) for "+hello+" and 1 more in 42s"; got != want {
 		t.Errorf("got  %q\nwant %q", got, want)
 	}
+	// Where the bytes came from, once peers gave some.
+	done.Caches = map[string]int64{"http://cache.example": 3_100_000, "peer:node-b": 40_000_000, "peer:node-c": 2_300_000}
+	if got, want := fetchedMessage(&done), "fetched 120 paths (210 MB) for "+hello+" and 1 more in 42s: 42 MB from peers, 3.1 MB from upstream"; got != want {
+		t.Errorf("got  %q\nwant %q", got, want)
+	}
 	missing := "/nix/store/2bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-missing-1.0"
 	failed := *rec
 	failed.State = fetchrecord.Failed

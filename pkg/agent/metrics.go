@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,6 +44,7 @@ type metrics struct {
 	ownerRecordsInvalid prometheus.Gauge
 	events              *prometheus.CounterVec
 	recordsDiscarded    *prometheus.CounterVec
+	peers               prometheus.Gauge
 }
 
 func newMetrics(st *store.Store) *metrics {
@@ -64,7 +66,7 @@ func newMetrics(st *store.Store) *metrics {
 	m.substitutions = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "substitutions_total",
 		Help: "Store paths downloaded from binary caches and made valid."})
 	m.fetchedBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "fetched_bytes_total",
-		Help: "Compressed bytes downloaded, by cache URL."}, []string{"cache"})
+		Help: "Compressed bytes downloaded, by cache (an upstream cache's URL, or \"peer\" for every peer) and source (upstream, peer)."}, []string{"cache", "source"})
 	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "refusals_total",
 		Help: "What fetches refused from caches: narinfos without a trusted signature (signature), NARs that did not match their signed narinfo (hash)."}, []string{"kind"})
 	m.gcRuns = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "gc_runs_total",
@@ -82,10 +84,11 @@ func newMetrics(st *store.Store) *metrics {
 		Help: "Pod events the agent posted, by reason and result (success, failure, dropped)."}, []string{"reason", "result"})
 	m.recordsDiscarded = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "status_records_discarded_total",
 		Help: "Fetch status files removed without counting, by cause (unreadable, stale_temporary)."}, []string{"cause"})
+	m.peers = gauge("peers", "Nodes the peers file lists, this one included (0: no peers file).")
 
 	m.reg.MustRegister(m.fsSize, m.fsAvail, m.fsUsage, m.fetchesRunning, m.fetches, m.fetchFailures, m.fetchDuration,
 		m.substitutions, m.fetchedBytes, m.refusals, m.gcRuns, m.gcFreed, m.gcDeleted, m.gcDuration, m.gcLast, m.gcUnresolved, m.ownerRecordsInvalid,
-		m.events, m.recordsDiscarded,
+		m.events, m.recordsDiscarded, m.peers,
 		&storeCollector{st: st},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Series that exist from the start, so a dashboard sees zeros rather than nothing.
@@ -121,7 +124,8 @@ func (m *metrics) countCompleted(r *fetchrecord.Record) {
 	}
 	for cache, n := range r.Caches {
 		if n > 0 {
-			m.fetchedBytes.WithLabelValues(cacheLabel(cache)).Add(float64(n))
+			label, source := cacheSource(cache)
+			m.fetchedBytes.WithLabelValues(label, source).Add(float64(n))
 		}
 	}
 	if r.Refusals.Signature > 0 {
@@ -160,6 +164,26 @@ func cacheLabel(cache string) string {
 	}
 	u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = "", false, "", ""
 	return fetchapi.RedactedURL(u)
+}
+
+// Sources of fetched bytes.
+const (
+	sourceUpstream = "upstream"
+	sourcePeer     = "peer"
+)
+
+// peerCachePrefix starts the fetch's name of a peer as a cache
+// ("peer:<node>"), never a URL.
+const peerCachePrefix = "peer:"
+
+// cacheSource names a record's cache in the cache label, and says where
+// its bytes came from. All peers share one label value, so the series
+// do not grow with the cluster.
+func cacheSource(cache string) (label, source string) {
+	if strings.HasPrefix(cache, peerCachePrefix) {
+		return sourcePeer, sourcePeer
+	}
+	return cacheLabel(cache), sourceUpstream
 }
 
 // storeCollector reports the store's size from its database at each

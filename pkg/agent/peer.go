@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/storepkg/storepkg/pkg/peer"
@@ -23,8 +24,14 @@ func (a *Agent) startPeerServer(ctx context.Context) error {
 		a.log.Info("not serving the store to peers: no peer token")
 		return nil
 	}
+	peers, allowed := a.cfg.Peers, (func(netip.Addr) bool)(nil)
+	if a.peers != nil {
+		// Discovery's list: the peers' agents, and the addresses their
+		// fetches come from (their nodes', not their agents' pod IPs).
+		peers, allowed = a.discoveredPeers, a.PeerClientAllowed
+	}
 	srv, err := peer.NewServer(peer.ServerConfig{
-		Store: a.store, Token: a.cfg.PeerToken, Self: a.cfg.NodeName, Peers: a.cfg.Peers,
+		Store: a.store, Token: a.cfg.PeerToken, Self: a.cfg.NodeName, Peers: peers, Allowed: allowed,
 		Coordinator: a.cfg.PeerCoordinator, Compression: a.cfg.PeerCompression,
 		Log: a.log.WithField("server", "peer"),
 	})
@@ -76,4 +83,13 @@ func (a *Agent) PeerAddr() string {
 		return ""
 	}
 	return a.peerL.Addr().String()
+}
+
+// discoveredPeers is discovery's list in pkg/peer's terms.
+func (a *Agent) discoveredPeers() []peer.Peer {
+	var out []peer.Peer
+	for _, p := range a.Peers() {
+		out = append(out, peer.Peer{Name: p.Name, URL: p.URL})
+	}
+	return out
 }

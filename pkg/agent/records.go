@@ -211,6 +211,9 @@ func (w *recordWatcher) complete(id, file string, t *trackedRecord, now time.Tim
 		"paths": rec.Paths.Total, "fetched": rec.Paths.Fetched, "bytes": rec.Bytes.Done,
 		"duration": rec.Duration().Round(time.Millisecond).String(), "record": id,
 	})
+	if peer, upstream := bytesBySource(rec); peer > 0 {
+		l = l.WithFields(logrus.Fields{"peerBytes": peer, "upstreamBytes": upstream})
+	}
 	recent := now.Sub(rec.End) <= eventMaxAge
 	if rec.State == fetchrecord.Failed {
 		msg := "?"
@@ -277,7 +280,24 @@ func countPaths(n int) string {
 }
 
 func fetchedMessage(r *fetchrecord.Record) string {
-	return fmt.Sprintf("fetched %s (%s MB) for %s in %s", countPaths(r.Paths.Fetched), megabytes(r.Bytes.Done), describeRoots(r.Roots), r.Duration().Round(100*time.Millisecond))
+	msg := fmt.Sprintf("fetched %s (%s MB) for %s in %s", countPaths(r.Paths.Fetched), megabytes(r.Bytes.Done), describeRoots(r.Roots), r.Duration().Round(100*time.Millisecond))
+	if peer, upstream := bytesBySource(r); peer > 0 {
+		msg += fmt.Sprintf(": %s MB from peers, %s MB from upstream", megabytes(peer), megabytes(upstream))
+	}
+	return msg
+}
+
+// bytesBySource sums a record's bytes per cache into those from peers and
+// those from upstream caches.
+func bytesBySource(r *fetchrecord.Record) (peer, upstream int64) {
+	for cache, n := range r.Caches {
+		if _, source := cacheSource(cache); source == sourcePeer {
+			peer += n
+		} else {
+			upstream += n
+		}
+	}
+	return peer, upstream
 }
 
 func failedMessage(r *fetchrecord.Record) string {

@@ -85,7 +85,7 @@ func TestStatusDirHousekeeping(t *testing.T) {
 	write("me", func(r *fetchrecord.Record) { r.State, r.Writer = fetchrecord.Fetching, procid.Self() })
 	write("done", func(r *fetchrecord.Record) {
 		r.State, r.Writer, r.End = fetchrecord.Done, procid.Self(), now.Add(-time.Minute)
-		r.Caches = map[string]int64{"http://c": 50}
+		r.Caches = map[string]int64{"http://c": 50, "peer:node-b": 70, "peer:node-c": 5}
 		r.Paths.Fetched = 1
 	})
 	os.WriteFile(filepath.Join(dir, "garbage.json"), []byte("{not json"), 0o644)
@@ -105,7 +105,10 @@ func TestStatusDirHousekeeping(t *testing.T) {
 		{"storepkg_fetch_failures_total", []string{"reason", "aborted"}, 2},
 		{"storepkg_fetches_in_progress", nil, 2},
 		{"storepkg_substitutions_total", nil, 3},
-		{"storepkg_fetched_bytes_total", []string{"cache", "http://c"}, 150},
+		{"storepkg_fetched_bytes_total", []string{"cache", "http://c", "source", "upstream"}, 150},
+		// Every peer under one label value, whatever the node count.
+		{"storepkg_fetched_bytes_total", []string{"cache", "peer", "source", "peer"}, 75},
+		{"storepkg_fetched_bytes_total", []string{"source", "peer"}, 75},
 		{"storepkg_status_records_discarded_total", []string{"cause", "unreadable"}, 1},
 		{"storepkg_status_records_discarded_total", []string{"cause", "stale_temporary"}, 1},
 	} {

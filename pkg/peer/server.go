@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -54,6 +55,11 @@ type ServerConfig struct {
 	// are served; others get 403. Nil or an empty list: any client with
 	// the token.
 	Peers func() []Peer
+	// Allowed, if set, decides instead of Peers' hosts which client
+	// addresses may be a listed peer's fetch (the agent's discovery knows
+	// each peer's node and pod addresses); this machine's own addresses
+	// are always let in.
+	Allowed func(netip.Addr) bool
 	// Coordinator, if set, serves the routes under /storepkg/v1/.
 	Coordinator http.Handler
 	// Compression of the NARs served: CompressionNone (default) or
@@ -164,6 +170,10 @@ func (s *Server) allowed(remote string) bool {
 	}
 	if ip.IsLoopback() || s.localIP()[ip.String()] {
 		return true
+	}
+	if s.cfg.Allowed != nil {
+		addr, ok := netip.AddrFromSlice(ip)
+		return ok && s.cfg.Allowed(addr.Unmap())
 	}
 	for _, p := range peers {
 		u, err := url.Parse(p.URL)
