@@ -242,19 +242,27 @@ func tamperNAR(data []byte) []byte {
 // countingUpstream serves the cache at dir, counting the NAR requests
 // per file.
 type countingUpstream struct {
-	url string
-	mu  sync.Mutex
-	nar map[string]int
+	url   string
+	delay time.Duration // before each NAR response
+	mu    sync.Mutex
+	nar   map[string]int
 }
 
 func newCountingUpstream(t *testing.T, dir string) *countingUpstream {
-	u := &countingUpstream{nar: map[string]int{}}
+	return newSlowUpstream(t, dir, 0)
+}
+
+// newSlowUpstream is a counting upstream that answers each NAR request
+// after delay.
+func newSlowUpstream(t *testing.T, dir string, delay time.Duration) *countingUpstream {
+	u := &countingUpstream{nar: map[string]int{}, delay: delay}
 	u.url = nixtest.Serve(t, dir, func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if strings.HasPrefix(r.URL.Path, "/nar/") {
 				u.mu.Lock()
 				u.nar[r.URL.Path]++
 				u.mu.Unlock()
+				time.Sleep(u.delay)
 			}
 			h.ServeHTTP(w, r)
 		})

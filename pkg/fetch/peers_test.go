@@ -81,6 +81,9 @@ func TestPeersFetchEachPathOnce(t *testing.T) {
 			defer wg.Done()
 			opts := peerOptions(t, up.url, key, peersFile(t, n.name, list))
 			opts.PeerTiming = fetch.PeerTiming{} // the defaults
+			// One download slot: a node waiting on another with its only
+			// slot would deadlock with one waiting on it.
+			opts.MaxJobs = 1
 			results[i], errs[i] = fetchAt(context.Background(), t, n, opts, fx.Root)
 		}()
 	}
@@ -116,6 +119,39 @@ func TestPeersFetchEachPathOnce(t *testing.T) {
 	}
 	if peerBytes == 0 {
 		t.Error("no bytes came from peers")
+	}
+}
+
+// TestPeersRenewLeases: each upstream download takes longer than the
+// lease TTL; the holders renew their leases, so the waiters keep
+// waiting and each NAR still crosses the uplink once.
+func TestPeersRenewLeases(t *testing.T) {
+	fx, key, caches := fixture(t)
+	const ttl = 800 * time.Millisecond
+	up := newSlowUpstream(t, caches["zstd"], 2*ttl)
+	nodes := newPeerNodes(t, "node-a", "node-b", "node-c")
+	startPeerNodes(t, nodes, ttl)
+	list := peerList(nodes)
+	var wg sync.WaitGroup
+	errs := make([]error, len(nodes))
+	for i, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			opts := peerOptions(t, up.url, key, peersFile(t, n.name, list))
+			opts.PeerTiming.RenewEvery = ttl / 4
+			_, errs[i] = fetchAt(context.Background(), t, n, opts, fx.Root)
+		}()
+	}
+	wg.Wait()
+	for i, n := range nodes {
+		if errs[i] != nil {
+			t.Fatalf("node %s: %v", n.name, errs[i])
+		}
+		checkStore(t, n, fx.Closure)
+	}
+	if total, most := up.counts(); total != len(fx.Closure) || most != 1 {
+		t.Errorf("upstream served %d NARs (one file %d times) for a closure of %d paths; want each once", total, most, len(fx.Closure))
 	}
 }
 
