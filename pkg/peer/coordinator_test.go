@@ -15,7 +15,7 @@ import (
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
-const coordToken = "coordinator-test-coordToken"
+const coordToken = "coordinator-test-token"
 
 // validPath makes a single-file path valid in st, as an install does.
 func validPath(t *testing.T, st *store.Store, p storepath.Path) {
@@ -126,7 +126,7 @@ func TestCoordinator(t *testing.T) {
 	f.setPeers("node-a", "node-b")
 	check("holder left", "node-b", q, "", "node-b", false)
 
-	// Refusals: no coordToken, a node not listed, a bad path, a bad body.
+	// Refusals: no token, a node not listed, a bad path, a bad body.
 	post := func(tok, body string) int {
 		req, _ := http.NewRequest(http.MethodPost, f.url+peer.ClaimPath, strings.NewReader(body))
 		if tok != "" {
@@ -151,7 +151,7 @@ func TestCoordinator(t *testing.T) {
 		{coordToken, `{"node":"node-b","paths":[]}`, http.StatusOK},
 	} {
 		if got := post(tc.tok, tc.body); got != tc.want {
-			t.Errorf("coordToken %q, body %s: HTTP %d, want %d", tc.tok, tc.body, got, tc.want)
+			t.Errorf("token %q, body %s: HTTP %d, want %d", tc.tok, tc.body, got, tc.want)
 		}
 	}
 	req, _ := http.NewRequest(http.MethodGet, f.url+peer.ClaimPath, nil)
