@@ -32,6 +32,7 @@ func newAgentCommand() *cobra.Command {
 		logFormat  string
 		logLevel   string
 		peerToken  string
+		peerStatic string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent [flags]",
@@ -46,7 +47,10 @@ collection).
 
 With --peer-token-file it serves the node's store to the other nodes
 as a Nix binary cache on --peer-listen, to clients that send that token
-(docs/peers.md).
+(docs/peers.md). --peers-static names a peers file (the format the
+fetches read) giving the agent its peer list, its node name and, without
+--peer-token-file, its token: for nodes outside a cluster's API, and the
+peers benchmark; with it the agent also coordinates its peers' fetches.
 
 It reads the fetch status records the shims write to --status-dir, and
 serves Prometheus metrics at http://<listen-address>/metrics and a health
@@ -83,6 +87,11 @@ service account needs create and patch on events, nothing else.`,
 					return err
 				}
 			}
+			if peerStatic != "" {
+				if err := staticPeers(&cfg, peerStatic); err != nil {
+					return err
+				}
+			}
 			sink, err := kubeEventSink(kubeEvents, nodeName)
 			if err != nil {
 				return err
@@ -107,6 +116,7 @@ service account needs create and patch on events, nothing else.`,
 	f.StringVar(&cfg.ListenAddress, "listen-address", DefaultAgentListen, "`ADDRESS` to serve /metrics and /healthz on (empty: none)")
 	f.StringVar(&cfg.PeerListen, "peer-listen", DefaultPeerListen, "`ADDRESS` to serve the store to peers on, with --peer-token-file (empty: none)")
 	f.StringVar(&peerToken, "peer-token-file", "", "`FILE` holding the bearer token peers must send; without it the store is not served")
+	f.StringVar(&peerStatic, "peers-static", "", "`FILE`: a peers file giving this agent its peer list, node name and (without --peer-token-file) token")
 	f.StringVar(&cfg.PeerCompression, "peer-compression", peer.CompressionNone, "NARs served to peers: none, or zstd (compressed on the fly: only for links between nodes slower than a core compresses)")
 	f.DurationVar(&cfg.Interval, "interval", agent.DefaultInterval, "how often to check the store filesystem's usage")
 	f.Float64Var(&cfg.HighPercent, "gc-high-percent", agent.DefaultHighPercent, "collect garbage when the store filesystem's usage reaches this percentage")
@@ -139,6 +149,31 @@ func readPeerToken(file string) (string, error) {
 		return "", fmt.Errorf("--peer-token-file %s: token of %d characters, want at least 16", file, len(tok))
 	}
 	return tok, nil
+}
+
+// staticPeers sets the agent's peer list from the peers file at file.
+// Unlike a fetch, the agent refuses a missing or bad file: it was named
+// on purpose.
+func staticPeers(cfg *agent.Config, file string) error {
+	pf, err := peer.LoadFile(file)
+	if err != nil {
+		return fmt.Errorf("--peers-static: %w", err)
+	}
+	if pf == nil {
+		return fmt.Errorf("--peers-static %s: no such file", file)
+	}
+	switch {
+	case cfg.NodeName == "":
+		cfg.NodeName = pf.Self
+	case cfg.NodeName != pf.Self:
+		return fmt.Errorf("--peers-static %s: self %q, but the node name is %q", file, pf.Self, cfg.NodeName)
+	}
+	if cfg.PeerToken == "" {
+		cfg.PeerToken = pf.Token
+	}
+	peers := pf.Peers
+	cfg.Peers = func() []peer.Peer { return peers }
+	return nil
 }
 
 func agentLogger(format, level string) (*logrus.Entry, error) {

@@ -23,9 +23,16 @@ func (a *Agent) startPeerServer(ctx context.Context) error {
 		a.log.Info("not serving the store to peers: no peer token")
 		return nil
 	}
+	coord := a.cfg.PeerCoordinator
+	if coord == nil && a.cfg.Peers != nil && a.cfg.NodeName != "" {
+		coord = peer.NewCoordinator(peer.CoordinatorConfig{
+			Self: a.cfg.NodeName, Store: a.store, Peers: a.cfg.Peers, Token: a.cfg.PeerToken,
+			Log: a.log.WithField("server", "coordinator"),
+		})
+	}
 	srv, err := peer.NewServer(peer.ServerConfig{
 		Store: a.store, Token: a.cfg.PeerToken, Self: a.cfg.NodeName, Peers: a.cfg.Peers,
-		Coordinator: a.cfg.PeerCoordinator, Compression: a.cfg.PeerCompression,
+		Coordinator: coord, Compression: a.cfg.PeerCompression,
 		Log: a.log.WithField("server", "peer"),
 	})
 	if err != nil {
