@@ -55,8 +55,11 @@ BENCH_DIR="${BENCH_DIR:-/var/tmp/storepkg-bench}"
 STOREPKG="${STOREPKG:-${REPO_ROOT}/bin/storepkg}"
 RESULTS_JSON="${RESULTS_JSON:-}"
 TARGET_COPIES=1.1
-# Processes per node, roughly: an agent and a fetch child (RSS, MB).
-PROC_MB_PER_NODE=120
+# Processes per node, at most: an agent (~30 MB RSS) and a fetch (peak
+# RSS ~55 MB on this closure).
+PROC_MB_PER_NODE=90
+# Memory kept for everything else on the machine (MB).
+MEM_RESERVE_MB=2048
 
 WORK=""
 UPSTREAM_PID=""
@@ -285,13 +288,13 @@ log_row() {
 }
 
 # mem_fits N: whether N nodes' stores (tmpfs) and processes fit in the
-# memory available now, with a quarter kept back.
+# memory available now, MEM_RESERVE_MB kept back.
 mem_fits() {
   local n="$1" avail need
   avail=$(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo)
   need=$((n * (CLOSURE_NAR_BYTES / 1000000 + 5 + PROC_MB_PER_NODE)))
-  if ((need * 4 > avail * 3)); then
-    STOP_REASON="N=${n} needs about ${need} MB (stores on tmpfs and ${PROC_MB_PER_NODE} MB of processes per node), more than 3/4 of the ${avail} MB available"
+  if ((need > avail - MEM_RESERVE_MB)); then
+    STOP_REASON="N=${n} needs about ${need} MB (stores on tmpfs and ${PROC_MB_PER_NODE} MB of processes per node), more than the ${avail} MB available less ${MEM_RESERVE_MB} MB kept back"
     return 1
   fi
 }
