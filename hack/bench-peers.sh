@@ -212,11 +212,16 @@ rollout() {
   for ((i = 1; i <= n; i++)); do
     extra=()
     [[ "${mode}" == peers ]] && extra=(--peers "${dir}/node-${i}/peers.json")
+    # The subshell notes when its fetch ends; stopped (cleanup), it stops
+    # the fetch first.
     (
       rc=0
       "${STOREPKG}" fetch --json --timeout 15m --root "${dir}/node-${i}" \
         --substituter "${UPSTREAM}" --trusted-public-key "${PUBLIC_KEY}" \
-        "${extra[@]}" "${CLOSURE_ROOT}" >"${dir}/node-${i}/fetch.json" 2>"${dir}/node-${i}/fetch.log" || rc=$?
+        "${extra[@]}" "${CLOSURE_ROOT}" >"${dir}/node-${i}/fetch.json" 2>"${dir}/node-${i}/fetch.log" &
+      fetch_pid=$!
+      trap 'kill "${fetch_pid}" 2>/dev/null; wait "${fetch_pid}"; exit 143' TERM
+      wait "${fetch_pid}" || rc=$?
       date +%s.%N >"${dir}/node-${i}/end"
       echo "${rc}" >"${dir}/node-${i}/rc"
     ) &
@@ -299,6 +304,29 @@ mem_fits() {
   fi
 }
 
+# keep_logs DIR N MODE: the logs of every node whose fetch failed or
+# counted peer failures, into LOG_DIR/MODE-N/node-I (with every agent's
+# log, since any may be the peer at fault).
+keep_logs() {
+  local dir="$1" n="$2" mode="$3" i kept=0
+  for ((i = 1; i <= n; i++)); do
+    if [[ $(cat "${dir}/node-${i}/rc") != 0 ]] ||
+      tail -1 "${dir}/node-${i}/fetch.json" | jq -e '(.result.peerFailures // 0) > 0' >/dev/null 2>&1; then
+      mkdir -p "${LOG_DIR}/${mode}-${n}/node-${i}"
+      cp "${dir}/node-${i}"/fetch.{log,json} "${LOG_DIR}/${mode}-${n}/node-${i}/"
+      kept=$((kept + 1))
+    fi
+  done
+  if ((kept > 0)); then
+    for ((i = 1; i <= n; i++)); do
+      [[ -f "${dir}/node-${i}/agent.log" ]] || continue
+      mkdir -p "${LOG_DIR}/${mode}-${n}/node-${i}"
+      cp "${dir}/node-${i}/agent.log" "${LOG_DIR}/${mode}-${n}/node-${i}/"
+    done
+    log "${mode} N=${n}: logs of ${kept} nodes with failed fetches or peer failures in ${LOG_DIR}/${mode}-${n}"
+  fi
+}
+
 # bench_n N: the peer rollout, then the upstream-only one, for N nodes.
 bench_n() {
   local n="$1" dir verified=0 mode
@@ -320,11 +348,7 @@ bench_n() {
     stop_agents
     row_json "${dir}" "${n}" "${mode}" "${verified}" >"${WORK}/rows/${n}-${mode}.json"
     log_row "$(cat "${WORK}/rows/${n}-${mode}.json")"
-    # Logs of a failed node are kept with the raw results.
-    if jq -e '.failed > 0' "${WORK}/rows/${n}-${mode}.json" >/dev/null; then
-      mkdir -p "${LOG_DIR}/${mode}-${n}"
-      cp --parents "${dir}"/node-*/{fetch.log,fetch.json,agent.log} "${LOG_DIR}/${mode}-${n}/" 2>/dev/null || true
-    fi
+    keep_logs "${dir}" "${n}" "${mode}"
     remove_tree "${dir}"
   done
 }
@@ -390,4 +414,4 @@ main() {
   fi
 }
 
-main "$@"
+main "$@"; exit
