@@ -254,6 +254,7 @@ func f(p *float64) float64 {
 }
 
 func mb(n int64) string  { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
+func kb(n int64) string  { return fmt.Sprintf("%.1f kB", float64(n)/1e3) }
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 // ---- cold fetch: storepkg fetch vs Nix's substituter (hack/bench-fetch.sh)
@@ -930,6 +931,7 @@ type peersRow struct {
 	Nodes            int     `json:"nodes"`
 	Mode             string  `json:"mode"` // "peers" or "upstream"
 	UpstreamNarBytes int64   `json:"upstream_nar_bytes"`
+	NarinfoBytes     int64   `json:"upstream_narinfo_bytes"`
 	Copies           float64 `json:"copies"`    // upstream NAR bytes / the closure's compressed NARs
 	NarRatio         float64 `json:"nar_ratio"` // upstream NAR bytes / the closure's NAR size
 	NarsServed       int     `json:"nars_served"`
@@ -974,12 +976,16 @@ func (r *report) peersSection() {
 		"all at once, and ends when the last exits; with peers each gets `--peers`, from upstream alone neither agents nor `--peers`, "+
 		"the same N in the same run (hack/bench-peers.sh).\n\n",
 		p.Rate, c.Root, c.Paths, mb(c.NarBytes), mb(c.CompressedBytes), c.Compression)
-	fmt.Fprintf(&d, "Upstream bytes are the NAR bodies the upstream served (narinfos left out: a few kB per node); copies are those bytes over the "+
+	fmt.Fprintf(&d, "Upstream NAR bytes are the NAR bodies the upstream served; copies are those bytes over the "+
 		"closure's compressed NARs, what one node fetching alone downloads. The target is judged on copies, not on the NAR size: "+
-		"the cache serves compressed NARs, %.1fx smaller than the NARs here, so against the NAR size %.0f full copies would pass.\n\n",
-		float64(c.NarBytes)/float64(c.CompressedBytes), math.Floor(1.1*float64(c.NarBytes)/float64(c.CompressedBytes)))
-	fmt.Fprintf(&d, "| nodes | from | every node has it | median node | first node | upstream NAR bytes | copies | x NAR size | NARs served twice or more (most) | from peers | peer failures | failed fetches | verified by Nix |\n"+
-		"|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+		"the cache serves compressed NARs, %.1fx smaller than the NARs here, so against the NAR size %.0f full copies would pass. "+
+		"Narinfos are apart: every node reads each path's narinfo from upstream, peers or not (a peer is never trusted for one: "+
+		"the signed narinfo is what a peer's NAR is checked against), so their bytes grow with N, %s per node here (%d narinfos), "+
+		"and matter only where NARs are as small as narinfos.\n\n",
+		float64(c.NarBytes)/float64(c.CompressedBytes), math.Floor(1.1*float64(c.NarBytes)/float64(c.CompressedBytes)),
+		kb(p.Rows[0].NarinfoBytes/int64(max(p.Rows[0].Nodes, 1))), c.Paths)
+	fmt.Fprintf(&d, "| nodes | from | every node has it | median node | first node | upstream NAR bytes | copies | x NAR size | upstream narinfo bytes | NARs served twice or more (most) | from peers | peer failures | failed fetches | verified by Nix |\n"+
+		"|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	byN := map[int]map[string]peersRow{}
 	var ns []int
 	for _, row := range p.Rows {
@@ -1003,8 +1009,8 @@ func (r *report) peersSection() {
 		if row.Verified != nil {
 			verified = fmt.Sprintf("%d of %d", *row.Verified, row.Nodes)
 		}
-		fmt.Fprintf(&d, "| %d | %s | %.1f s | %.1f s | %.1f s | %s | %.2f | %.2f | %d of %d (%d) | %s | %s | %d | %s |\n",
-			row.Nodes, from, row.AllS, row.MedianS, row.FirstS, mb(row.UpstreamNarBytes), row.Copies, row.NarRatio,
+		fmt.Fprintf(&d, "| %d | %s | %.1f s | %.1f s | %.1f s | %s | %.2f | %.2f | %s | %d of %d (%d) | %s | %s | %d | %s |\n",
+			row.Nodes, from, row.AllS, row.MedianS, row.FirstS, mb(row.UpstreamNarBytes), row.Copies, row.NarRatio, mb(row.NarinfoBytes),
 			row.NarsServedTwice, row.NarsServed, row.NarsServedMax, peerBytes, failures, row.Failed, verified)
 	}
 	sort.Ints(ns)
