@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/storepkg/storepkg/pkg/narinfo"
 	"github.com/storepkg/storepkg/pkg/peer"
 	"github.com/storepkg/storepkg/pkg/storepath"
@@ -124,13 +126,14 @@ type peerRun struct {
 	mu      sync.Mutex
 	batches map[string]*claimBatch // by owner name
 	leases  map[storepath.Path]peer.Peer
+	warned  map[string]bool // peers whose failure was logged as a warning
 	bg      sync.WaitGroup
 	stop    chan struct{}
 }
 
 func newPeerRun(r *run, ps *peers) *peerRun {
 	pr := &peerRun{r: r, ps: ps, batches: map[string]*claimBatch{},
-		leases: map[storepath.Path]peer.Peer{}, stop: make(chan struct{})}
+		leases: map[storepath.Path]peer.Peer{}, warned: map[string]bool{}, stop: make(chan struct{})}
 	pr.bg.Add(1)
 	go func() { defer pr.bg.Done(); pr.renew() }()
 	return pr
@@ -166,7 +169,7 @@ func (pr *peerRun) decide(it *item) *peerSource {
 		res, err := pr.claim(owner, it.path, gone)
 		if err != nil {
 			pr.failed()
-			log.WithError(err).Warnf("peer owner %s: claim failed; fetching upstream", owner.Name)
+			pr.logFailure(log.WithError(err), owner.Name, "peer owner %s: claim failed; fetching upstream", owner.Name)
 			return nil
 		}
 		if res.holder == ps.file.Self {
@@ -198,7 +201,7 @@ func (pr *peerRun) decide(it *item) *peerSource {
 			src, err := pr.source(it, holder, ni)
 			if err != nil {
 				pr.failed()
-				log.WithError(err).Warnf("peer %s: refused; fetching upstream", holder.Name)
+				pr.logFailure(log.WithError(err), holder.Name, "peer %s: refused; fetching upstream", holder.Name)
 				return nil
 			}
 			return src
@@ -221,10 +224,10 @@ func (pr *peerRun) decide(it *item) *peerSource {
 		pr.failed()
 		goneCount++
 		if goneCount > maxGone {
-			log.WithError(err).Warnf("peer %s failed, the %dth holder to; fetching upstream", holder.Name, goneCount)
+			pr.logFailure(log.WithError(err), holder.Name, "peer %s failed, the %dth holder to; fetching upstream", holder.Name, goneCount)
 			return nil
 		}
-		log.WithError(err).Infof("peer %s failed; asking owner %s again", holder.Name, owner.Name)
+		pr.logFailure(log.WithError(err), holder.Name, "peer %s failed; asking owner %s again", holder.Name, owner.Name)
 		gone = holder.Name
 	}
 	return nil
@@ -256,10 +259,25 @@ func (r *run) fetchFromPeer(it *item, src *peerSource) (string, error) {
 	if err != nil {
 		r.peers.failed()
 		if r.ctx.Err() == nil {
-			r.f.log.WithError(err).Warnf("%s: NAR from peer %s failed; fetching upstream", it.path.Absolute(), src.holder.Name)
+			r.peers.logFailure(r.f.log.WithError(err), src.holder.Name, "%s: NAR from peer %s failed; fetching upstream", it.path.Absolute(), src.holder.Name)
 		}
 	}
 	return tmp, err
+}
+
+// logFailure logs a failure of peer name: its first in the run as a
+// warning, the rest at debug level, since a gone peer fails every path
+// it owns or holds (PeerFailures counts them all).
+func (pr *peerRun) logFailure(e *logrus.Entry, name, format string, args ...any) {
+	pr.mu.Lock()
+	first := !pr.warned[name]
+	pr.warned[name] = true
+	pr.mu.Unlock()
+	if first {
+		e.Warnf(format, args...)
+	} else {
+		e.Debugf(format, args...)
+	}
 }
 
 func (pr *peerRun) failed() {

@@ -155,6 +155,39 @@ func TestPeersRenewLeases(t *testing.T) {
 	}
 }
 
+// TestPeerDoneAfterRegistering: a node that fetched paths under leases
+// reports them done, so the owners name it as a holder that has them
+// (not a lease, which would lapse in 30 s).
+func TestPeerDoneAfterRegistering(t *testing.T) {
+	fx, key, caches := fixture(t)
+	up := newCountingUpstream(t, caches["zstd"])
+	nodes := newPeerNodes(t, "node-a", "node-b")
+	startPeerNodes(t, nodes, 0)
+	list := peerList(nodes)
+	if _, err := fetchAt(context.Background(), t, nodes[1], peerOptions(t, up.url, key, peersFile(t, "node-b", list)), fx.Root); err != nil {
+		t.Fatal(err)
+	}
+	c := &peer.Client{Self: "node-a", Token: testPeerToken}
+	ownedByA := 0
+	for _, abs := range fx.Closure {
+		p := mustPath(t, abs)
+		owner, _ := peer.Owner(list, p)
+		if owner.Name == "node-a" {
+			ownedByA++
+		}
+		resp, err := c.Claim(context.Background(), owner, []storepath.Path{p}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h := resp.Holders[abs]; h != "node-b" || !slices.Contains(resp.Have, abs) {
+			t.Errorf("%s at its owner %s: holder %q (has it: %v), want node-b, which has it", abs, owner.Name, h, slices.Contains(resp.Have, abs))
+		}
+	}
+	if ownedByA == 0 {
+		t.Error("node-a owns none of the closure: the done records were not tested")
+	}
+}
+
 // seedDone makes holder the done holder of paths at every coordinator.
 func seedDone(t *testing.T, holder string, list []peer.Peer, paths []string, skip ...string) {
 	t.Helper()
