@@ -12,7 +12,7 @@ BIN      := bin
 # (golang/go#75804, fixed in Go 1.27).
 FUZZTIME ?= 300000x
 
-.PHONY: all build image test e2e unit fuzz vet demo bench bench-fetch bench-start bench-pods bench-sharing bench-view chaos soak deps clean
+.PHONY: all build image test e2e unit fuzz vet demo bench bench-fetch bench-start bench-pods bench-sharing bench-view bench-peers chaos soak deps clean
 
 all: build
 
@@ -107,6 +107,11 @@ bench-sharing: deps build
 
 bench-view: deps build
 	BENCHMARKS=view hack/bench.sh
+
+# N node agents and one rate-limited upstream on loopback (hack/bench-peers.sh;
+# NODES, RATE): upstream bytes and rollout time, with peers and without.
+bench-peers: deps build
+	BENCHMARKS=peers hack/bench.sh
 
 clean:
 	rm -rf $(BIN)

@@ -15,12 +15,16 @@
 #   sharing  ten pods: bytes transferred and on disk            BenchmarkSharing
 #   view     the store view's share of a cold pod start,       BenchmarkViewCost
 #            100,000-file closure already in the node store
+#   peers    one closure rolled out to 10, 30, 100 nodes at     hack/bench-peers.sh
+#            once through a bandwidth-limited upstream: with
+#            peer sharing vs from upstream alone
 #
 # Usage: hack/bench.sh   (or make bench; make bench-fetch, bench-pods,
-# bench-start, bench-sharing and bench-view run one benchmark and write elsewhere)
+# bench-start, bench-sharing, bench-view and bench-peers run one benchmark
+# and write elsewhere)
 #
 # Environment:
-#   BENCHMARKS which to run, by name: any of "fetch pods start sharing view"
+#   BENCHMARKS which to run, by name: any of "fetch pods start sharing view peers"
 #              (default all); only a full run writes bench/results/latest.md.
 #              ROWS is accepted as another name for it.
 #   OUT        the results file (default bench/results/latest.md for a full
@@ -40,7 +44,7 @@ set -o errexit -o nounset -o pipefail -o errtrace
 LOG_PREFIX=bench
 # shellcheck source=hack/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-ALL_BENCHMARKS="fetch pods start sharing view"
+ALL_BENCHMARKS="fetch pods start sharing view peers"
 BENCHMARKS="${BENCHMARKS:-${ROWS:-${ALL_BENCHMARKS}}}"
 RUNS="${RUNS:-5}"
 BENCH_FS="${BENCH_FS:-tmpfs}"
@@ -174,6 +178,12 @@ main() {
       die "the pod benchmarks failed (log above)"
     }
     grep -E '^(Benchmark|    [a-z_]+_test.go)' "${SCRATCH}/gotest.log" >&2 || true
+  fi
+
+  if has_bench peers; then
+    log "peer sharing at scale (hack/bench-peers.sh)"
+    STOREPKG="${REPO_ROOT}/bin/storepkg" RESULTS_JSON="${SCRATCH}/out/peers.json" \
+      BENCH_DIR="${BENCH_DIR}" "${REPO_ROOT}/hack/bench-peers.sh" >&2
   fi
 
   KEEP="${BENCH_DIR}/results/$(date -u +%Y%m%d-%H%M%S)"

@@ -31,6 +31,7 @@ func newAgentCommand() *cobra.Command {
 		logFormat  string
 		logLevel   string
 		peers      peerFlags
+		peerStatic string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent [flags]",
@@ -46,6 +47,11 @@ collection).
 With a peers' token (discovered, or --peer-token-file) it serves the
 node's store to the other nodes as a Nix binary cache on --peer-listen,
 to clients that send that token (docs/peers.md).
+--peers-static names a peers file (the format the fetches read) giving
+the agent its peer list, its node name and, without --peer-token-file,
+its token, instead of discovery: for nodes outside a cluster's API, and
+the peers benchmark. With a peer list the agent also coordinates its
+peers' fetches.
 
 It reads the fetch status records the shims write to --status-dir, and
 serves Prometheus metrics at http://<listen-address>/metrics and a health
@@ -97,11 +103,20 @@ removes the peers file.`,
 				log.Info("not posting pod events (no cluster)")
 			}
 			ctx := cmd.Context()
-			if cfg.Discovery, err = peers.config(ctx, log, nodeName); err != nil {
-				return err
-			}
-			if cfg.PeerToken, err = peers.token(cfg.Discovery); err != nil {
-				return err
+			if peerStatic != "" {
+				if cfg.PeerToken, err = peers.token(nil); err != nil {
+					return err
+				}
+				if err := staticPeers(&cfg, peerStatic); err != nil {
+					return err
+				}
+			} else {
+				if cfg.Discovery, err = peers.config(ctx, log, nodeName); err != nil {
+					return err
+				}
+				if cfg.PeerToken, err = peers.token(cfg.Discovery); err != nil {
+					return err
+				}
 			}
 			a, err := agent.New(ctx, cfg)
 			if err != nil {
@@ -115,6 +130,7 @@ removes the peers file.`,
 	f.StringVar(&cfg.StatusDir, "status-dir", fetchrecord.DefaultDir, "directory where the shims write fetch status records")
 	f.StringVar(&cfg.ListenAddress, "listen-address", DefaultAgentListen, "`ADDRESS` to serve /metrics and /healthz on (empty: none)")
 	f.StringVar(&cfg.PeerListen, "peer-listen", DefaultPeerListen, "`ADDRESS` to serve the store to peers on, with --peer-token-file (empty: none)")
+	f.StringVar(&peerStatic, "peers-static", "", "`FILE`: a peers file giving this agent its peer list, node name and (without --peer-token-file) token, instead of discovery")
 	f.StringVar(&cfg.PeerCompression, "peer-compression", peer.CompressionNone, "NARs served to peers: none, or zstd (compressed on the fly: only for links between nodes slower than a core compresses)")
 	f.DurationVar(&cfg.Interval, "interval", agent.DefaultInterval, "how often to check the store filesystem's usage")
 	f.Float64Var(&cfg.HighPercent, "gc-high-percent", agent.DefaultHighPercent, "collect garbage when the store filesystem's usage reaches this percentage")
@@ -129,6 +145,31 @@ removes the peers file.`,
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
+}
+
+// staticPeers sets the agent's peer list from the peers file at file.
+// Unlike a fetch, the agent refuses a missing or bad file: it was named
+// on purpose.
+func staticPeers(cfg *agent.Config, file string) error {
+	pf, err := peer.LoadFile(file)
+	if err != nil {
+		return fmt.Errorf("--peers-static: %w", err)
+	}
+	if pf == nil {
+		return fmt.Errorf("--peers-static %s: no such file", file)
+	}
+	switch {
+	case cfg.NodeName == "":
+		cfg.NodeName = pf.Self
+	case cfg.NodeName != pf.Self:
+		return fmt.Errorf("--peers-static %s: self %q, but the node name is %q", file, pf.Self, cfg.NodeName)
+	}
+	if cfg.PeerToken == "" {
+		cfg.PeerToken = pf.Token
+	}
+	peers := pf.Peers
+	cfg.Peers = func() []peer.Peer { return peers }
+	return nil
 }
 
 func agentLogger(format, level string) (*logrus.Entry, error) {

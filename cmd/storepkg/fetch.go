@@ -22,6 +22,7 @@ import (
 	"github.com/storepkg/storepkg/pkg/fetchexec"
 	"github.com/storepkg/storepkg/pkg/fetchslot"
 	"github.com/storepkg/storepkg/pkg/narinfo"
+	"github.com/storepkg/storepkg/pkg/peer"
 	"github.com/storepkg/storepkg/pkg/store"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
@@ -42,6 +43,7 @@ func newFetchCommand() *cobra.Command {
 		slots        slotFlags
 		onlyIfValid  bool
 		cpuProfile   string
+		peersFile    string
 	)
 	cmd := &cobra.Command{
 		Use:   "fetch [flags] PATH...",
@@ -88,7 +90,7 @@ and hand it over (--slot-fd), and pass the caches on stdin
 				paths []storepath.Path
 			)
 			if err == nil {
-				f, st, roots, paths, err = setupFetch(ctx, root, substituters, keys, netrcFile, maxJobs, lookupJobs, limits, gcRoots, args)
+				f, st, roots, paths, err = setupFetch(ctx, root, substituters, keys, netrcFile, peersFile, maxJobs, lookupJobs, limits, gcRoots, args)
 			}
 			if err != nil {
 				if rep != nil {
@@ -168,6 +170,9 @@ and hand it over (--slot-fd), and pass the caches on stdin
 			}
 			if bar != nil {
 				fmt.Fprintf(os.Stderr, "%d paths valid, %d fetched (%s)\n", len(res.Closure), len(res.Fetched), humanBytes(res.Downloaded))
+				if res.PeerBytes > 0 || res.PeerFailures > 0 {
+					fmt.Fprintf(os.Stderr, "%s from peers, %s from upstream, %d peer failures\n", humanBytes(res.PeerBytes), humanBytes(res.UpstreamBytes), res.PeerFailures)
+				}
 			}
 			return nil
 		},
@@ -189,6 +194,7 @@ and hand it over (--slot-fd), and pass the caches on stdin
 	cmd.Flags().IntVar(&slots.n, "max-concurrent-fetches", 0, "with --fetch-slots: how many fetches the node runs at once")
 	cmd.Flags().IntVar(&slots.fd, "slot-fd", -1, "the caller holds a fetch slot (pkg/fetchslot) on this inherited descriptor: fetch without waiting for one")
 	cmd.Flags().BoolVar(&onlyIfValid, "only-if-valid", false, "make the GC roots, then report the closure if it is already valid and fetch nothing otherwise (with --json: a needsFetch line)")
+	cmd.Flags().StringVar(&peersFile, "peers", "", "take paths from the cluster's other nodes listed in this peers file (written by the node agent; the shims pass "+peer.DefaultFile+"); a missing or bad file means no peers")
 	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a Go CPU profile of the fetch to this file (for benchmarks)")
 	cmd.Flags().MarkHidden("cpuprofile")
 	return cmd
@@ -287,7 +293,7 @@ type fetchLimits struct {
 }
 
 // setupFetch checks the command line and opens the store and the fetcher.
-func setupFetch(ctx context.Context, root string, substituters, keys []string, netrcFile string, maxJobs, lookupJobs int, limits fetchLimits, gcRoots, args []string) (*fetch.Fetcher, *store.Store, []fetchexec.GCRoot, []storepath.Path, error) {
+func setupFetch(ctx context.Context, root string, substituters, keys []string, netrcFile, peersFile string, maxJobs, lookupJobs int, limits fetchLimits, gcRoots, args []string) (*fetch.Fetcher, *store.Store, []fetchexec.GCRoot, []storepath.Path, error) {
 	paths, err := parsePaths(args)
 	if err != nil {
 		return nil, nil, nil, nil, err
@@ -334,6 +340,13 @@ func setupFetch(ctx context.Context, root string, substituters, keys []string, n
 	if netrcFile != "" {
 		if opts.Netrc, err = fetch.ParseNetrc(netrcFile); err != nil {
 			return nil, nil, nil, nil, fmt.Errorf("--netrc-file: %w", err)
+		}
+	}
+	if peersFile != "" {
+		// Peers are an optimisation, never a reason to fail: a bad file
+		// is a warning, and the fetch goes upstream alone.
+		if opts.Peers, err = peer.LoadFile(peersFile); err != nil {
+			logrus.WithError(err).Warn("fetching without peers")
 		}
 	}
 	st, err := store.Open(ctx, root)

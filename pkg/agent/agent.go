@@ -75,7 +75,9 @@ type Config struct {
 	// nil: any client with the token is served.
 	Peers func() []peer.Peer
 	// PeerCoordinator, if set, is served under /storepkg/v1/ on the peer
-	// listener.
+	// listener. Nil with Peers and NodeName set: the agent serves its own
+	// (pkg/peer.NewCoordinator over its store), so that the fetches of
+	// its peers can claim paths here.
 	PeerCoordinator http.Handler
 	// PeerCompression is how NARs are served: pkg/peer.CompressionNone
 	// (default) or CompressionZstd.

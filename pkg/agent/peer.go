@@ -30,9 +30,16 @@ func (a *Agent) startPeerServer(ctx context.Context) error {
 		// fetches come from (their nodes', not their agents' pod IPs).
 		peers, allowed = a.discoveredPeers, a.PeerClientAllowed
 	}
+	coord := a.cfg.PeerCoordinator
+	if coord == nil && peers != nil && a.cfg.NodeName != "" {
+		coord = peer.NewCoordinator(peer.CoordinatorConfig{
+			Self: a.cfg.NodeName, Store: a.store, Peers: peers, Token: a.cfg.PeerToken,
+			Log: a.log.WithField("server", "coordinator"),
+		})
+	}
 	srv, err := peer.NewServer(peer.ServerConfig{
 		Store: a.store, Token: a.cfg.PeerToken, Self: a.cfg.NodeName, Peers: peers, Allowed: allowed,
-		Coordinator: a.cfg.PeerCoordinator, Compression: a.cfg.PeerCompression,
+		Coordinator: coord, Compression: a.cfg.PeerCompression,
 		Log: a.log.WithField("server", "peer"),
 	})
 	if err != nil {

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -10,6 +12,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/storepkg/storepkg/pkg/peer"
 )
 
 func peerGet(url, token string) (*http.Response, error) {
@@ -109,4 +113,66 @@ func TestPeerServer(t *testing.T) {
 	}
 	cancel2()
 	b.Wait()
+}
+
+// TestPeerCoordinatorServed: an agent with a peer list and a node name
+// serves the coordinator on its peer listener (one lease per path, the
+// second claimer told to wait for the first); without a peer list it
+// serves none.
+func TestPeerCoordinatorServed(t *testing.T) {
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	const token = "0123456789abcdef-token"
+	peers := []peer.Peer{{Name: "node-a", URL: "http://127.0.0.1:1"}, {Name: "node-b", URL: "http://127.0.0.1:2"}, {Name: "node-c", URL: "http://127.0.0.1:3"}}
+	claim := func(t *testing.T, addr, node string) (int, map[string]string) {
+		t.Helper()
+		body, _ := json.Marshal(peer.ClaimRequest{Node: node, Paths: []string{"/nix/store/00000000000000000000000000000000-x"}})
+		req, err := http.NewRequest("POST", "http://"+addr+peer.ClaimPath, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var cr peer.ClaimResponse
+		if resp.StatusCode == http.StatusOK {
+			if err := json.NewDecoder(resp.Body).Decode(&cr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return resp.StatusCode, cr.Holders
+	}
+	for _, withPeers := range []bool{true, false} {
+		ctx, cancel := context.WithCancel(context.Background())
+		cfg := Config{StoreRoot: t.TempDir(), StatusDir: filepath.Join(t.TempDir(), "fetches"),
+			PeerListen: "127.0.0.1:0", PeerToken: token, NodeName: "node-a", Log: logrus.NewEntry(log)}
+		if withPeers {
+			cfg.Peers = func() []peer.Peer { return peers }
+		}
+		a, err := New(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		code, holders := claim(t, a.PeerAddr(), "node-b")
+		if !withPeers {
+			if code != http.StatusNotFound {
+				t.Errorf("claim without a peer list: %d, want 404", code)
+			}
+		} else {
+			if code != http.StatusOK || holders["/nix/store/00000000000000000000000000000000-x"] != "node-b" {
+				t.Errorf("first claim: %d %v, want node-b to hold the lease", code, holders)
+			}
+			if _, holders := claim(t, a.PeerAddr(), "node-c"); holders["/nix/store/00000000000000000000000000000000-x"] != "node-b" {
+				t.Errorf("second claim: %v, want node-c told to wait for node-b", holders)
+			}
+		}
+		cancel()
+		a.Wait()
+	}
 }

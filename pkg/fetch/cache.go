@@ -27,6 +27,10 @@ type Cache struct {
 	// operator controls on a private network); set with "?trusted=1".
 	Trusted bool
 
+	// peer: a node of the cluster (URL "peer:<name>"), not an upstream
+	// cache; it serves only NARs checked against upstream's narinfos.
+	peer bool
+
 	priority    int
 	hasPriority bool
 	t           transport

@@ -21,6 +21,7 @@ import (
 
 	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/narinfo"
+	"github.com/storepkg/storepkg/pkg/peer"
 	"github.com/storepkg/storepkg/pkg/store"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
@@ -81,6 +82,12 @@ type Options struct {
 	// fetch that wants it reports that). Ignored without a bound.
 	BoundAlso  []storepath.Path
 	HTTPClient *http.Client
+	// Peers is the node's peers file (pkg/peer.LoadFile): with another
+	// node in it, each path to download is claimed at its owner and
+	// taken from the node that holds it, or fetched upstream under a
+	// lease for the others. nil: no peers.
+	Peers      *peer.File
+	PeerTiming PeerTiming
 	// Progress, if set, is called from the fetching goroutines whenever a
 	// path completes or bytes arrive; it must be cheap and thread-safe.
 	Progress func(fetchapi.Progress)
@@ -173,6 +180,8 @@ type Fetcher struct {
 
 	orderOnce sync.Once
 	ordered   []*Cache
+
+	peers *peers // nil without peers
 }
 
 // New returns a Fetcher for st. Caches are contacted lazily.
@@ -197,6 +206,12 @@ func New(st *store.Store, o Options) (*Fetcher, error) {
 		}
 		f.caches = append(f.caches, c)
 	}
+	ps, err := newPeers(o.Peers, &f.opts)
+	if err != nil {
+		// Peers are an optimisation, never a reason to fail.
+		f.log.WithError(err).Warn("fetching without peers")
+	}
+	f.peers = ps
 	return f, nil
 }
 
@@ -254,9 +269,11 @@ func (f *Fetcher) FetchProgress(ctx context.Context, roots []storepath.Path, pro
 		return nil, err
 	}
 	r.mu.Lock()
-	cacheBytes := maps.Clone(r.progress.CacheBytes)
+	p := r.progress
+	p.CacheBytes = maps.Clone(p.CacheBytes)
 	r.mu.Unlock()
-	return &fetchapi.Result{Closure: closure, Fetched: r.fetched, Downloaded: r.downloaded.Load(), CacheBytes: cacheBytes}, nil
+	return &fetchapi.Result{Closure: closure, Fetched: r.fetched, Downloaded: r.downloaded.Load(), CacheBytes: p.CacheBytes,
+		PeerBytes: p.PeerBytes, UpstreamBytes: p.UpstreamBytes, PeerFailures: p.PeerFailures}, nil
 }
 
 func dedup(paths []storepath.Path) []storepath.Path {

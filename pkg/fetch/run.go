@@ -68,6 +68,9 @@ type run struct {
 	wantBytes int64
 	counted   int // paths of BoundAlso's closures in pending
 
+	// peers: the run's peer state, nil without peers.
+	peers *peerRun
+
 	mu         sync.Mutex
 	fetched    []storepath.Path
 	downloaded atomic.Int64
@@ -77,7 +80,7 @@ type run struct {
 
 func newRun(ctx context.Context, f *Fetcher) *run {
 	ctx, cancel := context.WithCancel(ctx)
-	return &run{
+	r := &run{
 		f: f, ctx: ctx, cancel: cancel,
 		caches:      f.cachesInOrder(ctx),
 		jobs:        newSlots(f.opts.MaxJobs, runtime.GOMAXPROCS(0)),
@@ -85,6 +88,10 @@ func newRun(ctx context.Context, f *Fetcher) *run {
 		validBefore: map[storepath.Path]bool{},
 		seen:        map[storepath.Path]bool{},
 	}
+	if f.peers != nil {
+		r.peers = newPeerRun(r, f.peers)
+	}
+	return r
 }
 
 // fail records the first error and stops the run's remaining work.
@@ -106,6 +113,9 @@ func (r *run) run(roots []storepath.Path) error {
 	r.downloads.Wait()
 	close(r.events)
 	<-registrarDone
+	if r.peers != nil {
+		r.peers.close()
+	}
 	if r.err == nil && r.ctx.Err() != nil {
 		return r.ctx.Err()
 	}
@@ -369,12 +379,18 @@ func (r *run) startDownload(it *item) {
 	}
 	var w *waiter
 	if ok {
-		if w, err = r.queue(it, lock); err != nil || w == nil {
+		done, err := r.prepare(it, lock)
+		if err != nil || done {
 			r.downloads.Done()
 			if err != nil {
 				r.fail(err)
 			}
 			return
+		}
+		if r.peers == nil {
+			// With peers, it queues once it knows where from: waiting
+			// on another node must not hold a slot.
+			w = r.enqueue(it)
 		}
 	}
 	go func() {
@@ -385,55 +401,81 @@ func (r *run) startDownload(it *item) {
 	}()
 }
 
-// queue checks, under it's lock, whether another process made it valid
-// meanwhile: then the lock is released and the path is done (nil waiter).
-// Else it clears what an earlier attempt may have left, and it's NAR
-// joins the queue for a download slot.
-func (r *run) queue(it *item, lock *store.PathLock) (*waiter, error) {
+// prepare checks, under it's lock, whether another process made it
+// valid meanwhile: then the lock is released and the path is done. Else
+// it clears what an earlier attempt may have left.
+func (r *run) prepare(it *item, lock *store.PathLock) (done bool, err error) {
 	tmp, err := r.f.store.PrepareInstall(r.ctx, it.path)
 	if errors.Is(err, store.ErrAlreadyValid) {
 		lock.Unlock()
 		r.events <- event{it: it}
 		r.pathDone(false)
-		return nil, nil
+		return true, nil
 	}
 	if err != nil {
 		lock.Unlock()
-		return nil, err
+		return false, err
 	}
 	it.tmp = tmp
+	return false, nil
+}
+
+// enqueue makes it's NAR join the queue for a download slot.
+func (r *run) enqueue(it *item) *waiter {
 	size := int64(it.ni.FileSize)
 	if size == 0 {
 		size = int64(it.ni.NarSize)
 	}
-	return r.jobs.enqueue(size, it.cache.local() && size >= bigNAR), nil
+	return r.jobs.enqueue(size, it.cache.local() && size >= bigNAR)
 }
 
 // download unpacks it's NAR under a temporary name and hands it to the
 // registrar. lock and w are it's lock and place in the queue for a slot,
 // if startDownload got them; else download takes the lock (waiting
 // without a download slot while another process has it) and, unless that
-// process made the path valid, queues.
+// process made the path valid, queues. With peers, it first learns from
+// the path's owner where the NAR comes from, waiting without a slot while
+// another node fetches it; a peer's NAR that fails is fetched upstream.
 func (r *run) download(it *item, lock *store.PathLock, w *waiter) error {
 	if lock == nil {
 		var err error
 		if lock, _, err = r.f.store.LockPath(r.ctx, it.path, true); err != nil {
 			return err
 		}
-		if w, err = r.queue(it, lock); err != nil || w == nil {
+		if done, err := r.prepare(it, lock); err != nil || done {
 			return err
 		}
 	}
+	var src *peerSource
+	if r.peers != nil {
+		src = r.peers.decide(it)
+	}
+	if w == nil {
+		w = r.enqueue(it)
+	}
 	if err := r.jobs.wait(r.ctx, w); err != nil {
 		lock.Unlock()
+		if r.peers != nil {
+			r.peers.abandon(it.path)
+		}
 		return err
 	}
-	tmp, err := r.fetchNar(it)
-	if err != nil {
-		tmp, err = r.fetchNarElsewhere(it, err)
+	var tmp string
+	var err error
+	if src != nil {
+		tmp, err = r.fetchFromPeer(it, src)
+	}
+	if src == nil || err != nil {
+		tmp, err = r.fetchNar(it)
+		if err != nil {
+			tmp, err = r.fetchNarElsewhere(it, err)
+		}
 	}
 	r.jobs.release(w)
 	if err != nil {
+		if r.peers != nil {
+			r.peers.abandon(it.path)
+		}
 		lock.Unlock()
 		if r.ctx.Err() != nil {
 			return r.ctx.Err()
@@ -528,7 +570,7 @@ func (r *run) fetchNarOnce(it *item, tmp string) error {
 	// fingerprint covers the NAR's hash, checked below), so it proves
 	// nothing, and hashing it costs a tenth of a fetch. Its size bounds the
 	// download.
-	file := &countingReader{r: rc, onRead: func(n int) { r.addBytes(it.cache.URL, n) }}
+	file := &countingReader{r: rc, onRead: func(n int) { r.addBytes(it.cache, n) }}
 	if ni.FileSize > 0 {
 		file.limit = int64(ni.FileSize)
 	}
@@ -720,14 +762,19 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (r *run) addBytes(cache string, n int) {
+func (r *run) addBytes(c *Cache, n int) {
 	r.downloaded.Add(int64(n))
 	r.mu.Lock()
 	r.progress.BytesDone += int64(n)
+	if c.peer {
+		r.progress.PeerBytes += int64(n)
+	} else {
+		r.progress.UpstreamBytes += int64(n)
+	}
 	if r.progress.CacheBytes == nil {
 		r.progress.CacheBytes = map[string]int64{}
 	}
-	r.progress.CacheBytes[cache] += int64(n)
+	r.progress.CacheBytes[c.URL] += int64(n)
 	r.mu.Unlock()
 	r.report()
 }
@@ -858,6 +905,13 @@ func (r *run) registerReady(validNow map[storepath.Path]bool, pending map[storep
 	}
 	if err == nil {
 		err = r.f.store.Register(context.WithoutCancel(r.ctx), infos)
+	}
+	if err == nil && r.peers != nil {
+		paths := make([]storepath.Path, len(committed))
+		for i, ev := range committed {
+			paths[i] = ev.it.path
+		}
+		r.peers.registered(paths)
 	}
 	for _, ev := range committed {
 		if err != nil {

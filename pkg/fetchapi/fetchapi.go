@@ -66,13 +66,23 @@ type Progress struct {
 	BytesTotal   int64 `json:"bytesTotal"` // compressed bytes (NAR bytes where a cache gives no size)
 	BytesDone    int64 `json:"bytesDone"`
 	// CacheBytes holds the compressed bytes read so far from each cache
-	// (by URL); the map is the callee's copy.
+	// (by URL; a peer as "peer:<node name>"); the map is the callee's
+	// copy.
 	CacheBytes map[string]int64 `json:"cacheBytes,omitempty"`
+	// PeerBytes and UpstreamBytes split BytesDone: read from the
+	// cluster's other nodes, and from the upstream caches.
+	PeerBytes     int64 `json:"peerBytes,omitempty"`
+	UpstreamBytes int64 `json:"upstreamBytes,omitempty"`
 	// SignatureRefusals counts narinfos refused for want of a trusted
 	// signature, HashRefusals NARs refused because size or hash differed
 	// from their signed narinfo.
 	SignatureRefusals int `json:"signatureRefusals,omitempty"`
 	HashRefusals      int `json:"hashRefusals,omitempty"`
+	// PeerFailures counts what peers cost this fetch: an owner that did
+	// not answer a claim, a holder gone, hung or without the path, a
+	// narinfo or NAR refused (also counted in HashRefusals). Each sent
+	// a path upstream or to another holder.
+	PeerFailures int `json:"peerFailures,omitempty"`
 }
 
 // Result is a completed fetch: the whole closure is valid.
@@ -80,7 +90,12 @@ type Result struct {
 	Closure    []storepath.Path `json:"closure"`              // every path of the closure, sorted
 	Fetched    []storepath.Path `json:"fetched"`              // the ones this fetch downloaded
 	Downloaded int64            `json:"downloaded"`           // compressed bytes read from caches
-	CacheBytes map[string]int64 `json:"cacheBytes,omitempty"` // Downloaded by cache URL
+	CacheBytes map[string]int64 `json:"cacheBytes,omitempty"` // Downloaded by cache URL ("peer:<node name>" for a peer)
+	// PeerBytes and UpstreamBytes split Downloaded (compressed bytes)
+	// between the cluster's other nodes and the upstream caches.
+	PeerBytes     int64 `json:"peerBytes,omitempty"`
+	UpstreamBytes int64 `json:"upstreamBytes,omitempty"`
+	PeerFailures  int   `json:"peerFailures,omitempty"` // as Progress.PeerFailures
 }
 
 // Failure is a failed fetch. Message is what the user reads (path, cache

@@ -63,9 +63,12 @@ type Request struct {
 	Substituters      []string
 	TrustedPublicKeys []string
 	NetrcFile         string
-	MaxJobs           int           // parallel NAR downloads; 0: the child's default
-	MaxLookups        int           // parallel narinfo requests; 0: the child's default
-	Timeout           time.Duration // the child's own deadline; 0: none
+	// PeersFile is the node's peers file (pkg/peer), passed as --peers:
+	// the child takes paths from the node's peers; "": none.
+	PeersFile  string
+	MaxJobs    int           // parallel NAR downloads; 0: the child's default
+	MaxLookups int           // parallel narinfo requests; 0: the child's default
+	Timeout    time.Duration // the child's own deadline; 0: none
 	// MaxNarBytes and MaxPaths bound the NAR bytes (signed NarSize) and
 	// the paths the child may substitute, checked before it downloads
 	// anything (fetchapi.KindTooLarge); 0: no bound.
@@ -107,6 +110,9 @@ type Slots struct {
 // can read /proc/PID/cmdline.
 func (r Request) Args() []string {
 	args := []string{"fetch", "--json", "--root", r.StoreRoot, "--cache-config", "-"}
+	if r.PeersFile != "" {
+		args = append(args, "--peers", r.PeersFile)
+	}
 	if r.MaxJobs > 0 {
 		args = append(args, "--max-jobs", strconv.Itoa(r.MaxJobs))
 	}

@@ -1,7 +1,10 @@
 // Package peer lets the nodes of a cluster share the store paths they
 // fetch, so that each path crosses the cluster's uplink once: the node
 // agent serves its store to the other nodes as a Nix binary cache
-// (server*.go), and the fetch children take NARs from each other.
+// (server*.go); the peers file the agent writes and each fetch child
+// reads; the rendezvous hash that names every path's coordinating node
+// without a coordinator of coordinators; the coordinator (leases and
+// done records) on the agent's peer listener, and its client.
 //
 // Peers are never trusted: a fetch takes each path's signed narinfo from
 // its upstream caches and only the NAR's bytes from a peer, checked

@@ -35,6 +35,11 @@ type Config struct {
 	FetchTimeout      string // a Go duration; how long one closure may take in all; default 30m
 	StatusDir         string // where the fetch records (pkg/fetchrecord) for the node agent go; default /run/storepkg/fetches, "-" for none
 	FetchBinary       string // the storepkg CLI that substitutes closures; default: storepkg beside the shim, else in PATH
+	// PeersFile is the peers file the node agent writes (pkg/peer):
+	// the fetch child takes paths from the node's peers. Unset: the
+	// default, /run/storepkg/peers/peers.json; "": no peers. A missing
+	// or bad file means no peers, never a failed fetch.
+	PeersFile *string
 
 	// What one pod may ask for (docs/runtime.md); unset: the default,
 	// 0: no limit.
@@ -125,6 +130,9 @@ const (
 	// Two: one fetch already uses every core and MaxJobs downloads;
 	// the second lets a small closure pass a large one.
 	defaultMaxConcurrentFetches = 2
+	// defaultPeersFile is peer.DefaultFile, where the agent writes it
+	// (the shim does not link pkg/peer).
+	defaultPeersFile = "/run/storepkg/peers/peers.json"
 )
 
 // checkLimits refuses negative limits, naming the key.
@@ -149,6 +157,9 @@ func (c *Config) checkLimits() error {
 	if c.FetchMemoryLimit != "" && !validMemoryLimit(c.FetchMemoryLimit) {
 		return fmt.Errorf("storepkg config FetchMemoryLimit %q: want a byte count with an optional unit B, KiB, MiB, GiB or TiB (Go's GOMEMLIMIT), e.g. \"1GiB\": %w",
 			c.FetchMemoryLimit, errdefs.ErrInvalidArgument)
+	}
+	if c.PeersFile != nil && *c.PeersFile != "" && !filepath.IsAbs(*c.PeersFile) {
+		return fmt.Errorf("storepkg config PeersFile %q: not an absolute path: %w", *c.PeersFile, errdefs.ErrInvalidArgument)
 	}
 	if c.FetchSlotsDir != "" && !filepath.IsAbs(c.FetchSlotsDir) {
 		return fmt.Errorf("storepkg config FetchSlotsDir %q: not an absolute path: %w", c.FetchSlotsDir, errdefs.ErrInvalidArgument)
@@ -240,6 +251,7 @@ func (c *Config) fetchRequest(binary string, paths []storepath.Path, roots []fet
 		Substituters:      c.Substituters,
 		TrustedPublicKeys: c.TrustedPublicKeys,
 		NetrcFile:         c.NetrcFile,
+		PeersFile:         valueOr(c.PeersFile, defaultPeersFile),
 		MaxJobs:           c.MaxJobs,
 		MaxLookups:        c.MaxLookupJobs,
 		Slots:             c.fetchSlots(),

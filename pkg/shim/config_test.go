@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/storepkg/storepkg/pkg/fetchexec"
+	"github.com/storepkg/storepkg/pkg/peer"
 	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
@@ -52,7 +53,7 @@ SystemdCgroup = true
 	p, _ := storepath.Parse("/nix/store/7wfya0ry0kysw5wi5xqx0h1jmmc6ghc3-hello-2.12.1")
 	req := cfg.fetchRequest("storepkg", []storepath.Path{p}, []fetchexec.GCRoot{{Name: "pod-7wfya", Path: p}})
 	args := strings.Join(req.Args(), " ")
-	want := "fetch --json --root /var/lib/storepkg --cache-config - --max-jobs 8 --timeout 30m0s --max-nar-bytes 21474836480 --max-paths 10000 " +
+	want := "fetch --json --root /var/lib/storepkg --cache-config - --peers /run/storepkg/peers/peers.json --max-jobs 8 --timeout 30m0s --max-nar-bytes 21474836480 --max-paths 10000 " +
 		"--gc-root pod-7wfya=" + p.Absolute() + " -- " + p.Absolute()
 	if args != want {
 		t.Errorf("fetch child args:\n got %s\nwant %s", args, want)
@@ -183,5 +184,32 @@ FetchMemoryLimit = "512MiB"
 		if err == nil || !strings.Contains(err.Error(), key) || !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("%s: %v, want InvalidArgument naming it", body, err)
 		}
+	}
+}
+
+// TestConfigPeersFile: the fetch child reads the agent's peers file at
+// its default place unless PeersFile names another or is "" (off); a
+// relative path is refused naming the key.
+func TestConfigPeersFile(t *testing.T) {
+	if defaultPeersFile != peer.DefaultFile {
+		t.Errorf("the shim's default peers file %s, the agent's %s", defaultPeersFile, peer.DefaultFile)
+	}
+	for _, c := range []struct{ body, want string }{
+		{"", "--peers " + peer.DefaultFile + " "},
+		{`PeersFile = "/etc/storepkg/peers.json"`, "--peers /etc/storepkg/peers.json "},
+		{`PeersFile = ""`, ""},
+	} {
+		cfg, err := parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte(c.body)}))
+		if err != nil {
+			t.Fatalf("%s: %v", c.body, err)
+		}
+		args := strings.Join(cfg.fetchRequest("storepkg", nil, nil).Args(), " ")
+		if c.want == "" && strings.Contains(args, "--peers") || c.want != "" && !strings.Contains(args, c.want) {
+			t.Errorf("%s: fetch child args %s, want %q", c.body, args, c.want)
+		}
+	}
+	_, err := parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte(`PeersFile = "peers.json"`)}))
+	if err == nil || !strings.Contains(err.Error(), "PeersFile") || !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("relative PeersFile: %v", err)
 	}
 }

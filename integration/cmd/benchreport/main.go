@@ -105,10 +105,11 @@ func main() {
 
 // loadReport reads the results in dir: env.json (hack/bench.sh),
 // fetch.json (hack/bench-fetch.sh), pods.json, start.json, sharing.json
-// and view.json (integration/benchtest's result types).
+// and view.json (integration/benchtest's result types), peers.json
+// (hack/bench-peers.sh).
 func loadReport(dir string) (*report, error) {
 	r := &report{}
-	for name, v := range map[string]any{"env": &r.env, "fetch": &r.fetch, "pods": &r.pods, "start": &r.start, "sharing": &r.sharing, "view": &r.view} {
+	for name, v := range map[string]any{"env": &r.env, "fetch": &r.fetch, "pods": &r.pods, "start": &r.start, "sharing": &r.sharing, "view": &r.view, "peers": &r.peers} {
 		if err := load(filepath.Join(dir, name+".json"), v); err != nil {
 			return nil, err
 		}
@@ -139,6 +140,7 @@ type report struct {
 	start   *benchtest.StartResult
 	sharing *benchtest.SharingResult
 	view    *benchtest.ViewResult
+	peers   *peersResult
 
 	summary []string // lines of the summary table
 	notes   []string // why missed, what would close it
@@ -154,10 +156,11 @@ const (
 	benchSharing = "sharing"
 	benchMemory  = "shim memory"
 	benchView    = "store view"
+	benchPeers   = "peer sharing"
 )
 
 // allBenchmarks is what a full hack/bench.sh run measures.
-const allBenchmarks = "fetch pods start sharing view"
+const allBenchmarks = "fetch pods start sharing view peers"
 
 // judge adds a line to the summary table: one target of benchmark bench.
 func (r *report) judge(bench, what, storepkg, peer, ratio, target string, met bool) {
@@ -179,6 +182,7 @@ func (r *report) render() string {
 	r.viewSection()
 	r.sharingSection()
 	r.memorySection()
+	r.peersSection()
 
 	var b strings.Builder
 	e := r.env
@@ -250,6 +254,7 @@ func f(p *float64) float64 {
 }
 
 func mb(n int64) string  { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
+func kb(n int64) string  { return fmt.Sprintf("%.1f kB", float64(n)/1e3) }
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 // ---- cold fetch: storepkg fetch vs Nix's substituter (hack/bench-fetch.sh)
@@ -909,4 +914,152 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// ---- peer sharing: one closure rolled out to N nodes (hack/bench-peers.sh)
+
+type peersClosure struct {
+	Root            string `json:"root"`
+	Paths           int    `json:"paths"`
+	NarBytes        int64  `json:"nar_bytes"`
+	CompressedBytes int64  `json:"compressed_bytes"`
+	Compression     string `json:"compression"`
+}
+
+// peersRow is one rollout: N nodes, with peers or from upstream alone.
+type peersRow struct {
+	Nodes            int     `json:"nodes"`
+	Mode             string  `json:"mode"` // "peers" or "upstream"
+	UpstreamNarBytes int64   `json:"upstream_nar_bytes"`
+	NarinfoBytes     int64   `json:"upstream_narinfo_bytes"`
+	Copies           float64 `json:"copies"`    // upstream NAR bytes / the closure's compressed NARs
+	NarRatio         float64 `json:"nar_ratio"` // upstream NAR bytes / the closure's NAR size
+	NarsServed       int     `json:"nars_served"`
+	NarsServedMax    int     `json:"nars_served_max"`
+	NarsServedTwice  int     `json:"nars_served_twice"`
+	AllS             float64 `json:"all_s"`
+	MedianS          float64 `json:"median_s"`
+	FirstS           float64 `json:"first_s"`
+	PeerBytes        *int64  `json:"peer_bytes"`
+	PeerFailures     *int    `json:"peer_failures"`
+	HashRefusals     *int    `json:"hash_refusals"`
+	Failed           int     `json:"failed"`
+	Verified         *int    `json:"verified"` // nodes whose store Nix verified; nil: not checked
+}
+
+type peersResult struct {
+	Closure      peersClosure `json:"closure"`
+	Rate         string       `json:"rate"`
+	NodesAsked   string       `json:"nodes_asked"`
+	Stopped      string       `json:"stopped"`
+	TargetCopies float64      `json:"target_copies"`
+	Rows         []peersRow   `json:"rows"`
+}
+
+// rolloutText is "12.3 MB (0.82 copies), every node in 4.1 s".
+func rolloutText(row peersRow) string {
+	return fmt.Sprintf("%s (%.2f copies), every node in %.1f s", mb(row.UpstreamNarBytes), row.Copies, row.AllS)
+}
+
+func (r *report) peersSection() {
+	p := r.peers
+	if p == nil || len(p.Rows) == 0 {
+		return
+	}
+	c := p.Closure
+	var d strings.Builder
+	fmt.Fprintf(&d, "## Peer sharing: one closure rolled out to N nodes at once\n\n")
+	fmt.Fprintf(&d, "N simulated nodes on this machine, each a store root of its own on a tmpfs and a real `storepkg agent` serving it to the others "+
+		"on 127.0.0.1 (a peers file listing all N, one token), and one upstream binary cache on 127.0.0.1 behind one bandwidth limit "+
+		"of %s/s shared by every connection, which counts the bytes it serves (integration/cmd/ratecache). The closure: `%s`, %d paths, "+
+		"%s of NARs, %s as %s NARs in the cache (signed; part of the mixed benchmark closure). A rollout starts one `storepkg fetch` per node, "+
+		"all at once, and ends when the last exits; with peers each gets `--peers`, from upstream alone neither agents nor `--peers`, "+
+		"the same N in the same run (hack/bench-peers.sh).\n\n",
+		p.Rate, c.Root, c.Paths, mb(c.NarBytes), mb(c.CompressedBytes), c.Compression)
+	fmt.Fprintf(&d, "Upstream NAR bytes are the NAR bodies the upstream served; copies are those bytes over the "+
+		"closure's compressed NARs, what one node fetching alone downloads. The target is judged on copies, not on the NAR size: "+
+		"the cache serves compressed NARs, %.1fx smaller than the NARs here, so against the NAR size %.0f full copies would pass. "+
+		"Narinfos are apart: every node reads each path's narinfo from upstream, peers or not (a peer is never trusted for one: "+
+		"the signed narinfo is what a peer's NAR is checked against), so their bytes grow with N, %s per node here (%d narinfos), "+
+		"and matter only where NARs are as small as narinfos.\n\n",
+		float64(c.NarBytes)/float64(c.CompressedBytes), math.Floor(1.1*float64(c.NarBytes)/float64(c.CompressedBytes)),
+		kb(p.Rows[0].NarinfoBytes/int64(max(p.Rows[0].Nodes, 1))), c.Paths)
+	fmt.Fprintf(&d, "| nodes | from | every node has it | median node | first node | upstream NAR bytes | copies | x NAR size | upstream narinfo bytes | NARs served twice or more (most) | from peers | peer failures | failed fetches | verified by Nix |\n"+
+		"|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	byN := map[int]map[string]peersRow{}
+	var ns []int
+	for _, row := range p.Rows {
+		if byN[row.Nodes] == nil {
+			byN[row.Nodes] = map[string]peersRow{}
+			ns = append(ns, row.Nodes)
+		}
+		byN[row.Nodes][row.Mode] = row
+		from := "peers"
+		if row.Mode != "peers" {
+			from = "upstream alone"
+		}
+		peerBytes, failures := "", ""
+		if row.PeerBytes != nil && row.Mode == "peers" {
+			peerBytes = mb(*row.PeerBytes)
+		}
+		if row.PeerFailures != nil && row.Mode == "peers" {
+			failures = fmt.Sprint(*row.PeerFailures)
+		}
+		verified := "not checked"
+		if row.Verified != nil {
+			verified = fmt.Sprintf("%d of %d", *row.Verified, row.Nodes)
+		}
+		fmt.Fprintf(&d, "| %d | %s | %.1f s | %.1f s | %.1f s | %s | %.2f | %.2f | %s | %d of %d (%d) | %s | %s | %d | %s |\n",
+			row.Nodes, from, row.AllS, row.MedianS, row.FirstS, mb(row.UpstreamNarBytes), row.Copies, row.NarRatio, mb(row.NarinfoBytes),
+			row.NarsServedTwice, row.NarsServed, row.NarsServedMax, peerBytes, failures, row.Failed, verified)
+	}
+	sort.Ints(ns)
+	if p.Stopped != "" {
+		fmt.Fprintf(&d, "\nNode counts asked for: %s; stopped there: %s.\n", p.NodesAsked, p.Stopped)
+	}
+	for _, n := range ns {
+		withPeers, ok := byN[n]["peers"]
+		if !ok {
+			continue
+		}
+		alone, hasAlone := byN[n]["upstream"]
+		aloneText, ratio := "", ""
+		if hasAlone {
+			aloneText = "alone " + rolloutText(alone)
+			ratio = fmt.Sprintf("%.1fx fewer bytes, %s", float64(alone.UpstreamNarBytes)/float64(max(withPeers.UpstreamNarBytes, 1)), faster(alone.AllS/withPeers.AllS))
+		}
+		bad := withPeers.Failed > 0 || (withPeers.Verified != nil && *withPeers.Verified != n)
+		met := withPeers.Copies <= p.TargetCopies && !bad
+		r.judge(benchPeers, fmt.Sprintf("%d nodes: upstream bytes of a rollout with peers", n), rolloutText(withPeers), aloneText, ratio,
+			fmt.Sprintf("<= %.1f copies of the closure", p.TargetCopies), met)
+		if !met {
+			r.note(fmt.Sprintf("Peer sharing, %d nodes: %.2f copies upstream, target %.1f", n, withPeers.Copies, p.TargetCopies), peersWhy(withPeers))
+		}
+	}
+	r.details = append(r.details, d.String())
+}
+
+// peersWhy says, from a rollout's figures, where the extra upstream
+// bytes came from.
+func peersWhy(row peersRow) string {
+	var why []string
+	if row.Failed > 0 {
+		why = append(why, fmt.Sprintf("%d of the %d fetches failed (their logs are kept under the closure's logs/peers)", row.Failed, row.Nodes))
+	}
+	if row.Verified != nil && *row.Verified != row.Nodes {
+		why = append(why, fmt.Sprintf("Nix found %d of the %d node stores bad", row.Nodes-*row.Verified, row.Nodes))
+	}
+	if row.NarsServedTwice > 0 {
+		why = append(why, fmt.Sprintf("the upstream served %d of the %d NARs more than once (one as many as %d times): more than one node downloaded "+
+			"those paths upstream, which happens when a claim at the path's owner fails or times out (2 s), when a waiter gives up on its holder "+
+			"(a wait round or a stall) or when a peer's NAR is refused", row.NarsServedTwice, row.NarsServed, row.NarsServedMax))
+	}
+	if row.PeerFailures != nil && *row.PeerFailures > 0 {
+		why = append(why, fmt.Sprintf("the fetches counted %d peer failures, each sending a path upstream", *row.PeerFailures))
+	}
+	if len(why) == 0 {
+		why = append(why, "no NAR was served twice and no fetch failed: the extra bytes are NARs cut off and requested again")
+	}
+	text := strings.Join(why, "; ") + "."
+	return strings.ToUpper(text[:1]) + text[1:]
 }

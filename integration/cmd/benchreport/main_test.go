@@ -167,7 +167,7 @@ func TestReportPartial(t *testing.T) {
 	r.fetch, r.pods, r.sharing, r.view = nil, nil, nil, nil
 	out := r.render()
 	checkText(t, out)
-	if !strings.Contains(out, "Benchmarks run: start (of fetch pods start sharing view).") {
+	if !strings.Contains(out, "Benchmarks run: start (of fetch pods start sharing view peers).") {
 		t.Error("a partial run does not say which benchmarks ran")
 	}
 	for _, s := range sections {
@@ -178,5 +178,44 @@ func TestReportPartial(t *testing.T) {
 	}
 	if r, err := loadReport(t.TempDir()); err != nil || r.render() == "" {
 		t.Errorf("an empty results directory: %v", err)
+	}
+}
+
+// TestReportPeers: the peer sharing section, one summary line per node
+// count judged on the copies of the closure upstream served, and for a
+// missed one the note says where the extra copies came from.
+func TestReportPeers(t *testing.T) {
+	r := &report{}
+	if err := load("testdata/peers/peers.json", &r.peers); err != nil {
+		t.Fatal(err)
+	}
+	out := r.render()
+	checkText(t, out)
+	for _, want := range []string{
+		"\n## Peer sharing: one closure rolled out to N nodes at once",
+		"| peer sharing | 10 nodes: upstream bytes of a rollout with peers | 15.0 MB (1.00 copies), every node in 1.3 s | alone 149.9 MB (10.00 copies), every node in 3.2 s | 10.0x fewer bytes, 2.41x faster | <= 1.1 copies of the closure | **met** |",
+		"| peer sharing | 100 nodes: upstream bytes of a rollout with peers | 30.0 MB (2.00 copies), every node in 20.5 s | alone 1499.2 MB (100.00 copies), every node in 31.0 s | 50.0x fewer bytes, 1.51x faster | <= 1.1 copies of the closure | **missed** |",
+		"| 100 | peers | 20.5 s | 15.2 s | 3.1 s | 30.0 MB | 2.00 | 0.64 | 2.0 MB | 12 of 30 (3) | 4500.0 MB | 7 | 0 | 100 of 100 |",
+		"| 10 | upstream alone | 3.2 s | 3.2 s | 3.0 s | 149.9 MB | 10.00 | 3.21 | 0.2 MB | 30 of 30 (10) |  |  | 0 | not checked |",
+		"- **Peer sharing, 100 nodes: 2.00 copies upstream, target 1.1.** The upstream served 12 of the 30 NARs more than once (one as many as 3 times)",
+		"the fetches counted 7 peer failures",
+		"stopped there: N=300 needs about 50000 MB",
+		"3.1x smaller than the NARs here, so against the NAR size 3 full copies would pass",
+		"their bytes grow with N, 20.0 kB per node here (30 narinfos)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if n := strings.Count(out, "**missed**"); n != 1 {
+		t.Errorf("%d targets missed, want 1", n)
+	}
+	// A node store Nix finds bad misses the target whatever the bytes.
+	*r.peers.Rows[2].Verified = 99
+	r.peers.Rows[2].Copies = 1
+	r.summary, r.notes, r.details = nil, nil, nil
+	out = r.render()
+	if !strings.Contains(out, "Nix found 1 of the 100 node stores bad") || strings.Count(out, "**missed**") != 1 {
+		t.Errorf("a bad node store is not a missed target:\n%s", out)
 	}
 }
