@@ -79,9 +79,10 @@ func (e *Env) notePod(id string) {
 
 // removeShimSockets removes the sockets in /run/containerd/s of this
 // Env's shims under a containerd before 2.3 (one per pod, named as runc's
-// shim manager names them: the SHA-256 of "<containerd address>/<namespace>/<sandbox id>"[/debug]).
-// A shim removes its own when it exits; one that was killed leaves it. Run
-// after every shim of the Env is gone.
+// shim manager names them: the SHA-256 of
+// "<containerd address>/<namespace>/<sandbox id>"[/debug]). A shim removes
+// its own when it exits; one that was killed leaves it. Run after every
+// shim of the Env is gone.
 func (e *Env) removeShimSockets() error {
 	if e.gen.bootstrap {
 		return nil

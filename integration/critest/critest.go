@@ -3,7 +3,8 @@
 // socket dir and runc root under one temporary directory), Debian's runc and
 // CNI plugins on a private bridge, the test images imported, and crictl to
 // drive it. Two runtime handlers are configured: "runc" (containerd's runc
-// shim) and "storepkg" (our shim, runtime_type io.containerd.storepkg.v1).
+// shim) and "storepkg" (our shim, runtime_type io.containerd.storepkg.v1);
+// under a containerd before 2.3 (Options.Containerd) only "storepkg".
 //
 //	func TestSomething(t *testing.T) {
 //		critest.Require(t)
