@@ -12,8 +12,10 @@
 #
 #   . "$(hack/install-deps.sh)/env.sh"    # the script prints the tools dir
 #
-# internal/critest finds the tools the same way (same variable, same layout):
-# keep the versions below in step with internal/critest/tools.go.
+# integration/critest and internal/toolcache find the tools the same way
+# (same variable, same layout): keep the versions below in step with
+# integration/critest/tools.go and internal/toolcache (whose test checks
+# CONTAINERD_MATRIX).
 set -o errexit -o nounset -o pipefail
 
 # make demo: Nix builds and serves a closure; a private containerd with CRI
@@ -36,8 +38,13 @@ TEST_APT_PACKAGES=(
 TOOLS_DIR="${STOREPKG_TOOLS:-/var/cache/storepkg/tools}"
 CONTAINERD_VERSION=v2.3.4
 CRICTL_VERSION=v1.34.0
-# pkg/nodeinstall checks its edits of containerd 1.7 configs with the real 1.7.
-CONTAINERD17_VERSION=v1.7.35
+# The containerd matrix: the newest patch of every minor from 1.7 on that
+# the module proxy serves (`go list -m -versions`). The CRI matrix test
+# (integration/containerd_matrix_test.go) runs a pod on each, and
+# pkg/nodeinstall checks its config edits with each one's `config dump`.
+# Only their daemons are built: ctr, crictl and the runc shim are the
+# ones above.
+CONTAINERD_MATRIX=(v1.7.35 v2.0.14 v2.1.9 v2.2.10 v2.3.7 v2.4.2)
 
 # "name version package...": the tool directory name-version holds the
 # binaries of those packages, each built by `go install package@version`.
@@ -71,7 +78,7 @@ go_tool() {
   for pkg in "${missing[@]}"; do
     # Run outside any module so the project's go.mod has no say; static
     # binaries. go's chatter goes to a log, shown only on failure.
-    if ! (cd "$tmp" && CGO_ENABLED=0 GOBIN="$tmp" go install "$pkg@$version") >"$tmp/.log" 2>&1; then
+    if ! (cd "$tmp" && CGO_ENABLED=0 GOBIN="$tmp" nice -n 10 go install "$pkg@$version") >"$tmp/.log" 2>&1; then
       tail -n 40 "$tmp/.log" >&2
       rm -rf "$tmp"
       die "go install $pkg@$version failed"
@@ -92,32 +99,44 @@ install_go_tools() {
   done
 }
 
-# install_containerd17 builds containerd 1.7 (only the daemon, used by the
-# installer tests to dump configs). `go install pkg@version` refuses that
-# module (its go.mod has exclude directives), so it builds in a writable
-# copy of the module from the module cache.
-install_containerd17() {
-  local dir="$TOOLS_DIR/containerd-$CONTAINERD17_VERSION"
+# containerd_daemon VERSION builds the containerd daemon of VERSION (1.x
+# or 2.x) into $TOOLS_DIR/containerd-VERSION unless it is there. `go
+# install pkg@version` refuses the modules whose go.mod has exclude
+# directives (1.7, 2.0, 2.1), so every version builds the same way: in a
+# writable copy of the module from the module cache, with its own go.mod.
+containerd_daemon() {
+  local version=$1 module=github.com/containerd/containerd
+  local dir="$TOOLS_DIR/containerd-$version"
   [[ -x "$dir/containerd" ]] && return 0
-  log "building containerd $CONTAINERD17_VERSION"
+  [[ $version == v1.* ]] || module+=/v${version:1:1}
+  command -v go >/dev/null || die "go is not on PATH: cannot build containerd $version"
+  log "building containerd $version (daemon)"
+  mkdir -p "$TOOLS_DIR"
   local start=$SECONDS tmp src
-  tmp=$(mktemp -d "$TOOLS_DIR/.containerd17.XXXXXX")
-  if ! src=$(cd "$tmp" && go mod download -json "github.com/containerd/containerd@$CONTAINERD17_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p') || [[ -z "$src" ]]; then
+  tmp=$(mktemp -d "$TOOLS_DIR/.containerd-$version.XXXXXX")
+  if ! src=$(cd "$tmp" && go mod download -json "$module@$version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p') || [[ -z "$src" ]]; then
     rm -rf "$tmp"
-    die "go mod download github.com/containerd/containerd@$CONTAINERD17_VERSION failed"
+    die "go mod download $module@$version failed"
   fi
   cp -r "$src" "$tmp/src"
   chmod -R u+w "$tmp/src"
-  if ! (cd "$tmp/src" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -tags no_btrfs,no_devmapper,no_zfs,no_aufs \
+  if ! (cd "$tmp/src" && CGO_ENABLED=0 GOFLAGS=-mod=mod nice -n 10 go build -tags no_btrfs,no_devmapper,no_zfs,no_aufs \
     -o "$tmp/containerd" ./cmd/containerd) >"$tmp/.log" 2>&1; then
     tail -n 40 "$tmp/.log" >&2
     rm -rf "$tmp"
-    die "building containerd $CONTAINERD17_VERSION failed"
+    die "building containerd $version failed"
   fi
   mkdir -p "$dir"
   mv "$tmp/containerd" "$dir/"
   rm -rf "$tmp"
-  log "built containerd $CONTAINERD17_VERSION in $((SECONDS - start))s"
+  log "built containerd $version in $((SECONDS - start))s"
+}
+
+install_containerd_matrix() {
+  local v
+  for v in "${CONTAINERD_MATRIX[@]}"; do
+    containerd_daemon "$v"
+  done
 }
 
 # write_env writes $TOOLS_DIR/env.sh: sourcing it puts every tool dir first
@@ -150,7 +169,7 @@ main() {
     test)
       install_apt "${TEST_APT_PACKAGES[@]}"
       install_go_tools
-      install_containerd17
+      install_containerd_matrix
       ;;
     *) die "usage: $0 [test|demo]" ;;
   esac

@@ -1,8 +1,9 @@
 // Package integration holds storepkg's whole-system tests and benchmarks:
-// real containerd (2.3, and 1.7 in containerd17_test.go) with CRI,
-// Debian's runc and CNI plugins, crictl, the shim, CLI and node agent built
-// from this tree, and closures built by real Nix served from signed binary
-// caches on 127.0.0.1. One scenario per file; this file holds the shared
+// real containerd (2.3, and every minor from 1.7 in
+// containerd_matrix_test.go) with CRI, Debian's runc and CNI plugins,
+// crictl, the shim, CLI and node agent built from this tree, and
+// closures built by real Nix served from signed binary caches on
+// 127.0.0.1. One scenario per file; this file holds the shared
 // fixture; bench_*_test.go are the benchmarks `make bench` runs.
 package integration
 

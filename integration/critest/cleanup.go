@@ -43,7 +43,7 @@ func (e *Env) cleanup(t testing.TB) {
 	} else if len(leftover) > 0 {
 		t.Logf("critest: killed leftover processes: %s", strings.Join(leftover, "; "))
 	}
-	note("remove shim sockets", e.removeShimSockets17())
+	note("remove shim sockets", e.removeShimSockets())
 	note("remove cgroups", e.removeCgroups())
 	note("unmount", e.unmountAll())
 	note("release network", e.netLock.release())

@@ -39,9 +39,10 @@ func (e *Env) baseConfig(version int, level string, moreDisabled ...string) map[
 	}
 }
 
-// containerdConfig returns containerd's configuration (version 3, which
-// containerd 2.3 migrates on load). Everything containerd would otherwise
-// keep in a machine-wide place points into the Env's directory.
+// containerdConfig returns containerd 2.x's configuration (version 3).
+// Everything containerd would otherwise keep in a machine-wide place points
+// into the Env's directory, but the shims' sockets before 2.3 (see
+// shimSocketDirLegacy).
 func (e *Env) containerdConfig(opts Options) (map[string]any, error) {
 	storepkg, err := e.storepkgRuntime(opts)
 	if err != nil {
@@ -114,6 +115,23 @@ func (e *Env) containerdConfig(opts Options) (map[string]any, error) {
 		images := cfg["plugins"].(map[string]any)["io.containerd.cri.v1.images"].(map[string]any)
 		images["registry"] = map[string]any{"config_path": dir}
 	}
+	plugins := cfg["plugins"].(map[string]any)
+	runtime := plugins["io.containerd.cri.v1.runtime"].(map[string]any)
+	if !e.gen.bootstrap {
+		// No socket_dir before 2.3: the shims' sockets are in
+		// /run/containerd/s (removeShimSockets cleans them up). And the
+		// runc shim of ContainerdVersion cannot answer their `start`.
+		plugins["io.containerd.shim.v1.manager"] = map[string]any{"env": shimEnv}
+		runtime["containerd"] = map[string]any{
+			"default_runtime_name": HandlerStorepkg,
+			"runtimes":             map[string]any{HandlerStorepkg: storepkg},
+		}
+	}
+	if !e.gen.cniBinDirs {
+		cni := runtime["cni"].(map[string]any)
+		delete(cni, "bin_dirs")
+		cni["bin_dir"] = e.tools.cniBinDir
+	}
 	if opts.Config != nil {
 		opts.Config(cfg)
 	}
@@ -139,7 +157,7 @@ func (e *Env) storepkgRuntime(opts Options) (map[string]any, error) {
 		"runtime_type":    StorepkgRuntimeType,
 		"pod_annotations": []string{"storepkg.dev/*"},
 	}
-	if opts.Containerd != Containerd17Version {
+	if e.gen.configVersion >= 3 {
 		storepkg["sandboxer"] = "podsandbox"
 	}
 	if opts.ShimPath != "" {

@@ -64,8 +64,9 @@ func (e *Env) containerd17Config(opts Options) (map[string]any, error) {
 	return cfg, nil
 }
 
-// shimSocketDir17 is where containerd 1.7 has its shims put their sockets.
-const shimSocketDir17 = "/run/containerd/s"
+// shimSocketDirLegacy is where containerd before 2.3 has its shims put
+// their sockets.
+const shimSocketDirLegacy = "/run/containerd/s"
 
 func (e *Env) notePod(id string) {
 	e.mu.Lock()
@@ -76,13 +77,14 @@ func (e *Env) notePod(id string) {
 	e.podIDs[id] = true
 }
 
-// removeShimSockets17 removes the sockets in /run/containerd/s of this
-// Env's shims (one per pod, named as runc's shim manager names them: the
-// SHA-256 of "<containerd address>/<namespace>/<sandbox id>"[/debug]). A
-// shim removes its own when it exits; one that was killed leaves it. Run
-// after every shim of the Env is gone.
-func (e *Env) removeShimSockets17() error {
-	if !e.containerd17 {
+// removeShimSockets removes the sockets in /run/containerd/s of this
+// Env's shims under a containerd before 2.3 (one per pod, named as runc's
+// shim manager names them: the SHA-256 of
+// "<containerd address>/<namespace>/<sandbox id>"[/debug]). A shim removes
+// its own when it exits; one that was killed leaves it. Run after every
+// shim of the Env is gone.
+func (e *Env) removeShimSockets() error {
+	if e.gen.bootstrap {
 		return nil
 	}
 	e.mu.Lock()
@@ -91,7 +93,7 @@ func (e *Env) removeShimSockets17() error {
 	for id := range e.podIDs {
 		p := filepath.Join(e.Socket, Namespace, id)
 		for _, name := range []string{p, filepath.Join(p, "debug")} {
-			sock := filepath.Join(shimSocketDir17, fmt.Sprintf("%x", sha256.Sum256([]byte(name))))
+			sock := filepath.Join(shimSocketDirLegacy, fmt.Sprintf("%x", sha256.Sum256([]byte(name))))
 			if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, err)
 			}

@@ -3,7 +3,8 @@
 // socket dir and runc root under one temporary directory), Debian's runc and
 // CNI plugins on a private bridge, the test images imported, and crictl to
 // drive it. Two runtime handlers are configured: "runc" (containerd's runc
-// shim) and "storepkg" (our shim, runtime_type io.containerd.storepkg.v1).
+// shim) and "storepkg" (our shim, runtime_type io.containerd.storepkg.v1);
+// under a containerd before 2.3 (Options.Containerd) only "storepkg".
 //
 //	func TestSomething(t *testing.T) {
 //		critest.Require(t)
@@ -70,12 +71,12 @@ const Namespace = "k8s.io"
 
 // Options configure an Env.
 type Options struct {
-	// Containerd selects the containerd to run: "" or ContainerdVersion
-	// (configuration version 3), or Containerd17Version (configuration
-	// version 2, plugin io.containerd.grpc.v1.cri). Under containerd 1.7
-	// only the storepkg handler is configured, and it is also the default
-	// runtime: the runc shim built beside containerd 2 answers `start` in
-	// a form 1.7 refuses. ShimEnv is not supported there (1.7 has no
+	// Containerd selects the containerd to run: "" or ContainerdVersion,
+	// or one of ContainerdMatrix. 2.x gets configuration version 3, 1.7
+	// version 2 (plugin io.containerd.grpc.v1.cri). Before 2.3 only the
+	// storepkg handler is configured, and it is also the default runtime:
+	// the runc shim built beside ContainerdVersion answers `start` in a
+	// form they refuse. ShimEnv is not supported under 1.7 (it has no
 	// setting for it).
 	Containerd string
 	// ShimPath is the absolute path of containerd-shim-storepkg-v1, set as the
@@ -125,7 +126,8 @@ type Env struct {
 	// Socket is containerd's gRPC socket (the CRI endpoint), TTRPCSocket
 	// its ttrpc socket.
 	Socket, TTRPCSocket string
-	// ShimSocketDir is where the shims put their sockets.
+	// ShimSocketDir is where the shims put their sockets (containerd 2.3
+	// on; before, /run/containerd/s).
 	ShimSocketDir string
 	// RuncRoot is runc's --root for both handlers (unless the storepkg
 	// options set Root).
@@ -156,7 +158,7 @@ type Env struct {
 	cmd           *exec.Cmd
 	exited        chan struct{}
 	netLock       *netLock
-	containerd17  bool
+	gen           generation
 
 	mu     sync.Mutex
 	podIDs map[string]bool // every pod run through RunPodSandbox
@@ -182,17 +184,6 @@ func Require(t testing.TB) {
 	}
 }
 
-// Require17 is Require for an Env with Options.Containerd
-// Containerd17Version: it also needs containerd 1.7 built by
-// hack/install-deps.sh (the test skips without it only outside CI).
-func Require17(t testing.TB) {
-	t.Helper()
-	Require(t)
-	if !isExecutable(containerd17Bin()) {
-		testenv.Unavailable(t, "critest: containerd %s not built at %s (hack/install-deps.sh builds it)", Containerd17Version, containerd17Bin())
-	}
-}
-
 // check reports the first reason an Env cannot run here.
 func check() error {
 	if runtime.GOOS != "linux" {
@@ -215,11 +206,7 @@ func check() error {
 // t.Cleanup; a failure shows containerd's log.
 func Start(t testing.TB, opts Options) *Env {
 	t.Helper()
-	if opts.Containerd == Containerd17Version {
-		Require17(t)
-	} else {
-		Require(t)
-	}
+	RequireContainerd(t, opts.Containerd)
 	started := time.Now()
 	sweepStale(t)
 	e, err := newEnv(opts)
@@ -245,15 +232,15 @@ func newEnv(opts Options) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	switch opts.Containerd {
-	case "", ContainerdVersion:
-	case Containerd17Version:
-		tl.containerd = containerd17Bin()
-		if len(opts.ShimEnv) > 0 {
-			return nil, fmt.Errorf("ShimEnv is not supported with containerd %s", opts.Containerd)
-		}
-	default:
-		return nil, fmt.Errorf("Containerd %q: want %s or %s", opts.Containerd, ContainerdVersion, Containerd17Version)
+	gen, err := generationOf(opts.Containerd)
+	if err != nil {
+		return nil, err
+	}
+	if gen.bin != "" {
+		tl.containerd = gen.bin
+	}
+	if gen.configVersion < 3 && len(opts.ShimEnv) > 0 {
+		return nil, fmt.Errorf("ShimEnv is not supported with containerd %s", gen.version)
 	}
 	dir, err := os.MkdirTemp(shortTempDir(), "critest-")
 	if err != nil {
@@ -277,7 +264,7 @@ func newEnv(opts Options) (*Env, error) {
 		tools:         tl,
 		crictlConfig:  filepath.Join(dir, "crictl.yaml"),
 		crictlTimeout: opts.CrictlTimeout,
-		containerd17:  opts.Containerd == Containerd17Version,
+		gen:           gen,
 	}
 	if err := e.writeOwner(); err != nil {
 		return e, err
@@ -342,7 +329,7 @@ func (e *Env) start(opts Options) error {
 		return err
 	}
 	var cfg map[string]any
-	if opts.Containerd == Containerd17Version {
+	if e.gen.configVersion == 2 {
 		cfg, err = e.containerd17Config(opts)
 	} else {
 		cfg, err = e.containerdConfig(opts)

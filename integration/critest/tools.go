@@ -5,22 +5,25 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+
+	"github.com/storepkg/storepkg/internal/toolcache"
 )
 
 // Versions of the tools hack/install-deps.sh builds; keep them in step.
 const (
+	// ContainerdVersion is the containerd every Env runs unless
+	// Options.Containerd names another, with its ctr and runc shim (which
+	// every Env uses, whatever its daemon).
 	ContainerdVersion = "v2.3.4"
 	CrictlVersion     = "v1.34.0"
-	// Containerd17Version is the containerd 1.7 that Options.Containerd
-	// may select (hack/install-deps.sh builds only its daemon: ctr and
-	// crictl are the ones above).
+	// Containerd17Version is the containerd 1.7 of ContainerdMatrix.
 	Containerd17Version = "v1.7.35"
 )
 
-// containerd17Bin is where hack/install-deps.sh puts containerd 1.7.
-func containerd17Bin() string {
-	return filepath.Join(toolsDir(), "containerd-"+Containerd17Version, "containerd")
-}
+// ContainerdMatrix lists the containerd daemons Options.Containerd may
+// select besides ContainerdVersion: the newest patch of every minor from
+// 1.7 on (hack/install-deps.sh builds only their daemons).
+var ContainerdMatrix = toolcache.ContainerdMatrix
 
 // CNIBinDirs are searched, in order, for the CNI plugins (Debian's
 // containernetworking-plugins installs them in /usr/lib/cni).
@@ -34,12 +37,7 @@ type tools struct {
 }
 
 // toolsDir is where hack/install-deps.sh caches the Go tools.
-func toolsDir() string {
-	if d := os.Getenv("STOREPKG_TOOLS"); d != "" {
-		return d
-	}
-	return "/var/cache/storepkg/tools"
-}
+func toolsDir() string { return toolcache.Dir() }
 
 // findTools looks each tool up in its install-deps.sh directory, then on
 // PATH.

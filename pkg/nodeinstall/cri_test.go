@@ -15,17 +15,19 @@ import (
 
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/storepkg/storepkg/internal/toolcache"
 )
 
-// TestCRIProbeRealContainerd starts real containerd with our runtime
-// table (as install writes it) and asks its CRI plugin, as the installer
-// does before labelling the node.
+// TestCRIProbeRealContainerd starts real containerd (every version of the
+// matrix) with our runtime table (as install writes it) and asks its CRI
+// plugin, as the installer does before labelling the node.
 func TestCRIProbeRealContainerd(t *testing.T) {
-	for _, v := range []string{"2.3.4", "1.7.35"} {
+	for _, v := range append([]string{"v2.3.4"}, toolcache.ContainerdMatrix...) {
 		t.Run(v, func(t *testing.T) {
 			bin := containerdBin(t, v)
 			version := 3
-			if strings.HasPrefix(v, "1.") {
+			if strings.HasPrefix(v, "v1.") {
 				version = 2
 			}
 			dir, err := os.MkdirTemp("", "sp-cri-")
@@ -264,6 +266,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 `, version, filepath.Join(dir, "root"), filepath.Join(dir, "state"), socket, socket+".ttrpc",
 		filepath.Join(dir, "opt"), cri, filepath.Join(dir, "cni"))
 	if version >= 3 {
+		// Ignored before 2.3 (shims then use /run/containerd/s); none
+		// starts here.
 		cfg += fmt.Sprintf("[plugins.'io.containerd.shim.v1.manager']\n  socket_dir = %q\n", filepath.Join(dir, "s"))
 	}
 	cfg += "\n" + extra

@@ -19,23 +19,16 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/storepkg/storepkg/internal/testenv"
+	"github.com/storepkg/storepkg/internal/toolcache"
 )
 
-// toolsDir is where hack/install-deps.sh puts the Go-built tools.
-func toolsDir() string {
-	if d := os.Getenv("STOREPKG_TOOLS"); d != "" {
-		return d
-	}
-	return "/var/cache/storepkg/tools"
-}
-
 // containerdBin returns the containerd binary of the given version
-// ("2.3.4", "1.7.35"). Running it in a host root needs chroot, so root.
-// Without them the test is unavailable (hack/install-deps.sh builds both).
+// ("2.3.4", "v1.7.35"). Running it in a host root needs chroot, so root.
+// Without them the test is unavailable (hack/install-deps.sh builds them).
 func containerdBin(t *testing.T, version string) string {
 	t.Helper()
 	testenv.Root(t, "chroot into the test host root")
-	p := filepath.Join(toolsDir(), "containerd-v"+version, "containerd")
+	p := toolcache.Containerd(version)
 	if _, err := os.Stat(p); err != nil {
 		testenv.Unavailable(t, "containerd %s not built at %s (hack/install-deps.sh builds it): %v", version, p, err)
 	}

@@ -1,40 +1,59 @@
 package integration
 
 import (
+	"encoding/json"
 	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/storepkg/storepkg/integration/critest"
+	"github.com/storepkg/storepkg/internal/toolcache"
 )
 
-// TestContainerd17: the same shim binary under containerd 1.7, which
-// reads a JSON start answer of version 2 and speaks the task API v2. A
-// storepkg pod runs end to end (its container from the closure, logs,
+// TestContainerdMatrix: the same shim binary under the newest patch of
+// every containerd minor from 1.7 on (critest.ContainerdMatrix). On each,
+// a storepkg pod runs end to end (its container from the closure, logs,
 // exec with the closure's PATH, stop, rm) and leaves no mount, GC root or
-// owner record; a pod whose shim is SIGKILLed is cleaned up by 1.7 with
-// the shim's `delete` command.
-func TestContainerd17(t *testing.T) {
-	critest.Require17(t)
+// owner record; containerd connects to the shim with the task API its
+// start protocol implies (docs/compatibility.md); and a pod whose shim is
+// SIGKILLed is cleaned up with the shim's `delete` command.
+func TestContainerdMatrix(t *testing.T) {
 	setup(t)
 	url, _, _ := serveCache(t)
+	for _, version := range critest.ContainerdMatrix {
+		t.Run(version, func(t *testing.T) {
+			critest.RequireContainerd(t, version)
+			testContainerdVersion(t, version, url)
+		})
+	}
+}
+
+func testContainerdVersion(t *testing.T, version, url string) {
+	started := time.Now()
 	env := critest.Start(t, critest.Options{
-		Containerd: critest.Containerd17Version,
+		Containerd: version,
 		ShimPath:   fixture.shim,
 		StorepkgOptions: map[string]any{
 			"Substituters":      []string{url},
 			"TrustedPublicKeys": []string{fixture.key.Public},
 		},
 	})
-	if out := env.Crictl(t, "version"); !strings.Contains(out, strings.TrimPrefix(critest.Containerd17Version, "v")) {
-		t.Fatalf("crictl version: not containerd %s:\n%s", critest.Containerd17Version, out)
+	// A daemon built in a copy of its module says "1.7.35+unknown".
+	running := regexp.MustCompile(`(?m)^RuntimeVersion:\s+v?` + regexp.QuoteMeta(strings.TrimPrefix(version, "v")) + `(\+unknown)?$`)
+	if out := env.Crictl(t, "version"); !running.MatchString(out) {
+		t.Fatalf("crictl version: not containerd %s:\n%s", version, out)
 	}
+	ready := time.Since(started)
 	fx := fixture.fx
 
-	pod := env.PodConfig("c17", "default", paths(fx.Hello, fx.Tools))
+	flow := time.Now()
+	pod := env.PodConfig("matrix", "default", paths(fx.Hello, fx.Tools))
 	podID := env.RunPodSandbox(t, critest.HandlerStorepkg, pod)
+	checkTaskAPI(t, env, version, podID)
 	id, err := env.CreateContainer(t, podID, env.ContainerConfig("app", critest.PauseImage, []string{"hello-dyn", "storepkg"}), pod)
 	if err != nil {
 		t.Fatal(err)
@@ -53,10 +72,15 @@ func TestContainerd17(t *testing.T) {
 	env.RmPod(t, podID)
 	assertNothingLeft(t, env, id)
 	assertRoots(t, env, 0, "after rm")
+	if ms := env.Mounts(); len(ms) > 0 {
+		t.Errorf("mounts left after the pod is removed: %v", ms)
+	}
+	podFlow := time.Since(flow)
 
-	// A shim that dies: containerd 1.7 runs `delete` (cleanup of a dead
+	// A shim that dies: containerd runs `delete` (cleanup of a dead
 	// shim), which must answer in a form it reads.
-	pod = env.PodConfig("c17-killed", "default", paths(fx.Hello, fx.Tools))
+	flow = time.Now()
+	pod = env.PodConfig("matrix-killed", "default", paths(fx.Hello, fx.Tools))
 	podID = env.RunPodSandbox(t, critest.HandlerStorepkg, pod)
 	id, err = env.CreateContainer(t, podID, env.ContainerConfig("app", critest.PauseImage, []string{"hello-dyn", "storepkg"}), pod)
 	if err != nil {
@@ -98,6 +122,46 @@ func TestContainerd17(t *testing.T) {
 	assertNothingLeft(t, env, id)
 	if ms := env.Mounts(); len(ms) > 0 {
 		t.Errorf("mounts left: %v", ms)
+	}
+	t.Logf("containerd %s: ready in %.1fs, pod flow %.1fs, killed shim %.1fs",
+		version, ready.Seconds(), podFlow.Seconds(), time.Since(flow).Seconds())
+}
+
+// checkTaskAPI checks which task API containerd speaks with the pod's
+// shim, as it recorded the shim's start answer in the bundle: 1.7 records
+// none (it has only the task API v2); 2.0 to 2.2 write the
+// shim a start without bootstrap parameters, get JSON of version 2 and use
+// the task API v2; 2.3 on get the bootstrap protocol's answer, version 3.
+func checkTaskAPI(t *testing.T, env *critest.Env, version, podID string) {
+	t.Helper()
+	bundle := filepath.Join(env.StateDir, "io.containerd.runtime.v2.task", critest.Namespace, podID)
+	major, minor, err := toolcache.Minor(version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(bundle, "bootstrap.json"))
+	if major < 2 {
+		if !os.IsNotExist(err) {
+			t.Errorf("containerd %s wrote bootstrap.json (%v): not the 1.7 this test knows", version, err)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var params struct {
+		Version  int    `json:"version"`
+		Protocol string `json:"protocol"`
+	}
+	if err := json.Unmarshal(data, &params); err != nil {
+		t.Fatalf("%s: %v", data, err)
+	}
+	want := 3
+	if major == 2 && minor < 3 {
+		want = 2
+	}
+	if params.Version != want || params.Protocol != "ttrpc" {
+		t.Errorf("containerd %s connected to the shim with %s, want task API v%d over ttrpc", version, data, want)
 	}
 }
 
