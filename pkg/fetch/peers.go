@@ -60,8 +60,8 @@ const (
 	// one request (a closure level's lookups end close together).
 	claimBatchDelay = 5 * time.Millisecond
 	maxClaimBatch   = 1000
-	// maxGone: holders reported gone for one path before it goes
-	// upstream without asking again.
+	// maxGone: holders that fail one path before it goes upstream
+	// without asking its owner again.
 	maxGone = 3
 	// minRound: a holder that answers "not found" at once to a wait
 	// round is asked again no sooner than this.
@@ -223,8 +223,8 @@ func (pr *peerRun) decide(it *item) *peerSource {
 		// Gone, hung, or lost the path.
 		pr.failed()
 		goneCount++
-		if goneCount > maxGone {
-			pr.logFailure(log.WithError(err), holder.Name, "peer %s failed, the %dth holder to; fetching upstream", holder.Name, goneCount)
+		if goneCount >= maxGone {
+			pr.logFailure(log.WithError(err), holder.Name, "peer %s failed, holder %d of %d to fail; fetching upstream", holder.Name, goneCount, maxGone)
 			return nil
 		}
 		pr.logFailure(log.WithError(err), holder.Name, "peer %s failed; asking owner %s again", holder.Name, owner.Name)
