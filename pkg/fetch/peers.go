@@ -66,6 +66,8 @@ const (
 	// minRound: a holder that answers "not found" at once to a wait
 	// round is asked again no sooner than this.
 	minRound = 250 * time.Millisecond
+	// haveWait: the wait asked of a holder said to have the path.
+	haveWait = time.Second
 )
 
 // peers is a Fetcher's view of the node's peers.
@@ -189,7 +191,10 @@ func (pr *peerRun) decide(it *item) *peerSource {
 		}
 		wait := ps.timing.WaitRound
 		if res.have {
-			wait = 0
+			// It has the path: the answer comes at once. A second of
+			// wait forgives a holder that registered it a moment before
+			// its server sees it.
+			wait = min(wait, haveWait)
 		}
 		start := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, wait+ps.timing.ClaimTimeout)
@@ -250,12 +255,9 @@ func (pr *peerRun) source(it *item, holder peer.Peer, ni *narinfo.NarInfo) (*pee
 }
 
 // fetchFromPeer unpacks it's NAR from src into it.tmp; on failure the
-// temporary tree is gone and it is as before.
+// temporary tree is gone.
 func (r *run) fetchFromPeer(it *item, src *peerSource) (string, error) {
-	ni, c := it.ni, it.cache
-	it.ni, it.cache = src.ni, src.cache
-	tmp, err := r.fetchNar(it)
-	it.ni, it.cache = ni, c
+	tmp, err := r.fetchNarFrom(it, src.ni, src.cache)
 	if err != nil {
 		r.peers.failed()
 		if r.ctx.Err() == nil {
