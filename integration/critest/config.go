@@ -214,6 +214,9 @@ func (e *Env) storepkgOptions(opts Options) (map[string]any, error) {
 		"StatusDir":     e.StatusDir,
 		"FetchSlotsDir": e.FetchSlotsDir,
 		"Substituters":  []string{NoSubstituter},
+		// Not the node's /run/storepkg/peers/peers.json: no peers
+		// unless a test gives its own file.
+		"PeersFile": "",
 	}
 	for k, v := range defaults {
 		if _, ok := merged[k]; !ok {

@@ -88,7 +88,8 @@ type Options struct {
 	// SystemdCgroup, ...). Keys left out default to: BinaryName the
 	// machine's runc, Root Env.RuncRoot, SystemdCgroup false, StoreRoot
 	// Env.StoreRoot, StatusDir Env.StatusDir, FetchSlotsDir
-	// Env.FetchSlotsDir, Substituters [NoSubstituter]. (Options.Config
+	// Env.FetchSlotsDir, Substituters [NoSubstituter], PeersFile ""
+	// (no peers). (Options.Config
 	// can remove them.)
 	StorepkgOptions map[string]any
 	// StorepkgOptionsTOML is the same table as TOML text; keys of

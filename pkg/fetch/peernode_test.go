@@ -47,8 +47,9 @@ type peerNode struct {
 
 	narRequests atomic.Int64
 
-	mu       sync.Mutex // serialises exports
-	exported map[string]bool
+	exportMu sync.Mutex // serialises exports
+	mu       sync.Mutex
+	exported map[string]bool // by hash part
 }
 
 // newPeerNodes makes one stand-in node per name, each with its own
@@ -95,6 +96,10 @@ func startPeerNodes(t *testing.T, nodes []*peerNode, ttl time.Duration, extra ..
 		n.srv.Config.Handler = n.handler(coord)
 		n.srv.Start()
 		t.Cleanup(n.srv.Close)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); n.exportValid(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
 	}
 }
 
@@ -148,7 +153,7 @@ func (n *peerNode) handler(coord http.Handler) http.Handler {
 }
 
 // narinfo serves hash's narinfo once its path is valid in the node's
-// store, waiting up to ?wait= seconds for it.
+// store and exported, waiting up to ?wait= seconds for it.
 func (n *peerNode) narinfo(w http.ResponseWriter, r *http.Request, hash string) {
 	var wait time.Duration
 	if s := r.URL.Query().Get("wait"); s != "" {
@@ -161,12 +166,10 @@ func (n *peerNode) narinfo(w http.ResponseWriter, r *http.Request, hash string) 
 	}
 	deadline := time.Now().Add(wait)
 	for {
-		p, ok := n.validByHash(r.Context(), hash)
+		n.mu.Lock()
+		ok := n.exported[hash]
+		n.mu.Unlock()
 		if ok {
-			if err := n.export(r.Context(), p); err != nil {
-				http.Error(w, err.Error(), http.StatusInternalServerError)
-				return
-			}
 			http.ServeFile(w, r, filepath.Join(n.cacheDir, hash+".narinfo"))
 			return
 		}
@@ -182,27 +185,41 @@ func (n *peerNode) narinfo(w http.ResponseWriter, r *http.Request, hash string) 
 	}
 }
 
-// validByHash finds the valid path of the node's store with hash.
-func (n *peerNode) validByHash(ctx context.Context, hash string) (storepath.Path, bool) {
-	entries, _ := os.ReadDir(filepath.Join(n.root, "nix", "store"))
-	for _, e := range entries {
-		p, err := storepath.ParseBase(e.Name())
-		if err != nil || p.HashPart() != hash {
-			continue
+// exportValid exports, every 50 ms until ctx ends, the paths that
+// became valid in the node's store, so that a narinfo request is
+// answered within its wait whatever nix copy takes.
+func (n *peerNode) exportValid(ctx context.Context) {
+	for ctx.Err() == nil {
+		entries, _ := os.ReadDir(filepath.Join(n.root, "nix", "store"))
+		var paths []storepath.Path
+		for _, e := range entries {
+			if p, err := storepath.ParseBase(e.Name()); err == nil {
+				paths = append(paths, p)
+			}
 		}
-		valid, err := n.st.ValidSubset(ctx, []storepath.Path{p})
-		if err == nil && valid[p] {
-			return p, true
+		valid, _ := n.st.ValidSubset(ctx, paths)
+		for _, p := range paths {
+			if valid[p] {
+				if err := n.export(ctx, p); err != nil && ctx.Err() == nil {
+					n.t.Logf("node %s: %v", n.name, err)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return "", false
 }
 
 // export writes p (and its closure) to the node's cache with Nix.
 func (n *peerNode) export(ctx context.Context, p storepath.Path) error {
+	n.exportMu.Lock()
+	defer n.exportMu.Unlock()
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.exported[p.HashPart()] {
+	done := n.exported[p.HashPart()]
+	n.mu.Unlock()
+	if done {
 		return nil
 	}
 	to := fmt.Sprintf("file://%s?compression=%s", n.cacheDir, n.compression)
@@ -215,8 +232,10 @@ func (n *peerNode) export(ctx context.Context, p storepath.Path) error {
 	if err != nil {
 		return fmt.Errorf("nix-store -qR %s: %v", p, err)
 	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	for _, abs := range strings.Fields(string(out)) {
-		n.exported[strings.TrimSuffix(filepath.Base(abs), filepath.Base(abs)[storepath.HashLen:])] = true
+		n.exported[filepath.Base(abs)[:storepath.HashLen]] = true
 	}
 	return nil
 }

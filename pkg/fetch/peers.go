@@ -60,12 +60,14 @@ const (
 	// one request (a closure level's lookups end close together).
 	claimBatchDelay = 5 * time.Millisecond
 	maxClaimBatch   = 1000
-	// maxGone: holders reported gone for one path before it goes
-	// upstream without asking again.
+	// maxGone: holders that fail one path before it goes upstream
+	// without asking its owner again.
 	maxGone = 3
 	// minRound: a holder that answers "not found" at once to a wait
 	// round is asked again no sooner than this.
 	minRound = 250 * time.Millisecond
+	// haveWait: the wait asked of a holder said to have the path.
+	haveWait = time.Second
 )
 
 // peers is a Fetcher's view of the node's peers.
@@ -189,7 +191,10 @@ func (pr *peerRun) decide(it *item) *peerSource {
 		}
 		wait := ps.timing.WaitRound
 		if res.have {
-			wait = 0
+			// It has the path: the answer comes at once. A second of
+			// wait forgives a holder that registered it a moment before
+			// its server sees it.
+			wait = min(wait, haveWait)
 		}
 		start := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, wait+ps.timing.ClaimTimeout)
@@ -223,8 +228,8 @@ func (pr *peerRun) decide(it *item) *peerSource {
 		// Gone, hung, or lost the path.
 		pr.failed()
 		goneCount++
-		if goneCount > maxGone {
-			pr.logFailure(log.WithError(err), holder.Name, "peer %s failed, the %dth holder to; fetching upstream", holder.Name, goneCount)
+		if goneCount >= maxGone {
+			pr.logFailure(log.WithError(err), holder.Name, "peer %s failed, holder %d of %d to fail; fetching upstream", holder.Name, goneCount, maxGone)
 			return nil
 		}
 		pr.logFailure(log.WithError(err), holder.Name, "peer %s failed; asking owner %s again", holder.Name, owner.Name)
@@ -250,12 +255,9 @@ func (pr *peerRun) source(it *item, holder peer.Peer, ni *narinfo.NarInfo) (*pee
 }
 
 // fetchFromPeer unpacks it's NAR from src into it.tmp; on failure the
-// temporary tree is gone and it is as before.
+// temporary tree is gone.
 func (r *run) fetchFromPeer(it *item, src *peerSource) (string, error) {
-	ni, c := it.ni, it.cache
-	it.ni, it.cache = src.ni, src.cache
-	tmp, err := r.fetchNar(it)
-	it.ni, it.cache = ni, c
+	tmp, err := r.fetchNarFrom(it, src.ni, src.cache)
 	if err != nil {
 		r.peers.failed()
 		if r.ctx.Err() == nil {

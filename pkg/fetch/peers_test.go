@@ -127,7 +127,7 @@ func TestPeersFetchEachPathOnce(t *testing.T) {
 // waiting and each NAR still crosses the uplink once.
 func TestPeersRenewLeases(t *testing.T) {
 	fx, key, caches := fixture(t)
-	const ttl = 800 * time.Millisecond
+	const ttl = 1200 * time.Millisecond
 	up := newSlowUpstream(t, caches["zstd"], 2*ttl)
 	nodes := newPeerNodes(t, "node-a", "node-b", "node-c")
 	startPeerNodes(t, nodes, ttl)

@@ -518,14 +518,12 @@ func (r *run) fetchNarElsewhere(it *item, first error) (string, error) {
 			continue
 		}
 		r.f.log.Warnf("%s: NAR from %s failed (%v); trying %s", it.path.Absolute(), origCache.URL, first, c.URL)
-		it.ni, it.cache = ni, c
-		tmp, err := r.fetchNar(it)
+		tmp, err := r.fetchNarFrom(it, ni, c)
 		if err == nil {
 			return tmp, nil
 		}
 		reasons = append(reasons, c.URL+": "+err.Error())
 	}
-	it.ni, it.cache = orig, origCache
 	if len(reasons) == 0 {
 		return "", first
 	}
@@ -535,11 +533,17 @@ func (r *run) fetchNarElsewhere(it *item, first error) (string, error) {
 // fetchNar downloads and unpacks it's NAR into it.tmp, retrying
 // transient failures from the start. It returns the temporary directory
 // holding the verified tree.
-func (r *run) fetchNar(it *item) (string, error) {
+func (r *run) fetchNar(it *item) (string, error) { return r.fetchNarFrom(it, it.ni, it.cache) }
+
+// fetchNarFrom is fetchNar from cache c, whose narinfo ni describes the
+// same NAR as it.ni. The item is not changed: the walk reads it.ni
+// meanwhile, and the path is registered with the narinfo it was
+// resolved with.
+func (r *run) fetchNarFrom(it *item, ni *narinfo.NarInfo, c *Cache) (string, error) {
 	tmp := it.tmp
-	policy := it.cache.retryPolicy()
+	policy := c.retryPolicy()
 	_, err := retry(r.ctx, policy, func() (struct{}, error) {
-		err := r.fetchNarOnce(it, tmp)
+		err := r.fetchNarOnce(ni, c, tmp)
 		if err != nil {
 			if rmErr := store.RemoveTree(tmp); rmErr != nil {
 				return struct{}{}, errors.Join(err, rmErr)
@@ -559,9 +563,8 @@ func (r *run) fetchNar(it *item) (string, error) {
 	return tmp, nil
 }
 
-func (r *run) fetchNarOnce(it *item, tmp string) error {
-	ni := it.ni
-	rc, err := it.cache.open(r.ctx, ni.URL)
+func (r *run) fetchNarOnce(ni *narinfo.NarInfo, c *Cache, tmp string) error {
+	rc, err := c.open(r.ctx, ni.URL)
 	if err != nil {
 		return fmt.Errorf("NAR %s (URL in %s.narinfo): %w", ni.URL, ni.StorePath.HashPart(), err)
 	}
@@ -570,7 +573,7 @@ func (r *run) fetchNarOnce(it *item, tmp string) error {
 	// fingerprint covers the NAR's hash, checked below), so it proves
 	// nothing, and hashing it costs a tenth of a fetch. Its size bounds the
 	// download.
-	file := &countingReader{r: rc, onRead: func(n int) { r.addBytes(it.cache, n) }}
+	file := &countingReader{r: rc, onRead: func(n int) { r.addBytes(c, n) }}
 	if ni.FileSize > 0 {
 		file.limit = int64(ni.FileSize)
 	}
