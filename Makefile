@@ -12,19 +12,32 @@ BIN      := bin
 # (golang/go#75804, fixed in Go 1.27).
 FUZZTIME ?= 300000x
 
-.PHONY: all build image test e2e unit fuzz vet demo bench bench-fetch bench-start bench-pods bench-sharing bench-view chaos soak deps clean
+.PHONY: all build release image test e2e unit fuzz vet demo bench bench-fetch bench-start bench-pods bench-sharing bench-view chaos soak deps clean
 
 all: build
 
 build:
 	$(GO) build -buildvcs=auto -o $(BIN)/ ./cmd/...
 
-# The installer image (storepkg + the shim, static) as an image tarball,
-# built in Go without Docker or a registry; the Dockerfile builds the same.
+# Release builds: storepkg and the shim, static (CGO_ENABLED=0: the
+# installer copies the shim onto hosts whose libc it cannot know), one
+# directory per platform: $(BIN)/release/<os>-<arch>/.
+PLATFORMS ?= linux/amd64 linux/arm64
+release:
+	@set -e; for p in $(PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; echo "release $$os/$$arch -> $(BIN)/release/$$os-$$arch/"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -buildvcs=auto -trimpath -ldflags=-s \
+			-o $(BIN)/release/$$os-$$arch/ ./cmd/storepkg ./cmd/containerd-shim-storepkg-v1; \
+	done
+
+# The installer image as an OCI layout tarball holding one image index
+# (an image per platform of the release builds), built in Go without
+# Docker or a registry; the Dockerfile builds the same with buildx.
 IMAGE ?= ghcr.io/storepkg/storepkg:dev
-image:
-	CGO_ENABLED=0 $(GO) build -buildvcs=auto -trimpath -ldflags=-s -o $(BIN)/static/ ./cmd/storepkg ./cmd/containerd-shim-storepkg-v1
-	cd integration && $(GO) run ./cmd/installer-image -bin $(CURDIR)/$(BIN)/static -ref $(IMAGE) -o $(CURDIR)/$(BIN)/storepkg-installer.tar
+image: release
+	cd integration && $(GO) run ./cmd/installer-image -bin $(CURDIR)/$(BIN)/release \
+		-platforms $(subst $(eval) ,$(comma),$(strip $(PLATFORMS))) -ref $(IMAGE) -o $(CURDIR)/$(BIN)/storepkg-installer.tar
+comma := ,
 
 deps:
 	hack/install-deps.sh
