@@ -75,10 +75,10 @@ test: deps vet build
 # storepkg CLI built for GOARCH (ARM64_SKIP, all of pkg/fetchexec): only
 # a binfmt_misc registration would run those, which a container cannot
 # make; TestArm64Fetch runs the arm64 CLI under qemu instead. And
-# pkg/gcowner: qemu answers /proc/self/stat itself, with a start time
-# that differs from the kernel's /proc/<pid>/stat, so a live process
-# looks gone to pkg/procid's comparison (an emulator artefact: a real
-# arm64 kernel answers both).
+# pkg/gcowner: qemu answers a process's own /proc/<pid>/stat itself, with
+# the start time of the thread that reads it, so a Go process that notes
+# its start time on one thread and checks it on another looks gone to
+# pkg/procid (an emulator artefact: the kernel gives the process's).
 ARM64_PKGS ?= ./pkg/nixbase32 ./pkg/storepath ./pkg/nar ./pkg/narinfo ./pkg/fetch ./pkg/store/... \
 	./pkg/shim ./pkg/mount ./pkg/fetchapi ./pkg/procid ./pkg/fetchslot
 ARM64_SKIP := ^(TestTwoProcessesFetchOnce|TestSIGKILLMidDownload|TestCLIOverHTTP|TestGCRaceWithFetches|TestSlotFreedBySIGKILL)$$
