@@ -29,10 +29,13 @@ DEMO_APT_PACKAGES=(
 # link against store paths, the sqlite3 shell and flock(1) that the store
 # tests contend with as Nix does, losetup(8) and mkfs.ext4(8) for the power
 # cut tests (internal/powercut), jq for the kind e2e's peers files and
-# cache counts.
+# cache counts, qemu-aarch64-static to run the arm64 build's tests on
+# amd64 (make test-arm64; called explicitly, as `go test -exec`, so no
+# binfmt_misc registration, which a container cannot make).
 TEST_APT_PACKAGES=(
   "${DEMO_APT_PACKAGES[@]}"
   xz-utils zstd time gcc libc6-dev sqlite3 util-linux mount e2fsprogs jq
+  qemu-user-static
 )
 
 TOOLS_DIR="${STOREPKG_TOOLS:-/var/cache/storepkg/tools}"

@@ -2,6 +2,8 @@ package shim
 
 import (
 	"fmt"
+	"runtime"
+	"slices"
 	"sort"
 	"strings"
 
@@ -41,11 +43,14 @@ type annotationLimits struct {
 	paths            int // store paths, summed over all keys
 }
 
-// parseAnnotations validates every storepkg.dev/ annotation. A mistake is
-// an InvalidArgument error naming the annotation, so `kubectl describe`
-// says exactly which key and path are wrong. A pod over a node limit is
-// refused the same way, naming the annotation and the node's option.
-func parseAnnotations(annotations map[string]string, lim annotationLimits) (*podPaths, error) {
+// parseAnnotations validates every storepkg.dev/ annotation and keeps the
+// paths for system, the node's Nix system (anySystem: every system's). A
+// mistake is an InvalidArgument error naming the annotation, so `kubectl
+// describe` says exactly which key and path are wrong. A pod over a node
+// limit is refused the same way, naming the annotation and the node's
+// option; a pod whose per-system paths leave out the node's system is
+// refused with FailedPrecondition, naming the annotation and the system.
+func parseAnnotations(annotations map[string]string, lim annotationLimits, system string) (*podPaths, error) {
 	pp := &podPaths{perContainer: map[string][]storepath.Path{}}
 	keys := make([]string, 0, len(annotations))
 	for k := range annotations {
@@ -76,11 +81,21 @@ func parseAnnotations(annotations map[string]string, lim annotationLimits) (*pod
 			return nil, fmt.Errorf("annotation %s: unknown storepkg annotation (known: %s, %s<container>): %w",
 				k, AnnotationPaths, AnnotationPathsFor, errdefs.ErrInvalidArgument)
 		}
-		paths, err := parsePathList(annotations[k])
+		l, err := parsePathList(annotations[k], system)
 		if err != nil {
 			return nil, fmt.Errorf("annotation %s: %v: %w", k, err, errdefs.ErrInvalidArgument)
 		}
-		if len(paths) == 0 {
+		paths := l.paths
+		switch {
+		case len(l.systems) > 0 && system == "":
+			return nil, fmt.Errorf("annotation %s: names paths per system, and this node's Nix system is unknown (GOARCH %s): set the runtime option System: %w",
+				k, runtime.GOARCH, errdefs.ErrFailedPrecondition)
+		case len(l.systems) > 0 && !l.ownSystem:
+			// A list written per system is for the systems it names: the
+			// plain paths beside them alone are not the program.
+			return nil, fmt.Errorf("annotation %s: no store paths for this node's system %s (the annotation names paths for %s; plain paths are for every system): %w",
+				k, system, strings.Join(l.systems, ", "), errdefs.ErrFailedPrecondition)
+		case len(paths) == 0:
 			return nil, fmt.Errorf("annotation %s: no store paths: %w", k, errdefs.ErrInvalidArgument)
 		}
 		if total += len(paths); lim.paths > 0 && total > lim.paths {
@@ -137,21 +152,52 @@ func (pp *podPaths) union() []storepath.Path {
 	return out
 }
 
-func parsePathList(s string) ([]storepath.Path, error) {
+// pathList is one annotation's value as a node reads it.
+type pathList struct {
+	paths     []storepath.Path // plain ones and the node system's, once each
+	systems   []string         // the systems it names paths for, sorted
+	ownSystem bool             // whether one of them is the node's
+}
+
+// parsePathList reads a list of store paths, each plain (for every
+// system) or written <system>:<path> (for nodes of that Nix system only),
+// separated by commas or white space. A store path never holds a colon
+// (Nix's name characters are [A-Za-z0-9+-._?=]), so the form is
+// unambiguous. It keeps the plain paths and those for system.
+func parsePathList(s, system string) (pathList, error) {
 	fields := strings.FieldsFunc(s, func(r rune) bool {
 		return r == ',' || r == ' ' || r == '\t' || r == '\n' || r == '\r'
 	})
+	var l pathList
 	seen := map[storepath.Path]bool{}
-	var out []storepath.Path
 	for _, f := range fields {
-		p, err := storepath.Parse(f)
-		if err != nil {
-			return nil, err
+		sys, abs, qualified := strings.Cut(f, ":")
+		if !qualified {
+			abs = f
+		} else {
+			if !isKnownSystem(sys) {
+				return pathList{}, fmt.Errorf("%q: unknown Nix system %q (write <system>:/nix/store/..., with one of %s)", f, sys, strings.Join(knownSystems, ", "))
+			}
+			if abs == "" {
+				return pathList{}, fmt.Errorf("%q names no store path (write <system>:/nix/store/..., with nothing between)", f)
+			}
+			if !slices.Contains(l.systems, sys) {
+				l.systems = append(l.systems, sys)
+			}
 		}
+		p, err := storepath.Parse(abs)
+		if err != nil {
+			return pathList{}, err
+		}
+		if qualified && sys != system && system != anySystem {
+			continue
+		}
+		l.ownSystem = l.ownSystem || qualified
 		if !seen[p] {
 			seen[p] = true
-			out = append(out, p)
+			l.paths = append(l.paths, p)
 		}
 	}
-	return out, nil
+	slices.Sort(l.systems)
+	return l, nil
 }

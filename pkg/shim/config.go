@@ -35,6 +35,7 @@ type Config struct {
 	FetchTimeout      string // a Go duration; how long one closure may take in all; default 30m
 	StatusDir         string // where the fetch records (pkg/fetchrecord) for the node agent go; default /run/storepkg/fetches, "-" for none
 	FetchBinary       string // the storepkg CLI that substitutes closures; default: storepkg beside the shim, else in PATH
+	System            string // the node's Nix system, whose paths it takes from per-system annotations; default from the shim's GOARCH
 	// PeersFile is the peers file the node agent writes (pkg/peer):
 	// the fetch child takes paths from the node's peers. Unset: the
 	// default, /run/storepkg/peers/peers.json; "": no peers. A missing
@@ -116,6 +117,9 @@ func parseOptions(opts *anypb.Any) (*Config, error) {
 	if err := cfg.checkLimits(); err != nil {
 		return nil, err
 	}
+	if err := checkSystem(cfg.System); err != nil {
+		return nil, err
+	}
 	return cfg.withDefaults(), nil
 }
 
@@ -194,6 +198,15 @@ func (c *Config) fetchSlots() *fetchexec.Slots {
 // annotationLimits is what parseAnnotations allows a pod.
 func (c *Config) annotationLimits() annotationLimits {
 	return annotationLimits{perContainerKeys: valueOr(c.MaxPathAnnotations, defaultMaxPathAnnotations), paths: valueOr(c.MaxPathsPerPod, defaultMaxPathsPerPod)}
+}
+
+// nodeSystem is the Nix system whose paths this node takes from a pod's
+// per-system annotations: System, else the shim's own architecture's.
+func (c *Config) nodeSystem() string {
+	if c.System != "" {
+		return c.System
+	}
+	return defaultSystem()
 }
 
 // valueOr is *p, or def when the key is unset.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -211,5 +212,32 @@ func TestConfigPeersFile(t *testing.T) {
 	_, err := parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte(`PeersFile = "peers.json"`)}))
 	if err == nil || !strings.Contains(err.Error(), "PeersFile") || !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("relative PeersFile: %v", err)
+	}
+}
+
+// TestConfigSystem: the node's Nix system follows the shim's GOARCH
+// unless System sets it; a System that is no Nix Linux system is refused
+// naming the key.
+func TestConfigSystem(t *testing.T) {
+	want := map[string]string{"amd64": "x86_64-linux", "arm64": "aarch64-linux"}[runtime.GOARCH]
+	def, err := parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte("MaxJobs = 2\n")}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want != "" && def.nodeSystem() != want {
+		t.Errorf("GOARCH %s: node system %q, want %q", runtime.GOARCH, def.nodeSystem(), want)
+	}
+	if runc, err := parseOptions(anyOf(t, &runcoptions.Options{BinaryName: "runc"})); err != nil || runc.nodeSystem() != def.nodeSystem() {
+		t.Errorf("runc's options: node system %q, %v", runc.nodeSystem(), err)
+	}
+	cfg, err := parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte(`System = "armv6l-linux"`)}))
+	if err != nil || cfg.nodeSystem() != "armv6l-linux" {
+		t.Errorf(`System = "armv6l-linux": %v`, err)
+	}
+	for _, bad := range []string{"arm64", "aarch64-darwin", "x86_64-Linux"} {
+		_, err := parseOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte(`System = "` + bad + `"`)}))
+		if err == nil || !strings.Contains(err.Error(), `storepkg config System "`+bad+`": not a Nix Linux system`) || !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("System = %q: %v, want InvalidArgument naming it", bad, err)
+		}
 	}
 }

@@ -58,7 +58,7 @@ func removeSkeleton(ctx context.Context, bundle string) {
 	if err != nil || spec.Annotations[criContainerType] == criTypeSandbox {
 		return
 	}
-	pp, err := parseAnnotations(spec.Annotations, annotationLimits{})
+	pp, err := parseAnnotations(spec.Annotations, annotationLimits{}, anySystem)
 	if err != nil || len(pp.forContainer(spec.Annotations[criContainerName])) == 0 {
 		return
 	}

@@ -35,7 +35,7 @@ func (s *service) prepareCreate(ctx context.Context, r *taskAPI.CreateTaskReques
 		return err
 	}
 	s.core.notePod(spec.Annotations)
-	pp, err := parseAnnotations(spec.Annotations, cfg.annotationLimits())
+	pp, err := parseAnnotations(spec.Annotations, cfg.annotationLimits(), cfg.nodeSystem())
 	if err == nil {
 		s.core.notePodPaths(pp.union())
 	}
