@@ -22,12 +22,11 @@
 #     kubectl exec and logs; a pod with an unknown path shows the cause;
 #     a Deployment with a pod on each node on a fresh closure, served by a
 #     cache that counts what it serves, while one node's agent is killed:
-#     the rollout completes, every NAR was served at most once per node;
-#     the agent's metrics answer.
-#     STOREPKG_E2E_PEER_ASSERTIONS=1 adds what needs the peer listener and
-#     the peer fetch (docs/peers.md): every NAR served by the cache once,
-#     bytes counted from peers, the pod events say so, and the listener
-#     refuses a pod on another node.
+#     the first rollout takes every NAR from the cache once (the nodes
+#     share the rest, docs/peers.md), bytes are counted from peers, the pod
+#     events say so, and the peer listener refuses a pod on another node;
+#     with an agent killed the rollout completes, every NAR served at most
+#     once per node; the agent's metrics answer.
 #  5. Deletes everything and checks every node: no mounts, GC roots
 #     released, store paths still valid (real Nix verifies the node store);
 #     then `storepkg gc` in each agent's container (its privileges) frees them.
@@ -44,9 +43,6 @@ WORK=""
 HTTPD_PID=""
 SLOW_PID=""
 COUNT_PID=""
-# The checks that need the peer listener and the peer fetch (issue 16's
-# serve and fetch parts): off until both are on main.
-PEER_ASSERTIONS=${STOREPKG_E2E_PEER_ASSERTIONS:-0}
 NODES=()
 LOG_PREFIX=e2e
 # shellcheck source=hack/lib.sh
@@ -564,17 +560,12 @@ check_counts() {
 
 check_peer_rollout() {
   step "A Deployment with a pod on every node on a fresh closure: what crosses the uplink"
-  local start=$SECONDS once=${#NODES[@]}
-  [[ $PEER_ASSERTIONS == 1 ]] && once=1
+  local start=$SECONDS
   fresh_deployment "$FRESH1"
   wait_fresh "$FRESH1"
   log "rollout of fresh1 on ${#NODES[@]} nodes: $((SECONDS - start))s"
-  check_counts "$FRESH1" "$once"
-  if [[ $PEER_ASSERTIONS == 1 ]]; then
-    check_peer_sources
-  else
-    log "peer assertions off: STOREPKG_E2E_PEER_ASSERTIONS=1 turns them on once peer serving and fetching are on main"
-  fi
+  check_counts "$FRESH1" 1
+  check_peer_sources
 
   step "Rolling out another fresh closure; one node's agent is killed meanwhile"
   local victim=${NODES[2]} pod cid pid restarts
