@@ -11,11 +11,15 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
+	"time"
 
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/shim"
+	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -34,8 +38,16 @@ func (m compatManager) Start(ctx context.Context, params *bootapi.BootstrapParam
 	if params.GetContainerdVersion() != "" {
 		return m.Shim.Start(ctx, params) // containerd 2.3 and later: as runc's shim
 	}
-	res, err := m.Shim.Start(ctx, legacyParams(ctx, params))
+	lp := legacyParams(ctx, params)
+	res, err := m.Shim.Start(ctx, lp)
 	if err != nil {
+		return nil, err
+	}
+	if err := writeAddress(addressFile, res.GetAddress()); err != nil {
+		// containerd fails the start, so no one would ever stop the
+		// server just started (it exits on Shutdown once it runs nothing;
+		// one a sandbox shares keeps running).
+		shutdownServer(ctx, res.GetAddress(), lp.InstanceID)
 		return nil, err
 	}
 	data, err := json.Marshal(legacyStartResult{Version: 2, Address: res.GetAddress(), Protocol: res.GetProtocol()})
@@ -56,6 +68,52 @@ func (m compatManager) Start(ctx context.Context, params *bootapi.BootstrapParam
 		return nil, fmt.Errorf("write start result: %w", err)
 	}
 	return res, nil
+}
+
+// addressFile is where containerd 1.7's own shims left their socket's
+// address at start, in the bundle (the shim's working directory), and
+// where 1.7, restarted, looks to reconnect to them (runtime/v2 loadShim):
+// without it, it takes the shim for dead, runs its delete and the pod is
+// lost. runc's 2.3 manager no longer writes it: 2.0 and later keep the
+// start answer themselves (bootstrap.json) and read this file only for a
+// bundle without one. The shim's own shutdown reads it to remove its
+// socket.
+const addressFile = "address"
+
+// writeAddress writes the plain socket address (what 1.7's shims wrote;
+// 1.7 also takes it for a ttrpc address of task API v2) to path, whole
+// or not at all.
+func writeAddress(path, address string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return fmt.Errorf("storepkg: shim address file %s: %w", path, err)
+	}
+	tmp := filepath.Join(filepath.Dir(abs), "."+filepath.Base(abs)+".storepkg")
+	if err := os.WriteFile(tmp, []byte(address), 0o600); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("storepkg: writing shim address file %s: %w", abs, err)
+	}
+	if err := os.Rename(tmp, abs); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("storepkg: writing shim address file %s: %w", abs, err)
+	}
+	return nil
+}
+
+// shutdownServer asks the shim server at address to exit, best effort.
+func shutdownServer(ctx context.Context, address, id string) {
+	conn, err := shim.AnonDialer(address, time.Second)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("storepkg: shutting down the shim after a failed start")
+		return
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := taskAPI.NewTTRPCTaskClient(client).Shutdown(ctx, &taskAPI.ShutdownRequest{ID: id}); err != nil {
+		log.G(ctx).WithError(err).Warn("storepkg: shutting down the shim after a failed start")
+	}
 }
 
 // legacyParams rebuilds the bootstrap parameters from the flags and the

@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"flag"
 	"io"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
@@ -16,9 +19,11 @@ import (
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/shim"
+	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -135,6 +140,9 @@ func TestStartAnswersEachContainerd(t *testing.T) {
 	}
 	t.Setenv("TTRPC_ADDRESS", "/run/containerd/containerd.sock.ttrpc")
 	ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
+	// Start runs in the bundle, where it may leave the address file.
+	bundle := t.TempDir()
+	t.Chdir(bundle)
 
 	// containerd 2.3: what it writes to stdin.
 	fake := &fakeManager{}
@@ -147,6 +155,9 @@ func TestStartAnswersEachContainerd(t *testing.T) {
 	})
 	if out != "" || fake.got != v2params {
 		t.Errorf("2.3 start wrote %q itself or changed the parameters (%v)", out, fake.got)
+	}
+	if entries, _ := os.ReadDir(bundle); len(entries) != 0 {
+		t.Errorf("2.3 start left %v in the bundle", entries)
 	}
 
 	// containerd 1.7: an Any on stdin, here one that parses as BootstrapParams.
@@ -180,6 +191,91 @@ func TestStartAnswersEachContainerd(t *testing.T) {
 	if !proto.Equal(fake.got, want) {
 		t.Errorf("1.7 start parameters:\n%v\nwant:\n%v", fake.got, want)
 	}
+	// What containerd 1.7, restarted, reconnects with.
+	if data, err := os.ReadFile(filepath.Join(bundle, "address")); err != nil || string(data) != "unix:///run/containerd/s/abc" {
+		t.Errorf("1.7 start: address file %q, %v", data, err)
+	}
+	if entries, _ := os.ReadDir(bundle); len(entries) != 1 {
+		t.Errorf("1.7 start left %v in the bundle, want the address file only", entries)
+	}
+}
+
+// shutdownRecorder is a task service that only records Shutdown.
+type shutdownRecorder struct {
+	taskAPI.TTRPCTaskService
+	ids chan string
+}
+
+func (s *shutdownRecorder) Shutdown(_ context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
+	s.ids <- r.ID
+	return &emptypb.Empty{}, nil
+}
+
+// TestStartAddressUnwritable: when the address file cannot be written, a
+// 1.7 start fails naming it, answers nothing, leaves no partial file and
+// asks the server it started to shut down (a ttrpc server on a socket
+// stands for it: the real one cannot be made to fail there on demand).
+func TestStartAddressUnwritable(t *testing.T) {
+	if flag.Lookup("id") == nil {
+		flag.String("id", "ctr-2", "")
+	} else if err := flag.Set("id", "ctr-2"); err != nil {
+		t.Fatal(err)
+	}
+	ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
+	bundle := t.TempDir()
+	t.Chdir(bundle)
+	// A non-empty directory where the file goes: no rename replaces it.
+	if err := os.MkdirAll(filepath.Join(bundle, "address", "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	sock := filepath.Join(t.TempDir(), "s")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &shutdownRecorder{ids: make(chan string, 1)}
+	taskAPI.RegisterTTRPCTaskService(server, rec)
+	go server.Serve(ctx, l)
+	defer server.Close()
+
+	fake := &fakeAddressManager{address: "unix://" + sock}
+	var startErr error
+	out := captureStdout(t, func() {
+		_, startErr = (compatManager{Shim: fake}).Start(ctx, &bootapi.BootstrapParams{})
+	})
+	if startErr == nil || !strings.Contains(startErr.Error(), filepath.Join(bundle, "address")) {
+		t.Errorf("start: %v, want an error naming %s", startErr, filepath.Join(bundle, "address"))
+	}
+	if out != "" {
+		t.Errorf("a failed start answered %q", out)
+	}
+	entries, _ := os.ReadDir(bundle)
+	if len(entries) != 1 || entries[0].Name() != "address" {
+		t.Errorf("the bundle holds %v after the failed start", entries)
+	}
+	select {
+	case id := <-rec.ids:
+		if id != "ctr-2" {
+			t.Errorf("Shutdown of %q, want ctr-2", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the started server was not asked to shut down")
+	}
+}
+
+// fakeAddressManager answers Start with a server at address.
+type fakeAddressManager struct {
+	shim.Shim
+	address string
+}
+
+func (f *fakeAddressManager) Start(context.Context, *bootapi.BootstrapParams) (*bootapi.BootstrapResult, error) {
+	return &bootapi.BootstrapResult{Version: 3, Address: f.address, Protocol: "ttrpc"}, nil
 }
 
 // captureStdout runs f with os.Stdout a pipe and returns what reached it.
