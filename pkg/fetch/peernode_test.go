@@ -1,16 +1,14 @@
 package fetch_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
-	"fmt"
+	"errors"
+	"io/fs"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,46 +18,34 @@ import (
 	"github.com/storepkg/storepkg/internal/nixtest"
 	"github.com/storepkg/storepkg/pkg/peer"
 	"github.com/storepkg/storepkg/pkg/store"
-	"github.com/storepkg/storepkg/pkg/storepath"
 )
 
 const testPeerToken = "peer-test-token"
 
-// peerNode is a test stand-in for a node's peer listener until the
-// agent's peer cache server exists: the coordinator under test, and a
-// real Nix binary cache of the node's store, exported path by path with
-// `nix copy --to file://` once a path is valid there, served with the
-// narinfo?wait= of the contract. The cache is Nix's own writing, so
-// the narinfos carry the upstream signatures the store registered.
+// peerNode is one node of a peer test: a store under its own root,
+// served on 127.0.0.1 by the real peer server with the real coordinator
+// mounted, as the agent serves them (pkg/agent, startPeerServer).
 type peerNode struct {
-	t    *testing.T
 	name string
 	root string // the node's store root
 	st   *store.Store
-	srv  *httptest.Server
+	ln   net.Listener
 	url  string
 
-	cacheDir string
-	// compression of the exported cache ("zstd"; "none" for tamper).
+	// compression of the NARs the node serves ("": the agent's default,
+	// none).
 	compression string
-	// tamper flips a byte of every NAR's file contents it serves.
-	tamper bool
 
-	narRequests atomic.Int64
-
-	exportMu sync.Mutex // serialises exports
-	mu       sync.Mutex
-	exported map[string]bool // by hash part
+	narRequests atomic.Int64 // NAR requests its server got
 }
 
-// newPeerNodes makes one stand-in node per name, each with its own
-// fresh store root; peers must be set (setPeers) before start.
+// newPeerNodes makes one node per name, each with its own fresh store
+// root; startPeerNodes serves them.
 func newPeerNodes(t *testing.T, names ...string) []*peerNode {
 	t.Helper()
 	var nodes []*peerNode
 	for _, name := range names {
-		n := &peerNode{t: t, name: name, root: t.TempDir(), cacheDir: filepath.Join(t.TempDir(), "cache"),
-			compression: "zstd", exported: map[string]bool{}}
+		n := &peerNode{name: name, root: t.TempDir()}
 		st, err := store.Open(context.Background(), n.root)
 		if err != nil {
 			t.Fatal(err)
@@ -80,27 +66,101 @@ func peerList(nodes []*peerNode) []peer.Peer {
 	return ps
 }
 
-// startPeerNodes serves every node, each with a coordinator over the
-// nodes and extra (nodes that are no stand-ins). ttl is the
-// coordinator's lease TTL (0: default).
+// startPeerNodes serves every node's store with peer.NewServer and its
+// coordinator, over the nodes and extra (peers that are not nodes of
+// the test). ttl is the coordinators' lease TTL (0: default).
 func startPeerNodes(t *testing.T, nodes []*peerNode, ttl time.Duration, extra ...peer.Peer) {
 	t.Helper()
 	for _, n := range nodes {
-		n.srv = httptest.NewUnstartedServer(nil)
-		n.url = "http://" + n.srv.Listener.Addr().String()
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.ln, n.url = ln, "http://"+ln.Addr().String()
 	}
 	list := append(peerList(nodes), extra...)
+	peers := func() []peer.Peer { return list }
 	for _, n := range nodes {
 		coord := peer.NewCoordinator(peer.CoordinatorConfig{Self: n.name, Store: n.st, Token: testPeerToken,
-			Peers: func() []peer.Peer { return list }, LeaseTTL: ttl})
-		n.srv.Config.Handler = n.handler(coord)
-		n.srv.Start()
-		t.Cleanup(n.srv.Close)
+			Peers: peers, LeaseTTL: ttl})
+		srv, err := peer.NewServer(peer.ServerConfig{Store: n.st, Token: testPeerToken, Self: n.name,
+			Peers: peers, Coordinator: coord, Compression: n.compression})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := srv.Handler()
 		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); n.exportValid(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
+		var inflight sync.WaitGroup
+		hs := &http.Server{
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				inflight.Add(1)
+				defer inflight.Done()
+				if strings.HasPrefix(r.URL.Path, "/nar/") {
+					n.narRequests.Add(1)
+				}
+				h.ServeHTTP(w, r)
+			}),
+			ReadHeaderTimeout: 10 * time.Second,
+			BaseContext:       func(net.Listener) context.Context { return ctx },
+		}
+		served := make(chan error, 1)
+		go func() { served <- hs.Serve(n.ln) }()
+		t.Cleanup(func() {
+			// The requests' context ends, as at the agent's shutdown.
+			// Close, not the agent's Shutdown: the fetches of the test
+			// live on in its process with connections their transports
+			// dialed and never used, which Shutdown would wait 5s for (a
+			// fetch child's end closes them).
+			cancel()
+			hs.Close()
+			if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+				t.Errorf("node %s: peer server: %v", n.name, err)
+			}
+			// Before the store closes.
+			handled := make(chan struct{})
+			go func() { inflight.Wait(); close(handled) }()
+			select {
+			case <-handled:
+			case <-time.After(10 * time.Second):
+				t.Errorf("node %s: peer server requests still running 10s after the end of their context", n.name)
+			}
+		})
 	}
+}
+
+// hungPeer is a real listener on 127.0.0.1 that accepts connections and
+// never answers on them; it returns its URL.
+func hungPeer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return "http://" + ln.Addr().String()
 }
 
 // peersFile writes self's peers file for nodes and loads it as the
@@ -122,140 +182,57 @@ func peersFile(t *testing.T, self string, list []peer.Peer) *peer.File {
 	return pf
 }
 
-func (n *peerNode) handler(coord http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !peer.CheckToken(r, testPeerToken) {
-			http.Error(w, "no token", http.StatusUnauthorized)
-			return
-		}
-		switch p := r.URL.Path; {
-		case strings.HasPrefix(p, "/storepkg/v1/"):
-			coord.ServeHTTP(w, r)
-		case p == "/nix-cache-info":
-			fmt.Fprint(w, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 10\n")
-		case strings.HasSuffix(p, ".narinfo"):
-			n.narinfo(w, r, strings.TrimSuffix(strings.TrimPrefix(p, "/"), ".narinfo"))
-		case strings.HasPrefix(p, "/nar/"):
-			n.narRequests.Add(1)
-			data, err := os.ReadFile(filepath.Join(n.cacheDir, filepath.FromSlash(strings.TrimPrefix(p, "/"))))
-			if err != nil {
-				http.NotFound(w, r)
-				return
+// tamper flips the first byte of the first non-empty file (in NAR
+// order) of each of paths, valid in n's store: the database keeps the
+// NAR hash it registered, and n's server streams a NAR of the right size
+// with other bytes, as from a disk or a node gone bad.
+func tamper(t *testing.T, n *peerNode, paths []string) {
+	t.Helper()
+	for _, abs := range paths {
+		found := false
+		// WalkDir's lexical order is the NAR's order of entries.
+		err := filepath.WalkDir(n.st.RealPath(mustPath(t, abs)), func(file string, d fs.DirEntry, err error) error {
+			if err != nil || found || !d.Type().IsRegular() {
+				return err
 			}
-			if n.tamper {
-				data = tamperNAR(data)
+			fi, err := d.Info()
+			if err != nil || fi.Size() == 0 {
+				return err
 			}
-			w.Write(data)
-		default:
-			http.NotFound(w, r)
+			found = true
+			return flipFirstByte(file, fi.Mode().Perm())
+		})
+		if err == nil && !found {
+			t.Fatalf("%s: no non-empty file to tamper with", abs)
 		}
-	})
-}
-
-// narinfo serves hash's narinfo once its path is valid in the node's
-// store and exported, waiting up to ?wait= seconds for it.
-func (n *peerNode) narinfo(w http.ResponseWriter, r *http.Request, hash string) {
-	var wait time.Duration
-	if s := r.URL.Query().Get("wait"); s != "" {
-		secs, err := strconv.Atoi(s)
-		if err != nil || secs < 0 {
-			http.Error(w, "bad wait", http.StatusBadRequest)
-			return
-		}
-		wait = min(time.Duration(secs)*time.Second, peer.MaxWait)
-	}
-	deadline := time.Now().Add(wait)
-	for {
-		n.mu.Lock()
-		ok := n.exported[hash]
-		n.mu.Unlock()
-		if ok {
-			http.ServeFile(w, r, filepath.Join(n.cacheDir, hash+".narinfo"))
-			return
-		}
-		if !time.Now().Before(deadline) {
-			http.NotFound(w, r)
-			return
-		}
-		select {
-		case <-r.Context().Done():
-			return
-		case <-time.After(50 * time.Millisecond):
+		if err != nil {
+			t.Fatal(err)
 		}
 	}
 }
 
-// exportValid exports, every 50 ms until ctx ends, the paths that
-// became valid in the node's store, so that a narinfo request is
-// answered within its wait whatever nix copy takes.
-func (n *peerNode) exportValid(ctx context.Context) {
-	for ctx.Err() == nil {
-		entries, _ := os.ReadDir(filepath.Join(n.root, "nix", "store"))
-		var paths []storepath.Path
-		for _, e := range entries {
-			if p, err := storepath.ParseBase(e.Name()); err == nil {
-				paths = append(paths, p)
-			}
-		}
-		valid, _ := n.st.ValidSubset(ctx, paths)
-		for _, p := range paths {
-			if valid[p] {
-				if err := n.export(ctx, p); err != nil && ctx.Err() == nil {
-					n.t.Logf("node %s: %v", n.name, err)
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(50 * time.Millisecond):
-		}
+// flipFirstByte flips file's first byte, leaving its mode as it was
+// (the store keeps files read-only).
+func flipFirstByte(file string, mode fs.FileMode) error {
+	if err := os.Chmod(file, mode|0o200); err != nil {
+		return err
 	}
-}
-
-// export writes p (and its closure) to the node's cache with Nix.
-func (n *peerNode) export(ctx context.Context, p storepath.Path) error {
-	n.exportMu.Lock()
-	defer n.exportMu.Unlock()
-	n.mu.Lock()
-	done := n.exported[p.HashPart()]
-	n.mu.Unlock()
-	if done {
-		return nil
-	}
-	to := fmt.Sprintf("file://%s?compression=%s", n.cacheDir, n.compression)
-	out, err := nixtest.CommandContext(ctx, "nix", "copy", "--store", nixtest.StoreURI(n.root), "--to", to, p.Absolute()).CombinedOutput()
+	defer os.Chmod(file, mode)
+	f, err := os.OpenFile(file, os.O_RDWR, 0)
 	if err != nil {
-		return fmt.Errorf("nix copy %s: %v: %s", p, err, out)
+		return err
 	}
-	// nix copy copies the closure: every path of it is exported.
-	out, err = nixtest.CommandContext(ctx, "nix-store", "--store", nixtest.StoreURI(n.root), "-qR", p.Absolute()).Output()
-	if err != nil {
-		return fmt.Errorf("nix-store -qR %s: %v", p, err)
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		f.Close()
+		return err
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, abs := range strings.Fields(string(out)) {
-		n.exported[filepath.Base(abs)[:storepath.HashLen]] = true
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, 0); err != nil {
+		f.Close()
+		return err
 	}
-	return nil
-}
-
-// tamperNAR flips the first byte of the first non-empty file in an
-// uncompressed NAR: its size and structure stay, its hash changes.
-func tamperNAR(data []byte) []byte {
-	data = bytes.Clone(data)
-	for off := 0; ; {
-		i := bytes.Index(data[off:], []byte("contents"))
-		if i < 0 {
-			panic("tamperNAR: no file contents in the NAR (is the cache uncompressed?)")
-		}
-		at := off + i + 8
-		if size := binary.LittleEndian.Uint64(data[at:]); size > 0 {
-			data[at+8] ^= 0xff
-			return data
-		}
-		off = at
-	}
+	return f.Close()
 }
 
 // countingUpstream serves the cache at dir, counting the NAR requests

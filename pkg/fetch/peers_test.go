@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -50,7 +49,7 @@ func checkStore(t *testing.T, n *peerNode, closure []string) {
 	}
 	var got []string
 	for _, e := range nixtest.StoreEntries(t, n.root) {
-		if e != ".links" { // Nix's, made by the stand-in's nix copy
+		if e != ".links" { // Nix's, made when nix-store --verify opens the store
 			got = append(got, e)
 		}
 	}
@@ -68,6 +67,9 @@ func TestPeersFetchEachPathOnce(t *testing.T) {
 	fx, key, caches := fixture(t)
 	up := newCountingUpstream(t, caches["zstd"])
 	nodes := newPeerNodes(t, "node-a", "node-b", "node-c")
+	// node-c serves its NARs compressed on the fly, the others as they
+	// are (the agent's default): both reach the fetch.
+	nodes[2].compression = peer.CompressionZstd
 	startPeerNodes(t, nodes, 0)
 	list := peerList(nodes)
 
@@ -209,25 +211,21 @@ func seedDone(t *testing.T, holder string, list []peer.Peer, paths []string, ski
 	}
 }
 
-// TestPeerTamperedNAR: a peer serves NARs with a byte flipped: each is
-// refused and counted, the path comes from upstream, nothing partial
-// stays.
+// TestPeerTamperedNAR: a file of each path in a peer's store had a byte
+// flipped after the path was registered, so its server streams NARs
+// that do not match their hashes: each is refused and counted, the path
+// comes from upstream, nothing partial stays.
 func TestPeerTamperedNAR(t *testing.T) {
 	fx, key, caches := fixture(t)
 	up := newCountingUpstream(t, caches["zstd"])
 	nodes := newPeerNodes(t, "node-a", "node-b")
 	a, b := nodes[0], nodes[1]
-	a.compression, a.tamper = "none", true
 	startPeerNodes(t, nodes, 0)
 	list := peerList(nodes)
 	if _, err := fetchAt(context.Background(), t, a, peerOptions(t, up.url, key, nil), fx.Root); err != nil {
 		t.Fatal(err)
 	}
-	// Exported now: the stand-in's nix copy must not eat the client's
-	// short timeouts.
-	if err := a.export(context.Background(), mustPath(t, fx.Root)); err != nil {
-		t.Fatal(err)
-	}
+	tamper(t, a, fx.Closure)
 	seedDone(t, a.name, list, fx.Closure)
 	up.nar = map[string]int{}
 
@@ -260,17 +258,12 @@ func TestPeerHashRefusalsCounted(t *testing.T) {
 	up := newCountingUpstream(t, caches["zstd"])
 	nodes := newPeerNodes(t, "node-a", "node-b")
 	a, b := nodes[0], nodes[1]
-	a.compression, a.tamper = "none", true
 	startPeerNodes(t, nodes, 0)
 	list := peerList(nodes)
 	if _, err := fetchAt(context.Background(), t, a, peerOptions(t, up.url, key, nil), fx.Root); err != nil {
 		t.Fatal(err)
 	}
-	// Exported now: the stand-in's nix copy must not eat the client's
-	// short timeouts.
-	if err := a.export(context.Background(), mustPath(t, fx.Root)); err != nil {
-		t.Fatal(err)
-	}
+	tamper(t, a, fx.Closure)
 	seedDone(t, a.name, list, fx.Closure)
 	var mu sync.Mutex
 	var last fetchapi.Progress
@@ -329,16 +322,7 @@ func TestPeerGoneOrHung(t *testing.T) {
 				otherURL = "http://" + ln.Addr().String()
 				ln.Close()
 			case "hung":
-				stop := make(chan struct{})
-				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					select {
-					case <-stop:
-					case <-r.Context().Done():
-					}
-				}))
-				t.Cleanup(srv.Close)
-				t.Cleanup(func() { close(stop) })
-				otherURL = srv.URL
+				otherURL = hungPeer(t)
 			}
 			other := peer.Peer{Name: otherName, URL: otherURL}
 			startPeerNodes(t, nodes, 0, other)
