@@ -67,8 +67,8 @@ func WeedPath() (string, error) {
 
 // Start runs weed (master, volume, filer and S3 gateway in one process)
 // on free ports of 127.0.0.1 and waits until its S3 gateway answers
-// signed requests. It is stopped (SIGTERM, then SIGKILL) and its data
-// removed when the test ends.
+// signed requests. It is stopped (SIGKILL) and its data removed when the
+// test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
 	weed, err := WeedPath()
@@ -155,18 +155,14 @@ func Start(t testing.TB) *Server {
 	return s
 }
 
-// stop ends weed by its PID: SIGTERM, SIGKILL after 10 s.
+// stop ends weed by its PID with SIGKILL: its data is thrown away with
+// the test, and on SIGTERM it took 10 s to exit.
 func (s *Server) stop() {
 	if s.cmd.Process == nil {
 		return
 	}
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(10 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.done
-	}
+	s.cmd.Process.Kill()
+	<-s.done
 }
 
 // waitReady waits until a bucket can be created and written: the
