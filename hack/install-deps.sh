@@ -15,7 +15,7 @@
 # integration/critest and internal/toolcache find the tools the same way
 # (same variable, same layout): keep the versions below in step with
 # integration/critest/tools.go and internal/toolcache (whose test checks
-# CONTAINERD_MATRIX).
+# CONTAINERD_MATRIX), and SEAWEEDFS_VERSION with internal/s3test.
 set -o errexit -o nounset -o pipefail
 
 # make demo: Nix builds and serves a closure; a private containerd with CRI
@@ -48,6 +48,8 @@ CRICTL_VERSION=v1.34.0
 # Only their daemons are built: ctr, crictl and the runc shim are the
 # ones above.
 CONTAINERD_MATRIX=(v1.7.35 v2.0.14 v2.1.9 v2.2.10 v2.3.7 v2.4.2)
+# The S3 cache tests (internal/s3test) serve buckets with SeaweedFS's `weed`.
+SEAWEEDFS_VERSION=v0.0.0-20261109003541-7506e5f91cd6
 
 # "name version package...": the tool directory name-version holds the
 # binaries of those packages, each built by `go install package@version`.
@@ -80,7 +82,9 @@ go_tool() {
   local start=$SECONDS
   for pkg in "${missing[@]}"; do
     # Run outside any module so the project's go.mod has no say; static
-    # binaries. go's chatter goes to a log, shown only on failure.
+    # binaries. go's chatter goes to a log, shown only on failure. Niced:
+    # weed alone takes minutes of both cores, and a developer's machine
+    # runs tests meanwhile.
     if ! (cd "$tmp" && CGO_ENABLED=0 GOBIN="$tmp" nice -n 10 go install "$pkg@$version") >"$tmp/.log" 2>&1; then
       tail -n 40 "$tmp/.log" >&2
       rm -rf "$tmp"
@@ -102,37 +106,46 @@ install_go_tools() {
   done
 }
 
-# containerd_daemon VERSION builds the containerd daemon of VERSION (1.x
-# or 2.x) into $TOOLS_DIR/containerd-VERSION unless it is there. `go
-# install pkg@version` refuses the modules whose go.mod has exclude
-# directives (1.7, 2.0, 2.1), so every version builds the same way: in a
-# writable copy of the module from the module cache, with its own go.mod.
-containerd_daemon() {
-  local version=$1 module=github.com/containerd/containerd
-  local dir="$TOOLS_DIR/containerd-$version"
-  [[ -x "$dir/containerd" ]] && return 0
-  [[ $version == v1.* ]] || module+=/v${version:1:1}
-  command -v go >/dev/null || die "go is not on PATH: cannot build containerd $version"
-  log "building containerd $version (daemon)"
+# module_build NAME VERSION MODULE PKG [TAGS]: builds the binary of package
+# PKG (a directory of MODULE) at VERSION into $TOOLS_DIR/NAME-VERSION, for
+# modules that `go install pkg@version` refuses (their go.mod has exclude
+# or replace directives): in a writable copy of the module from the module
+# cache, with the module's own go.mod.
+module_build() {
+  local name=$1 version=$2 module=$3 pkg=$4 tags=${5:-}
+  local dir="$TOOLS_DIR/$name-$version" bin=${pkg##*/}
+  [[ -x "$dir/$bin" ]] && return 0
+  command -v go >/dev/null || die "go is not on PATH: cannot build $name"
+  log "building $name $version ($bin)"
   mkdir -p "$TOOLS_DIR"
   local start=$SECONDS tmp src
-  tmp=$(mktemp -d "$TOOLS_DIR/.containerd-$version.XXXXXX")
+  tmp=$(mktemp -d "$TOOLS_DIR/.$name-$version.XXXXXX")
   if ! src=$(cd "$tmp" && go mod download -json "$module@$version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p') || [[ -z "$src" ]]; then
     rm -rf "$tmp"
     die "go mod download $module@$version failed"
   fi
   cp -r "$src" "$tmp/src"
   chmod -R u+w "$tmp/src"
-  if ! (cd "$tmp/src" && CGO_ENABLED=0 GOFLAGS=-mod=mod nice -n 10 go build -tags no_btrfs,no_devmapper,no_zfs,no_aufs \
-    -o "$tmp/containerd" ./cmd/containerd) >"$tmp/.log" 2>&1; then
+  if ! (cd "$tmp/src" && CGO_ENABLED=0 GOFLAGS=-mod=mod nice -n 10 go build -tags "$tags" \
+    -o "$tmp/$bin" "./$pkg") >"$tmp/.log" 2>&1; then
     tail -n 40 "$tmp/.log" >&2
     rm -rf "$tmp"
-    die "building containerd $version failed"
+    die "building $name $version failed"
   fi
   mkdir -p "$dir"
-  mv "$tmp/containerd" "$dir/"
+  mv "$tmp/$bin" "$dir/"
   rm -rf "$tmp"
-  log "built containerd $version in $((SECONDS - start))s"
+  log "built $name $version in $((SECONDS - start))s"
+}
+
+# containerd_daemon VERSION builds the containerd daemon of VERSION (1.x or
+# 2.x) into $TOOLS_DIR/containerd-VERSION unless it is there: `go install
+# pkg@version` refuses the modules whose go.mod has exclude directives (1.7,
+# 2.0, 2.1), so every version builds the same way, with module_build.
+containerd_daemon() {
+  local version=$1 module=github.com/containerd/containerd
+  [[ $version == v1.* ]] || module+=/v${version:1:1}
+  module_build containerd "$version" "$module" cmd/containerd no_btrfs,no_devmapper,no_zfs,no_aufs
 }
 
 install_containerd_matrix() {
@@ -150,6 +163,7 @@ write_env() {
     read -r name version _ <<<"$spec"
     path+="$TOOLS_DIR/$name-$version:"
   done
+  path+="$TOOLS_DIR/seaweedfs-$SEAWEEDFS_VERSION:"
   local content
   content=$(
     cat <<EOF
@@ -173,6 +187,8 @@ main() {
       install_apt "${TEST_APT_PACKAGES[@]}"
       install_go_tools
       install_containerd_matrix
+      # weed: minutes of both cores on a cold build cache.
+      module_build seaweedfs "$SEAWEEDFS_VERSION" github.com/seaweedfs/seaweedfs weed
       ;;
     *) die "usage: $0 [test|demo]" ;;
   esac

@@ -40,7 +40,9 @@ type Cache struct {
 	infoErr  error
 }
 
-// NewCache parses a substituter URL: file:///dir, http(s)://host/path.
+// NewCache parses a substituter URL: file:///dir, http(s)://host/path,
+// s3://bucket (with Nix's region, endpoint, scheme and profile
+// parameters, which stay in the cache's name: see s3.go).
 // Query parameters "priority=N" (lower is tried first, as in Nix) and
 // "trusted=1" are ours; others are refused so a typo is not ignored.
 // Credentials in the URL (https://user:password@host) are sent as basic
@@ -61,6 +63,9 @@ func NewCache(raw string, o *Options) (*Cache, error) {
 		return nil, fmt.Errorf("substituter %q: %w", raw, err)
 	}
 	raw = fetchapi.RedactURL(raw)
+	if u.Scheme == "s3" {
+		raw = redactS3(raw, u)
+	}
 	if u.Opaque != "" {
 		// "https:user:password@host": no host to send to, and Redacted
 		// would not hide the password.
@@ -68,8 +73,13 @@ func NewCache(raw string, o *Options) (*Cache, error) {
 	}
 	c := &Cache{}
 	q := u.Query()
+	keep := url.Values{}
 	for k, vs := range q {
 		v := vs[len(vs)-1]
+		if u.Scheme == "s3" && isS3Param(k) {
+			keep.Set(k, v)
+			continue
+		}
 		switch k {
 		case "priority":
 			if c.priority, err = strconv.Atoi(v); err != nil {
@@ -82,7 +92,9 @@ func NewCache(raw string, o *Options) (*Cache, error) {
 			return nil, fmt.Errorf("substituter %q: unknown parameter %q", raw, k)
 		}
 	}
-	u.RawQuery = ""
+	// ':' and '/' are legal in a query: the name stays readable
+	// (s3://b?endpoint=http://host:9000).
+	u.RawQuery = strings.NewReplacer("%3A", ":", "%2F", "/").Replace(keep.Encode())
 	c.URL = fetchapi.RedactedURL(u)
 	if c.t, err = newTransport(u, o); err != nil {
 		return nil, fmt.Errorf("substituter %q: %w", raw, err)
@@ -158,8 +170,11 @@ func (c *Cache) local() bool {
 }
 
 func (c *Cache) retryPolicy() RetryPolicy {
-	if ht, ok := c.t.(*httpTransport); ok {
-		return ht.retry
+	switch t := c.t.(type) {
+	case *httpTransport:
+		return t.retry
+	case *s3Transport:
+		return t.retry
 	}
 	return RetryPolicy{Attempts: 1}
 }

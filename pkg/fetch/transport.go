@@ -25,7 +25,7 @@ import (
 var ErrNotFound = errors.New("not found")
 
 // transport reads files of one binary cache by their relative path.
-// Implementations: file:// and http(s)://; an S3 one fits the same shape.
+// Implementations: file://, http(s):// and s3:// (s3.go).
 type transport interface {
 	get(ctx context.Context, rel string) (io.ReadCloser, error)
 }
@@ -301,8 +301,10 @@ func newTransport(u *url.URL, o *Options) (transport, error) {
 			t.client = credentialRedirects(t.client)
 		}
 		return t, nil
+	case "s3":
+		return newS3Transport(u, o)
 	default:
-		return nil, fmt.Errorf("unsupported scheme %q (want file, http or https)", u.Scheme)
+		return nil, fmt.Errorf("unsupported scheme %q (want file, http, https or s3)", u.Scheme)
 	}
 }
 
