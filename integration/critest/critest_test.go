@@ -217,6 +217,9 @@ func TestStorepkgHandlerConfig(t *testing.T) {
 		"SystemdCgroup": false,
 		"StatusDir":     env.StatusDir,
 		"FetchSlotsDir": env.FetchSlotsDir,
+		// No peers unless a test gives them: never the machine's own
+		// /run/storepkg/peers.
+		"PeersFile": "",
 	}
 	if !reflect.DeepEqual(rt.Options, want) {
 		t.Errorf("options %v, want %v", rt.Options, want)
