@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/storepkg/storepkg/pkg/agent"
+	"github.com/storepkg/storepkg/pkg/peer"
 )
 
 // inClusterNamespace is where kubelet puts the pod's namespace next to its
@@ -30,7 +31,7 @@ type peerFlags struct {
 func (p *peerFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.BoolVar(&p.sharing, "peer-sharing", true, "share closures with the other nodes' agents (false: remove the peers file, discover nothing)")
-	f.StringVar(&p.file, "peers-file", agent.DefaultPeersFile, "`FILE` to write the discovered peers to, for the node's fetches (empty: discover nothing)")
+	f.StringVar(&p.file, "peers-file", peer.DefaultFile, "`FILE` to write the discovered peers to, for the node's fetches (empty: discover nothing)")
 	f.StringVar(&p.namespace, "namespace", "", "namespace of the agents' pods and of the token's Secret (default $POD_NAMESPACE, else the service account's)")
 	f.StringVar(&p.podSelector, "peer-pod-selector", agent.DefaultPeerPodSelector, "label `SELECTOR` of the agents' pods")
 	f.StringVar(&p.nodeSelector, "peer-node-selector", "", "label `SELECTOR` nodes must also match to be peers (besides storepkg.dev/ready=true)")

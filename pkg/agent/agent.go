@@ -270,7 +270,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // Peers returns the peers the last discovery listed, this node among
 // them (nil without discovery, or before the first listing).
-func (a *Agent) Peers() []Peer {
+func (a *Agent) Peers() []peer.Peer {
 	if a.peers == nil {
 		return nil
 	}

@@ -28,7 +28,7 @@ func (a *Agent) startPeerServer(ctx context.Context) error {
 	if a.peers != nil {
 		// Discovery's list: the peers' agents, and the addresses their
 		// fetches come from (their nodes', not their agents' pod IPs).
-		peers, allowed = a.discoveredPeers, a.PeerClientAllowed
+		peers, allowed = a.Peers, a.PeerClientAllowed
 	}
 	coord := a.cfg.PeerCoordinator
 	if coord == nil && peers != nil && a.cfg.NodeName != "" {
@@ -90,13 +90,4 @@ func (a *Agent) PeerAddr() string {
 		return ""
 	}
 	return a.peerL.Addr().String()
-}
-
-// discoveredPeers is discovery's list in pkg/peer's terms.
-func (a *Agent) discoveredPeers() []peer.Peer {
-	var out []peer.Peer
-	for _, p := range a.Peers() {
-		out = append(out, peer.Peer{Name: p.Name, URL: p.URL})
-	}
-	return out
 }

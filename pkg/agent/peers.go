@@ -24,6 +24,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/storepkg/storepkg/pkg/peer"
 )
 
 // Peer discovery: the agent lists the other nodes' agents through the
@@ -32,9 +34,6 @@ import (
 
 // Defaults of peer discovery.
 const (
-	// DefaultPeersFile is where the agent writes the peers file and the
-	// fetch children read it (runtime option PeersFile).
-	DefaultPeersFile = "/run/storepkg/peers/peers.json"
 	// ReadyLabel is the label `storepkg node install` sets on a node whose
 	// runtime answers: only such nodes are peers.
 	ReadyLabel = "storepkg.dev/ready"
@@ -45,27 +44,11 @@ const (
 	DefaultPeerPort = 7420
 	// PeerPortName is the name of the agent container's peer port.
 	PeerPortName = "peer"
-	// PeersFileVersion is the peers file's format version.
-	PeersFileVersion = 1
 )
 
 // peerResync bounds how long a missed notification could leave the file
 // stale (the informers also relist on their own).
 const peerResync = 30 * time.Second
-
-// Peer is one node's agent as the peers file lists it.
-type Peer struct {
-	Name string `json:"name"` // the node's name
-	URL  string `json:"url"`  // its peer listener, http://<pod IP>:<port>
-}
-
-// PeersFile is the peers file's content (docs/peers.md).
-type PeersFile struct {
-	Version int    `json:"version"`
-	Self    string `json:"self"`
-	Token   string `json:"token"`
-	Peers   []Peer `json:"peers"`
-}
 
 // PeersConfig configures peer discovery.
 type PeersConfig struct {
@@ -127,7 +110,7 @@ type discovery struct {
 	kick chan struct{}
 
 	mu      sync.Mutex
-	peers   []Peer
+	peers   []peer.Peer
 	clients []netip.Prefix // addresses the listed peers' fetches come from
 	written []byte         // the file's content as last written; nil: no file
 }
@@ -233,12 +216,12 @@ func (d *discovery) update(pods corelisters.PodLister, nodes corelisters.NodeLis
 // write writes the file for peers, or removes it when this node is not
 // among them (its agent is not ready yet, or its node not labelled): a
 // fetch then goes upstream alone, as without peers.
-func (d *discovery) write(peers []Peer) error {
-	selfListed := slices.ContainsFunc(peers, func(p Peer) bool { return p.Name == d.cfg.Self })
+func (d *discovery) write(peers []peer.Peer) error {
+	selfListed := slices.ContainsFunc(peers, func(p peer.Peer) bool { return p.Name == d.cfg.Self })
 	var data []byte
 	if selfListed {
 		var err error
-		data, err = json.Marshal(PeersFile{Version: PeersFileVersion, Self: d.cfg.Self, Token: d.cfg.Token, Peers: peers})
+		data, err = json.Marshal(peer.File{Version: peer.FileVersion, Self: d.cfg.Self, Token: d.cfg.Token, Peers: peers})
 		if err != nil {
 			return err
 		}
@@ -270,7 +253,7 @@ func (d *discovery) write(peers []Peer) error {
 
 // Peers returns the peers of the last listing (the peer listener's
 // view; nil before the first).
-func (d *discovery) Peers() []Peer {
+func (d *discovery) Peers() []peer.Peer {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return slices.Clone(d.peers)
@@ -299,7 +282,7 @@ func (d *discovery) ClientAllowed(addr netip.Addr) bool {
 // peer list, and the client prefixes of those peers. A peer is a node that
 // matched the node selector, with a running, ready, not terminating agent
 // pod that has an IP; of two such pods on one node (a rollout), the newer.
-func listPeers(pods []*corev1.Pod, nodes []*corev1.Node) ([]Peer, []netip.Prefix) {
+func listPeers(pods []*corev1.Pod, nodes []*corev1.Node) ([]peer.Peer, []netip.Prefix) {
 	ready := make(map[string]*corev1.Node, len(nodes))
 	for _, n := range nodes {
 		ready[n.Name] = n
@@ -316,11 +299,11 @@ func listPeers(pods []*corev1.Pod, nodes []*corev1.Node) ([]Peer, []netip.Prefix
 			chosen[p.Spec.NodeName] = p
 		}
 	}
-	var peers []Peer
+	var peers []peer.Peer
 	var clients []netip.Prefix
 	for node, p := range chosen {
 		ip := netip.MustParseAddr(p.Status.PodIP)
-		peers = append(peers, Peer{Name: node, URL: "http://" + net.JoinHostPort(ip.String(), strconv.Itoa(peerPort(p)))})
+		peers = append(peers, peer.Peer{Name: node, URL: "http://" + net.JoinHostPort(ip.String(), strconv.Itoa(peerPort(p)))})
 		clients = append(clients, netip.PrefixFrom(ip, ip.BitLen()))
 		n := ready[node]
 		for _, a := range n.Status.Addresses {
@@ -341,7 +324,7 @@ func listPeers(pods []*corev1.Pod, nodes []*corev1.Node) ([]Peer, []netip.Prefix
 			}
 		}
 	}
-	slices.SortFunc(peers, func(a, b Peer) int {
+	slices.SortFunc(peers, func(a, b peer.Peer) int {
 		switch {
 		case a.Name < b.Name:
 			return -1

@@ -15,6 +15,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/storepkg/storepkg/pkg/peer"
+
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -85,14 +87,14 @@ func TestPeerDiscovery(t *testing.T) {
 	go func() { defer close(done); d.run(ctx) }()
 	defer func() { cancel(); <-done }()
 
-	waitFile := func(want *PeersFile) {
+	waitFile := func(want *peer.File) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			data, err := os.ReadFile(file)
-			var got *PeersFile
+			var got *peer.File
 			if err == nil {
-				got = &PeersFile{}
+				got = &peer.File{}
 				if err := json.Unmarshal(data, got); err != nil {
 					t.Fatalf("peers file: %v: %s", err, data)
 				}
@@ -108,9 +110,9 @@ func TestPeerDiscovery(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	peerA := Peer{Name: "node-a", URL: "http://10.244.0.5:7421"}
-	peerB := Peer{Name: "node-b", URL: "http://10.244.1.7:7421"}
-	waitFile(&PeersFile{Version: 1, Self: "node-a", Token: token, Peers: []Peer{peerA}})
+	peerA := peer.Peer{Name: "node-a", URL: "http://10.244.0.5:7421"}
+	peerB := peer.Peer{Name: "node-b", URL: "http://10.244.1.7:7421"}
+	waitFile(&peer.File{Version: 1, Self: "node-a", Token: token, Peers: []peer.Peer{peerA}})
 	fi, err := os.Stat(file)
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +129,7 @@ func TestPeerDiscovery(t *testing.T) {
 	if _, err := client.CoreV1().Pods(testNS).Update(ctx, pb, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFile(&PeersFile{Version: 1, Self: "node-a", Token: token, Peers: []Peer{peerA, peerB}})
+	waitFile(&peer.File{Version: 1, Self: "node-a", Token: token, Peers: []peer.Peer{peerA, peerB}})
 	for addr, want := range map[string]bool{
 		"10.244.1.7": true, "172.30.0.3": true, "10.244.1.0": true, "::ffff:172.30.0.2": true, // pod, node, pod range
 		"10.244.2.9": false, "172.30.0.4": false, "10.244.1.66": true, "10.244.3.1": false, "127.0.0.1": false,
@@ -143,7 +145,7 @@ func TestPeerDiscovery(t *testing.T) {
 	if _, err := client.CoreV1().Pods(testNS).Update(ctx, pb, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFile(&PeersFile{Version: 1, Self: "node-a", Token: token, Peers: []Peer{peerA}})
+	waitFile(&peer.File{Version: 1, Self: "node-a", Token: token, Peers: []peer.Peer{peerA}})
 
 	// This node's label goes (storepkg uninstalled here): no file, so the
 	// node's fetches use no peers.

@@ -2,7 +2,6 @@ package peer
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -134,9 +133,8 @@ func (s *Server) Handler() http.Handler { return s.handler }
 
 // guard lets through requests with the token from allowed addresses.
 func (s *Server) guard(next http.Handler) http.Handler {
-	want := []byte("Bearer " + s.cfg.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+		if !CheckToken(r, s.cfg.Token) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="storepkg peers"`)
 			http.Error(w, "missing or wrong bearer token", http.StatusUnauthorized)
 			return
