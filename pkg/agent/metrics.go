@@ -11,6 +11,7 @@ import (
 
 	"github.com/storepkg/storepkg/pkg/fetchapi"
 	"github.com/storepkg/storepkg/pkg/fetchrecord"
+	"github.com/storepkg/storepkg/pkg/peer"
 	"github.com/storepkg/storepkg/pkg/store"
 )
 
@@ -172,15 +173,11 @@ const (
 	sourcePeer     = "peer"
 )
 
-// peerCachePrefix starts the fetch's name of a peer as a cache
-// ("peer:<node>"), never a URL.
-const peerCachePrefix = "peer:"
-
 // cacheSource names a record's cache in the cache label, and says where
 // its bytes came from. All peers share one label value, so the series
 // do not grow with the cluster.
 func cacheSource(cache string) (label, source string) {
-	if strings.HasPrefix(cache, peerCachePrefix) {
+	if strings.HasPrefix(cache, peer.CachePrefix) {
 		return sourcePeer, sourcePeer
 	}
 	return cacheLabel(cache), sourceUpstream

@@ -112,7 +112,7 @@ func newPeers(f *peer.File, o *Options) (*peers, error) {
 		if err != nil {
 			return nil, fmt.Errorf("peers: %s: %w", p.Name, err)
 		}
-		c := &Cache{URL: "peer:" + p.Name, peer: true}
+		c := &Cache{URL: peer.CachePrefix + p.Name, peer: true}
 		c.t = &httpTransport{base: u, client: narClient, auth: ps.client.Authorize,
 			retry: RetryPolicy{Attempts: 1}, stall: t.Stall}
 		ps.caches[p.Name] = c

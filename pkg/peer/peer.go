@@ -17,3 +17,8 @@ type Peer struct {
 	Name string `json:"name"`
 	URL  string `json:"url"`
 }
+
+// CachePrefix starts the name a fetch gives a peer where it names caches
+// ("peer:<node>": in its progress, results and fetch records), never a
+// URL; the agent counts every such cache as one "peer" source.
+const CachePrefix = "peer:"

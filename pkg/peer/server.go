@@ -35,8 +35,6 @@ const (
 )
 
 const (
-	// maxWait caps a narinfo request's ?wait.
-	maxWait = 60 * time.Second
 	// defaultWaitPoll is how often the paths waited for are looked up.
 	defaultWaitPoll = 250 * time.Millisecond
 )
@@ -242,7 +240,7 @@ func (s *Server) narinfo(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, fmt.Sprintf("query parameter wait=%q: want whole seconds", v), http.StatusBadRequest)
 			return
 		}
-		wait = min(time.Duration(secs)*time.Second, maxWait)
+		wait = min(time.Duration(secs)*time.Second, MaxWait)
 	}
 	ctx := r.Context()
 	p, err := s.lookup(ctx, hash)
