@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -20,7 +21,7 @@ const DefaultAgentListen = ":9477"
 
 // DefaultPeerListen is where `storepkg agent` serves the store to its
 // peers, when it has a token.
-const DefaultPeerListen = ":7420"
+var DefaultPeerListen = ":" + strconv.Itoa(agent.DefaultPeerPort)
 
 func newAgentCommand() *cobra.Command {
 	var (
@@ -103,20 +104,8 @@ removes the peers file.`,
 				log.Info("not posting pod events (no cluster)")
 			}
 			ctx := cmd.Context()
-			if peerStatic != "" {
-				if cfg.PeerToken, err = peers.token(nil); err != nil {
-					return err
-				}
-				if err := staticPeers(&cfg, peerStatic); err != nil {
-					return err
-				}
-			} else {
-				if cfg.Discovery, err = peers.config(ctx, log, nodeName); err != nil {
-					return err
-				}
-				if cfg.PeerToken, err = peers.token(cfg.Discovery); err != nil {
-					return err
-				}
+			if err := peers.apply(ctx, log, nodeName, peerStatic, &cfg); err != nil {
+				return err
 			}
 			a, err := agent.New(ctx, cfg)
 			if err != nil {

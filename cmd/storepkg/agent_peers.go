@@ -99,3 +99,20 @@ func (p *peerFlags) token(d *agent.PeersConfig) (string, error) {
 	}
 	return "", nil
 }
+
+// apply sets cfg's peers and token: from the peers file static names
+// (--peers-static), else from discovery; with sharing off, neither.
+func (p *peerFlags) apply(ctx context.Context, log *logrus.Entry, node, static string, cfg *agent.Config) error {
+	var err error
+	if static != "" && p.sharing {
+		if cfg.PeerToken, err = p.token(nil); err != nil {
+			return err
+		}
+		return staticPeers(cfg, static)
+	}
+	if cfg.Discovery, err = p.config(ctx, log, node); err != nil {
+		return err
+	}
+	cfg.PeerToken, err = p.token(cfg.Discovery)
+	return err
+}

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/storepkg/storepkg/pkg/agent"
 )
 
 // TestPeerFlagsOff: --peer-sharing=false removes the node's peers file, so
@@ -42,5 +44,31 @@ func TestPeerFlagsOff(t *testing.T) {
 	// Off again, nothing to remove: no error.
 	if _, err := (&peerFlags{sharing: false, file: file}).config(ctx, log, "node-a"); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestPeerSharingOffWithStaticPeers: --peer-sharing=false wins over
+// --peers-static: no peer list, no token, so nothing is served.
+func TestPeerSharingOffWithStaticPeers(t *testing.T) {
+	dir := t.TempDir()
+	static := filepath.Join(dir, "static.json")
+	body := `{"version":1,"self":"node-a","token":"0123456789abcdefghijklmnop","peers":[{"name":"node-a","url":"http://127.0.0.1:7420"}]}`
+	if err := os.WriteFile(static, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	log := logrus.NewEntry(logrus.New())
+	var on agent.Config
+	if err := (&peerFlags{sharing: true}).apply(context.Background(), log, "", static, &on); err != nil {
+		t.Fatal(err)
+	}
+	if on.PeerToken == "" || on.Peers == nil || on.NodeName != "node-a" {
+		t.Fatalf("sharing on: token %q, peers set %v, node %q", on.PeerToken, on.Peers != nil, on.NodeName)
+	}
+	var off agent.Config
+	if err := (&peerFlags{sharing: false, file: filepath.Join(dir, "peers.json")}).apply(context.Background(), log, "", static, &off); err != nil {
+		t.Fatal(err)
+	}
+	if off.PeerToken != "" || off.Peers != nil {
+		t.Errorf("sharing off: token %q, peers set %v", off.PeerToken, off.Peers != nil)
 	}
 }
