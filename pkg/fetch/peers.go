@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"slices"
 	"sync"
 	"time"
 
@@ -242,7 +241,7 @@ func (pr *peerRun) decide(it *item) *peerSource {
 // (hash, size, references), in a compression this fetch decodes.
 func (pr *peerRun) source(it *item, holder peer.Peer, ni *narinfo.NarInfo) (*peerSource, error) {
 	switch {
-	case ni.NarHash != it.ni.NarHash || ni.NarSize != it.ni.NarSize || !slices.Equal(ni.References, it.ni.References):
+	case !sameNAR(ni, it.ni):
 		return nil, errors.New("its narinfo describes another NAR than the signed one")
 	case !knownCompression(ni.Compression):
 		return nil, fmt.Errorf("unknown compression %q", ni.Compression)

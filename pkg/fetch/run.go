@@ -494,14 +494,11 @@ func (r *run) download(it *item, lock *store.PathLock, w *waiter) error {
 // and locked with the first narinfo's references. It returns first, with
 // what the others said, when none serves it.
 func (r *run) fetchNarElsewhere(it *item, first error) (string, error) {
-	tried := []*Cache{it.cache}
-	orig, origCache := it.ni, it.cache
 	var reasons []string
 	for _, c := range r.caches {
-		if r.ctx.Err() != nil || slices.Contains(tried, c) {
+		if r.ctx.Err() != nil || c == it.cache {
 			continue
 		}
-		tried = append(tried, c)
 		ni, err := c.NarInfo(r.ctx, it.path)
 		switch {
 		case err != nil:
@@ -513,11 +510,11 @@ func (r *run) fetchNarElsewhere(it *item, first error) (string, error) {
 		case !knownCompression(ni.Compression):
 			reasons = append(reasons, fmt.Sprintf("%s: unknown compression %q", c.URL, ni.Compression))
 			continue
-		case ni.NarHash != orig.NarHash || ni.NarSize != orig.NarSize || !slices.Equal(ni.References, orig.References):
+		case !sameNAR(ni, it.ni):
 			reasons = append(reasons, c.URL+": its narinfo describes another NAR")
 			continue
 		}
-		r.f.log.Warnf("%s: NAR from %s failed (%v); trying %s", it.path.Absolute(), origCache.URL, first, c.URL)
+		r.f.log.Warnf("%s: NAR from %s failed (%v); trying %s", it.path.Absolute(), it.cache.URL, first, c.URL)
 		tmp, err := r.fetchNarFrom(it, ni, c)
 		if err == nil {
 			return tmp, nil
@@ -935,4 +932,11 @@ func (r *run) registerReady(validNow map[storepath.Path]bool, pending map[storep
 	if err != nil {
 		r.fail(fmt.Errorf("registering %d paths: %w", len(committed), err))
 	}
+}
+
+// sameNAR reports whether two narinfos describe the same NAR: its hash,
+// size and references (the signed facts; where and how compressed may
+// differ).
+func sameNAR(a, b *narinfo.NarInfo) bool {
+	return a.NarHash == b.NarHash && a.NarSize == b.NarSize && slices.Equal(a.References, b.References)
 }
