@@ -27,6 +27,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/storepkg/storepkg/internal/testenv"
+	"github.com/storepkg/storepkg/internal/toolcache"
 )
 
 // SeaweedFSVersion is the weed hack/install-deps.sh builds; keep them in
@@ -51,11 +52,7 @@ type Server struct {
 
 // WeedPath is where hack/install-deps.sh puts weed, or weed on PATH.
 func WeedPath() (string, error) {
-	dir := os.Getenv("STOREPKG_TOOLS")
-	if dir == "" {
-		dir = "/var/cache/storepkg/tools"
-	}
-	p := filepath.Join(dir, "seaweedfs-"+SeaweedFSVersion, "weed")
+	p := filepath.Join(toolcache.Dir(), "seaweedfs-"+SeaweedFSVersion, "weed")
 	if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
 		return p, nil
 	}

@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -138,8 +137,10 @@ func (s *Store) addTempRoots(ctx context.Context, paths []storepath.Path, hold b
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	var todo []storepath.Path
+	seen := make(map[storepath.Path]bool, len(paths))
 	for _, p := range paths {
-		if !tr.pinned[p] && tr.held[p] == 0 && !slices.Contains(todo, p) {
+		if !tr.pinned[p] && tr.held[p] == 0 && !seen[p] {
+			seen[p] = true
 			todo = append(todo, p)
 		}
 	}
