@@ -510,11 +510,26 @@ func writeSpec(bundle string, s *specs.Spec) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(bundle, ".config.json.storepkg")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	if err := replaceFile(filepath.Join(bundle, "config.json"), b); err != nil {
 		return fmt.Errorf("storepkg: writing bundle spec: %w", err)
 	}
-	return os.Rename(tmp, filepath.Join(bundle, "config.json"))
+	return nil
+}
+
+// replaceFile writes data to path whole or not at all: into a hidden
+// temporary beside it (".<name>.storepkg"), renamed over path; the
+// temporary is removed on failure.
+func replaceFile(path string, data []byte) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".storepkg")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
 }
 
 func errdefsf(kind error, msg string) error { return fmt.Errorf("%s: %w", msg, kind) }

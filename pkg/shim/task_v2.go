@@ -88,13 +88,7 @@ func writeAddress(path, address string) error {
 	if err != nil {
 		return fmt.Errorf("storepkg: shim address file %s: %w", path, err)
 	}
-	tmp := filepath.Join(filepath.Dir(abs), "."+filepath.Base(abs)+".storepkg")
-	if err := os.WriteFile(tmp, []byte(address), 0o600); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("storepkg: writing shim address file %s: %w", abs, err)
-	}
-	if err := os.Rename(tmp, abs); err != nil {
-		os.Remove(tmp)
+	if err := replaceFile(abs, []byte(address)); err != nil {
 		return fmt.Errorf("storepkg: writing shim address file %s: %w", abs, err)
 	}
 	return nil
